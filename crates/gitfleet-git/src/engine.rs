@@ -1,0 +1,607 @@
+//! Running one operation: clone (mirror, bare, checkout), init, or sync.
+//!
+//! [`execute`] runs the gix work on a thread of its own and watches it from the calling thread:
+//! it samples progress, enforces the time and stall limits and the cancel flag, and gives up on
+//! a transport that does not notice the interrupt (a blocking read on a silent socket) after a
+//! grace period. Whatever happens, a clone only becomes visible by an atomic rename from the
+//! staging directory, and a thread that was given up on can no longer perform that rename.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use gitfleet_proto::{Branch, ErrorCode, Operation, Phase, SyncResult, TaskError};
+use gix::bstr::{BString, ByteSlice};
+use gix::progress::tree::Root;
+use gix::remote::Direction;
+
+use crate::error::{classify, describe};
+use crate::progress::{Progress, Tracker};
+use crate::url::is_loopback_host;
+use crate::{Credentials, Layout, Redactor, RepoUrl, Scheme};
+
+/// Installs the process-wide TLS crypto provider (ring). Call once at start-up, before any
+/// HTTPS or TLS connection; later calls do nothing.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Time limits of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The whole operation (default 30 minutes).
+    pub time_limit: Duration,
+    /// No progress of any kind for this long aborts the operation (default 2 minutes).
+    pub stall_limit: Duration,
+    /// How long to wait for the git thread to notice an interrupt before giving up on it.
+    pub grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            time_limit: Duration::from_secs(30 * 60),
+            stall_limit: Duration::from_secs(120),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One operation on one repository.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub url: RepoUrl,
+    pub operation: Operation,
+    /// Where the repository is (sync) or is to be (clone, init).
+    pub dest: PathBuf,
+    pub credentials: Option<Credentials>,
+    pub limits: Limits,
+    /// Secrets to scrub from every message.
+    pub redactor: Redactor,
+}
+
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const TIMED_OUT: u8 = 2;
+const STALLED: u8 = 3;
+
+/// Shared between the caller and a running operation: cancel it from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    interrupt: Arc<AtomicBool>,
+    reason: Arc<AtomicU8>,
+}
+
+impl Control {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the running operation to stop; it fails with `cancelled`.
+    pub fn cancel(&self) {
+        self.stop(CANCELLED);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.reason.load(Ordering::SeqCst) == CANCELLED
+    }
+
+    fn stop(&self, reason: u8) {
+        let _ = self.reason.compare_exchange(RUNNING, reason, Ordering::SeqCst, Ordering::SeqCst);
+        self.interrupt.store(true, Ordering::SeqCst);
+    }
+
+    fn reason_error(&self, req: &Request) -> Option<TaskError> {
+        let url = req.url.display();
+        match self.reason.load(Ordering::SeqCst) {
+            CANCELLED => Some(TaskError::new(ErrorCode::Cancelled, format!("{} of {url} was cancelled", req.operation))),
+            TIMED_OUT => Some(TaskError::new(
+                ErrorCode::Timeout,
+                format!("{} of {url} exceeded the time limit of {}s", req.operation, req.limits.time_limit.as_secs()),
+            )),
+            STALLED => Some(TaskError::new(
+                ErrorCode::Stalled,
+                format!(
+                    "{} of {url} stalled: no progress for {}s",
+                    req.operation,
+                    req.limits.stall_limit.as_secs()
+                ),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Decides, once, whether the git thread may publish its result (rename into place, prune refs)
+/// or the watcher has given up on it.
+#[derive(Debug, Default)]
+struct Commit(AtomicU8);
+
+impl Commit {
+    const OPEN: u8 = 0;
+    const COMMITTED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    fn try_commit(&self) -> bool {
+        self.0.compare_exchange(Self::OPEN, Self::COMMITTED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    fn try_abandon(&self) -> bool {
+        self.0.compare_exchange(Self::OPEN, Self::ABANDONED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+}
+
+enum Event {
+    Phase(Phase),
+    Done(Result<SyncResult, TaskError>),
+}
+
+/// Runs `req` to completion, calling `on_progress` whenever the percent or phase changes.
+pub fn execute(
+    req: &Request,
+    layout: &Layout,
+    control: &Control,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<SyncResult, TaskError> {
+    let started = Instant::now();
+    check_credentials_transport(req)?;
+    let root: Arc<Root> = Root::new();
+    let mut tracker = Tracker::new(root.clone());
+    let (tx, rx) = mpsc::channel();
+    let commit = Arc::new(Commit::default());
+    {
+        let req = req.clone();
+        let layout = layout.clone();
+        let interrupt = control.interrupt.clone();
+        let commit = commit.clone();
+        let spawned = std::thread::Builder::new().name("gitfleet-git".into()).spawn(move || {
+            let progress = root.add_child("gitfleet");
+            let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
+            let _ = tx.send(Event::Done(result));
+        });
+        if let Err(e) = spawned {
+            return Err(TaskError::new(ErrorCode::Internal, format!("could not start a git thread: {e}")));
+        }
+    }
+
+    let tick = Duration::from_millis(100);
+    let mut last_reported: Option<(Phase, u8)> = None;
+    let mut last_activity = (tracker.activity(), Instant::now());
+    let mut interrupted_at: Option<Instant> = None;
+    let outcome = loop {
+        match rx.recv_timeout(tick) {
+            Ok(Event::Phase(phase)) => tracker.enter(phase),
+            Ok(Event::Done(result)) => break result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break Err(TaskError::new(ErrorCode::Internal, "the git thread ended without a result"));
+            }
+        }
+        let sample = tracker.sample().clone();
+        if last_reported != Some((sample.phase, sample.percent)) {
+            last_reported = Some((sample.phase, sample.percent));
+            on_progress(&sample);
+        }
+        let now = Instant::now();
+        if tracker.activity() != last_activity.0 {
+            last_activity = (tracker.activity(), now);
+        }
+        if interrupted_at.is_none() {
+            if control.interrupt.load(Ordering::SeqCst) {
+                interrupted_at = Some(now);
+            } else if now.duration_since(started) >= req.limits.time_limit {
+                control.stop(TIMED_OUT);
+                interrupted_at = Some(now);
+            } else if now.duration_since(last_activity.1) >= req.limits.stall_limit {
+                control.stop(STALLED);
+                interrupted_at = Some(now);
+            }
+        } else if interrupted_at.is_some_and(|at| now.duration_since(at) >= req.limits.grace)
+            && commit.try_abandon()
+        {
+            // The transport is stuck in a read that cannot see the interrupt. The thread cleans
+            // its staging directory up when the read returns; it can no longer publish.
+            tracing::warn!(url = %req.url.display(), "git thread did not stop in time; abandoned");
+            break Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+        }
+    };
+
+    let outcome = match outcome {
+        Err(_) if control.reason_error(req).is_some() => Err(control.reason_error(req).unwrap_or_else(|| {
+            TaskError::new(ErrorCode::Internal, "interrupted")
+        })),
+        other => other,
+    };
+    outcome.map(|mut result| {
+        result.bytes_received = tracker.current().bytes_received;
+        result.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
+        result
+    })
+}
+
+/// gix (with the insecure-credentials feature gitfleet needs for its loopback test servers) would
+/// send a token over plain http anywhere; gitfleet allows that only to loopback hosts.
+fn check_credentials_transport(req: &Request) -> Result<(), TaskError> {
+    if req.credentials.is_some()
+        && req.url.scheme() == Scheme::Http
+        && !req.url.host().is_some_and(is_loopback_host)
+    {
+        return Err(TaskError::new(
+            ErrorCode::PolicyDenied,
+            format!("refusing to send credentials over plain http to {}; use https", req.url.display()),
+        ));
+    }
+    Ok(())
+}
+
+type ProgressItem = gix::progress::tree::Item;
+
+fn run(
+    req: &Request,
+    layout: &Layout,
+    progress: ProgressItem,
+    interrupt: &AtomicBool,
+    commit: &Commit,
+    events: &mpsc::Sender<Event>,
+) -> Result<SyncResult, TaskError> {
+    let exists = req.dest.exists();
+    match req.operation {
+        Operation::Sync => {
+            if !exists {
+                return Err(TaskError::new(
+                    ErrorCode::NotFound,
+                    format!("{} has not been cloned yet: nothing at {}", req.url.display(), req.dest.display()),
+                ));
+            }
+            sync(req, progress, interrupt, commit, events)
+        }
+        // Cloning what is already there is a sync: running the same request twice is harmless.
+        Operation::Mirror | Operation::Bare | Operation::Checkout if exists => {
+            if gix::open_opts(&req.dest, gix::open::Options::isolated()).is_err() {
+                return Err(TaskError::new(
+                    ErrorCode::Conflict,
+                    format!("{} exists and is not a git repository; not touching it", req.dest.display()),
+                ));
+            }
+            sync(req, progress, interrupt, commit, events)
+        }
+        Operation::Init if exists => Err(TaskError::new(
+            ErrorCode::Conflict,
+            format!("{} already exists", req.dest.display()),
+        )),
+        Operation::Init => init(req, layout, commit),
+        Operation::Mirror | Operation::Bare | Operation::Checkout => {
+            clone(req, layout, progress, interrupt, commit, events)
+        }
+    }
+}
+
+/// Removes a staging directory unless it was moved into place.
+struct Staging {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.keep && self.path.exists() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn storage_error(req: &Request, what: &str, err: &std::io::Error) -> TaskError {
+    let code = match err.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ErrorCode::Storage,
+        _ => ErrorCode::Storage,
+    };
+    TaskError::new(code, req.redactor.redact(&format!("{what} for {}: {err}", req.url.display())))
+}
+
+fn git_error(req: &Request, what: &str, err: &(dyn std::error::Error + 'static)) -> TaskError {
+    let code = classify(err);
+    let message = describe(err, &req.redactor);
+    TaskError::new(code, format!("{what} {} failed: {message}", req.url.display()))
+}
+
+/// Moves a finished repository from staging into place, if the watcher has not given up.
+fn publish(req: &Request, staging: &mut Staging, commit: &Commit) -> Result<(), TaskError> {
+    if !commit.try_commit() {
+        return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+    }
+    if let Some(parent) = req.dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| storage_error(req, "cannot create the directory", &e))?;
+    }
+    if req.dest.exists() {
+        return Err(TaskError::new(
+            ErrorCode::Conflict,
+            format!("{} appeared while cloning; keeping what is there", req.dest.display()),
+        ));
+    }
+    std::fs::rename(&staging.path, &req.dest).map_err(|e| storage_error(req, "cannot move the clone into place", &e))?;
+    staging.keep = true;
+    Ok(())
+}
+
+fn init(req: &Request, layout: &Layout, commit: &Commit) -> Result<SyncResult, TaskError> {
+    let mut staging = Staging { path: layout.new_staging_path(), keep: false };
+    let worktree = !req.dest.to_string_lossy().ends_with(".git");
+    let created = if worktree { gix::init(&staging.path) } else { gix::init_bare(&staging.path) };
+    created.map_err(|e| git_error(req, "init of", &e))?;
+    publish(req, &mut staging, commit)?;
+    Ok(SyncResult { default_branch: Some("main".into()).filter(|_| false), ..SyncResult::default() })
+}
+
+fn credentials_helper(
+    credentials: Option<Credentials>,
+) -> impl FnMut(gix::credentials::helper::Action) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+    move |action| match (&credentials, action) {
+        (Some(c), gix::credentials::helper::Action::Get(ctx)) => Ok(Some(gix::credentials::protocol::Outcome {
+            identity: gix::sec::identity::Account {
+                username: c.username.clone(),
+                password: c.token.expose().to_string(),
+                oauth_refresh_token: None,
+            },
+            next: ctx.into(),
+        })),
+        // Nothing to store or erase: gitfleet keeps no credential state.
+        _ => Ok(None),
+    }
+}
+
+fn ref_map_options() -> gix::remote::ref_map::Options {
+    // With the default (true), gix turns `refs/*` into a literal ref-prefix for protocol v2 and
+    // the server lists only HEAD: a mirror would silently have no refs (dependency-facts.md).
+    gix::remote::ref_map::Options { prefix_from_spec_as_filter_on_remote: false, ..Default::default() }
+}
+
+fn clone(
+    req: &Request,
+    layout: &Layout,
+    mut progress: ProgressItem,
+    interrupt: &AtomicBool,
+    commit: &Commit,
+    events: &mpsc::Sender<Event>,
+) -> Result<SyncResult, TaskError> {
+    let mut staging = Staging { path: layout.new_staging_path(), keep: false };
+    let kind = if req.operation == Operation::Checkout {
+        gix::create::Kind::WithWorktree
+    } else {
+        gix::create::Kind::Bare
+    };
+    let operation = req.operation;
+    let mut prepare = gix::clone::PrepareFetch::new(
+        req.url.fetch_url().clone(),
+        &staging.path,
+        kind,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| git_error(req, "clone of", &e))?
+    .with_fetch_options(ref_map_options())
+    .configure_connection({
+        let credentials = req.credentials.clone();
+        move |connection| {
+            connection.set_credentials(credentials_helper(credentials.clone()));
+            Ok(())
+        }
+    });
+    prepare = match operation {
+        Operation::Mirror => prepare.configure_remote(|remote| {
+            Ok(remote
+                .with_refspecs(Some("+refs/*:refs/*"), Direction::Fetch)?
+                .with_fetch_tags(gix::remote::fetch::Tags::None))
+        }),
+        Operation::Bare => prepare.configure_remote(|remote| {
+            Ok(remote
+                .with_refspecs(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], Direction::Fetch)?
+                .with_fetch_tags(gix::remote::fetch::Tags::None))
+        }),
+        _ => prepare,
+    };
+
+    let repo = if operation == Operation::Checkout {
+        let (mut checkout, _) = prepare
+            .fetch_then_checkout(progress.add_child("fetch"), interrupt)
+            .map_err(|e| git_error(req, "clone of", &e))?;
+        let _ = events.send(Event::Phase(Phase::CheckingOut));
+        let (repo, _) = checkout
+            .main_worktree(progress.add_child("checkout"), interrupt)
+            .map_err(|e| git_error(req, "checkout of", &e))?;
+        if interrupt.load(Ordering::SeqCst) {
+            return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+        }
+        repo
+    } else {
+        let (repo, _) = prepare
+            .fetch_only(progress.add_child("fetch"), interrupt)
+            .map_err(|e| git_error(req, "clone of", &e))?;
+        repo
+    };
+    let _ = events.send(Event::Phase(Phase::Finishing));
+    if operation == Operation::Mirror {
+        set_mirror_flag(req, repo.git_dir())?;
+    }
+    let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
+    let result = summarize(req, &repo, &BTreeMap::new(), &after)?;
+    drop(repo);
+    publish(req, &mut staging, commit)?;
+    Ok(result)
+}
+
+/// `remote.origin.mirror = true`, as `git clone --mirror` writes it.
+fn set_mirror_flag(req: &Request, git_dir: &Path) -> Result<(), TaskError> {
+    let path = git_dir.join("config");
+    let mut config = gix::config::File::from_path_no_includes(path.clone(), gix::config::Source::Local)
+        .map_err(|e| git_error(req, "configuring", &e))?;
+    config
+        .set_raw_value_by("remote", Some("origin".into()), "mirror", "true")
+        .map_err(|e| git_error(req, "configuring", &e))?;
+    let mut out = Vec::new();
+    config.write_to(&mut out).map_err(|e| storage_error(req, "cannot write config", &e))?;
+    std::fs::write(&path, out).map_err(|e| storage_error(req, "cannot write config", &e))
+}
+
+fn sync(
+    req: &Request,
+    mut progress: ProgressItem,
+    interrupt: &AtomicBool,
+    commit: &Commit,
+    events: &mpsc::Sender<Event>,
+) -> Result<SyncResult, TaskError> {
+    let repo = gix::open_opts(&req.dest, gix::open::Options::isolated())
+        .map_err(|e| git_error(req, "opening the repository of", &e))?;
+    let before = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
+    let remote = match repo.find_remote("origin") {
+        Ok(remote) => remote,
+        Err(e) => return Err(git_error(req, "finding the remote of", &e)),
+    };
+    // Always fetch from the URL of this request, never from one an attacker wrote into the
+    // repository's config, and never with credentials from it.
+    let remote = remote
+        .with_url_without_url_rewrite(req.url.fetch_url().clone())
+        .map_err(|e| git_error(req, "sync of", &e))?;
+    let specs: Vec<BString> = remote
+        .refspecs(Direction::Fetch)
+        .iter()
+        .map(|s| s.to_ref().to_bstring())
+        .collect();
+    let mut connection = remote.connect(Direction::Fetch).map_err(|e| git_error(req, "sync of", &e))?;
+    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    let mut fetch_progress = progress.add_child("fetch");
+    let prepare = match connection.prepare_fetch(&mut fetch_progress, ref_map_options()) {
+        Ok(p) => p,
+        Err(e) => return Err(git_error(req, "sync of", &e)),
+    };
+    let outcome = prepare
+        .receive(&mut fetch_progress, interrupt)
+        .map_err(|e| git_error(req, "sync of", &e))?;
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+    }
+    let _ = events.send(Event::Phase(Phase::Finishing));
+    if !commit.try_commit() {
+        return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+    }
+    let upstream: HashSet<BString> = outcome
+        .ref_map
+        .mappings
+        .iter()
+        .filter_map(|m| m.local.clone())
+        .collect();
+    prune(req, &repo, &specs, &upstream)?;
+    let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
+    summarize(req, &repo, &before, &after)
+}
+
+/// Deletes local refs in the refspecs' destinations that the remote no longer has.
+fn prune(
+    req: &Request,
+    repo: &gix::Repository,
+    specs: &[BString],
+    upstream: &HashSet<BString>,
+) -> Result<(), TaskError> {
+    let prefixes: Vec<String> = specs
+        .iter()
+        .filter_map(|spec| {
+            let spec = spec.to_str_lossy();
+            let dest = spec.split_once(':')?.1.to_string();
+            dest.strip_suffix('*').map(str::to_string)
+        })
+        .collect();
+    if prefixes.is_empty() {
+        return Ok(());
+    }
+    let mut edits = Vec::new();
+    let refs = repo.references().map_err(|e| git_error(req, "listing refs of", &e))?;
+    let all = refs.all().map_err(|e| git_error(req, "listing refs of", &e))?;
+    for reference in all.flatten() {
+        let name = reference.name().as_bstr().to_owned();
+        let name_str = name.to_str_lossy();
+        let Some(id) = reference.target().try_id().map(ToOwned::to_owned) else { continue };
+        if upstream.contains(&name) || !prefixes.iter().any(|p| name_str.starts_with(p.as_str())) {
+            continue;
+        }
+        edits.push(gix::refs::transaction::RefEdit {
+            change: gix::refs::transaction::Change::Delete {
+                expected: gix::refs::transaction::PreviousValue::MustExistAndMatch(gix::refs::Target::Object(id)),
+                log: gix::refs::transaction::RefLog::AndReference,
+            },
+            name: reference.name().to_owned(),
+            deref: false,
+        });
+    }
+    if !edits.is_empty() {
+        repo.edit_references(edits).map_err(|e| git_error(req, "pruning refs of", &e))?;
+    }
+    Ok(())
+}
+
+/// Every direct ref and the object it points to.
+fn ref_snapshot(repo: &gix::Repository) -> gix::Result<BTreeMap<String, gix::ObjectId>> {
+    let mut out = BTreeMap::new();
+    for reference in repo.references()?.all()?.flatten() {
+        if let Some(id) = reference.target().try_id() {
+            out.insert(reference.name().as_bstr().to_string(), id.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+fn summarize(
+    req: &Request,
+    repo: &gix::Repository,
+    before: &BTreeMap<String, gix::ObjectId>,
+    after: &BTreeMap<String, gix::ObjectId>,
+) -> Result<SyncResult, TaskError> {
+    let mut result = SyncResult::default();
+    for (name, id) in after {
+        match before.get(name) {
+            None => result.refs_created.push(name.clone()),
+            Some(old) if old != id => result.refs_updated.push(name.clone()),
+            Some(_) => {}
+        }
+    }
+    result.refs_deleted = before.keys().filter(|n| !after.contains_key(*n)).cloned().collect();
+
+    let commits_of = |refs: &BTreeMap<String, gix::ObjectId>| -> BTreeSet<gix::ObjectId> {
+        refs.values()
+            .filter_map(|id| repo.find_object(*id).ok()?.peel_to_commit().ok().map(|c| c.id))
+            .collect()
+    };
+    let new_tips = commits_of(after);
+    let old_tips = commits_of(before);
+    let walk_err = |e: &dyn std::fmt::Display| {
+        TaskError::new(ErrorCode::Protocol, req.redactor.redact(&format!("walking history of {}: {e}", req.url.display())))
+    };
+    if !new_tips.is_empty() {
+        let all = repo.rev_walk(new_tips.iter().copied()).all().map_err(|e| walk_err(&e))?;
+        result.total_commits = all.count() as u64;
+        result.new_commits = if old_tips.is_empty() {
+            result.total_commits
+        } else {
+            let walk = repo
+                .rev_walk(new_tips.iter().copied())
+                .with_hidden(old_tips.iter().copied())
+                .all()
+                .map_err(|e| walk_err(&e))?;
+            walk.count() as u64
+        };
+    }
+
+    let branch_prefix = if repo.is_bare() { "refs/heads/" } else { "refs/remotes/origin/" };
+    result.branches = after
+        .iter()
+        .filter_map(|(name, id)| {
+            let short = name.strip_prefix(branch_prefix)?;
+            (short != "HEAD").then(|| Branch { name: short.to_string(), commit: id.to_string() })
+        })
+        .collect();
+    if let Ok(Some(head)) = repo.head_name() {
+        result.default_branch = Some(head.shorten().to_string());
+    }
+    result.head_commit = repo.head_id().ok().map(|id| id.to_string());
+    Ok(result)
+}

@@ -1,0 +1,522 @@
+//! Parsing, normalising and policing repository URLs.
+//!
+//! Everything that comes from a user or another node passes [`RepoUrl::parse`] and then
+//! [`Policy::check`] before any transport sees it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::path::{Component, Path, PathBuf};
+
+use gitfleet_proto::ErrorCode;
+use gix::bstr::ByteSlice;
+
+use crate::secret::{Credentials, Secret, scrub_userinfo};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scheme {
+    File,
+    Git,
+    Http,
+    Https,
+    Ssh,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::File => "file",
+            Scheme::Git => "git",
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+            Scheme::Ssh => "ssh",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Scheme> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "file" => Scheme::File,
+            "git" => Scheme::Git,
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            "ssh" => Scheme::Ssh,
+            _ => return None,
+        })
+    }
+
+    fn default_port(self) -> Option<u16> {
+        match self {
+            Scheme::Git => Some(9418),
+            Scheme::Http => Some(80),
+            Scheme::Https => Some(443),
+            Scheme::Ssh => Some(22),
+            Scheme::File => None,
+        }
+    }
+}
+
+/// Why a URL was refused. The message names the URL (without secrets) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct UrlError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl UrlError {
+    fn invalid(input: &str, why: impl std::fmt::Display) -> Self {
+        UrlError { code: ErrorCode::InvalidUrl, message: format!("invalid url {}: {why}", quote(input)) }
+    }
+
+    fn denied(input: &str, why: impl std::fmt::Display) -> Self {
+        UrlError { code: ErrorCode::PolicyDenied, message: format!("url {} refused: {why}", quote(input)) }
+    }
+}
+
+/// Shows user input safely: secrets scrubbed, control characters escaped, length capped.
+fn quote(input: &str) -> String {
+    let scrubbed = scrub_userinfo(input);
+    let mut out: String = scrubbed.chars().take(200).flat_map(char::escape_debug).collect();
+    if scrubbed.chars().count() > 200 {
+        out.push('…');
+    }
+    format!("\"{out}\"")
+}
+
+/// A parsed, validated repository location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoUrl {
+    scheme: Scheme,
+    host: Option<String>,
+    port: Option<u16>,
+    user: Option<String>,
+    password: Option<Secret>,
+    /// Validated path segments, `.git` suffix and empty segments removed: the identity.
+    segments: Vec<String>,
+    /// What the transport is given: the URL as the user spelled it, minus the password and any
+    /// trailing slash.
+    fetch_url: gix::Url,
+}
+
+const MAX_URL_LEN: usize = 4096;
+const MAX_SEGMENT_LEN: usize = 255;
+
+impl RepoUrl {
+    /// Parses `input` (a URL, an scp-like `user@host:path`, or a local path) and checks that
+    /// nothing in it can be read as an option, a command or a path escape.
+    pub fn parse(input: &str) -> Result<RepoUrl, UrlError> {
+        let trimmed = input.trim();
+        if trimmed.is_empty() {
+            return Err(UrlError::invalid(input, "it is empty"));
+        }
+        if trimmed.len() > MAX_URL_LEN {
+            return Err(UrlError::invalid(input, format!("longer than {MAX_URL_LEN} bytes")));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(UrlError::invalid(input, "it contains control characters"));
+        }
+        if trimmed.starts_with('-') {
+            return Err(UrlError::denied(input, "it starts with '-' and could be read as an option"));
+        }
+        if let Some(transport) = command_transport(trimmed) {
+            return Err(UrlError::denied(
+                input,
+                format!("the '{transport}::' transport runs commands and is never allowed"),
+            ));
+        }
+        let looks_like_url = trimmed.contains("://");
+        if looks_like_url {
+            let scheme = &trimmed[..trimmed.find("://").unwrap_or(0)];
+            if Scheme::parse(scheme).is_none() && !matches!(scheme, "git+ssh" | "ssh+git") {
+                return Err(UrlError::denied(input, format!("unsupported scheme '{scheme}'")));
+            }
+        }
+        let mut url = gix::url::parse(trimmed.as_bytes().as_bstr()).map_err(|e| UrlError::invalid(input, e))?;
+        let scheme = match url.scheme {
+            gix::url::Scheme::File => Scheme::File,
+            gix::url::Scheme::Git => Scheme::Git,
+            gix::url::Scheme::Http => Scheme::Http,
+            gix::url::Scheme::Https => Scheme::Https,
+            gix::url::Scheme::Ssh => Scheme::Ssh,
+            other => {
+                return Err(UrlError::denied(input, format!("unsupported transport '{}'", other.as_str())));
+            }
+        };
+
+        let password = url.password.take().filter(|p| !p.is_empty()).map(Secret::new);
+        let user = url.user.clone().filter(|u| !u.is_empty());
+        if let Some(user) = &user {
+            check_text(input, "user", user)?;
+        }
+        let port = url.port.filter(|p| Some(*p) != scheme.default_port());
+
+        let (host, segments) = if scheme == Scheme::File {
+            if url.host.is_some() {
+                return Err(UrlError::invalid(input, "file urls with a host are not supported"));
+            }
+            let path = String::from_utf8(url.path.to_vec())
+                .map_err(|_| UrlError::invalid(input, "the path is not UTF-8"))?;
+            let absolute = local_path(input, Path::new(&path))?;
+            url.path = absolute.to_string_lossy().as_bytes().into();
+            url.serialize_alternative_form = false;
+            (None, path_segments(input, &absolute.to_string_lossy())?)
+        } else {
+            let host = url.host.clone().ok_or_else(|| UrlError::invalid(input, "it has no host"))?;
+            let host = check_host(input, &host)?;
+            let path = String::from_utf8(url.path.to_vec())
+                .map_err(|_| UrlError::invalid(input, "the path is not UTF-8"))?;
+            let segments = path_segments(input, &path)?;
+            // A trailing slash is the same repository; transports and servers disagree about it.
+            while url.path.len() > 1 && url.path.last() == Some(&b'/') {
+                url.path.pop();
+            }
+            (Some(host), segments)
+        };
+        if segments.is_empty() {
+            return Err(UrlError::invalid(input, "it names no repository"));
+        }
+        Ok(RepoUrl { scheme, host, port, user, password, segments, fetch_url: url })
+    }
+
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.scheme == Scheme::File
+    }
+
+    /// The URL handed to the transport and stored in the repository's config: no password.
+    pub fn fetch_url(&self) -> &gix::Url {
+        &self.fetch_url
+    }
+
+    /// The URL as shown to people and stored in records: no password.
+    pub fn display(&self) -> String {
+        self.fetch_url.to_bstring().to_string()
+    }
+
+    /// Credentials that arrived inside the URL (`https://user:token@host/...`).
+    pub fn inline_credentials(&self) -> Option<Credentials> {
+        let token = self.password.clone()?;
+        Some(Credentials { username: self.user.clone().unwrap_or_else(|| "git".into()), token })
+    }
+
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// Directory segments below the storage root: `[host, owner, ..., name]`, with the port kept
+    /// when it is not the scheme's default and `_file` standing in for local paths.
+    pub fn storage_segments(&self) -> Vec<String> {
+        let first = match (&self.host, self.port) {
+            (Some(h), Some(p)) => format!("{}_{p}", h.trim_start_matches('[').trim_end_matches(']')),
+            (Some(h), None) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
+            (None, _) => "_file".to_string(),
+        };
+        let mut out = Vec::with_capacity(self.segments.len() + 1);
+        out.push(first.replace(':', "_"));
+        out.extend(self.segments.iter().cloned());
+        out
+    }
+}
+
+/// `ext::cmd`, `fd::17` and other `<transport>::<address>` forms, which git runs as commands.
+fn command_transport(input: &str) -> Option<&str> {
+    let pos = input.find("::")?;
+    let head = &input[..pos];
+    let is_word = !head.is_empty()
+        && head.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
+    (is_word && !head.contains('/')).then_some(head)
+}
+
+fn check_text(input: &str, what: &str, value: &str) -> Result<(), UrlError> {
+    if value.starts_with('-') {
+        return Err(UrlError::denied(input, format!("the {what} starts with '-' and could be read as an option")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(UrlError::invalid(input, format!("the {what} contains control characters")));
+    }
+    Ok(())
+}
+
+fn check_host(input: &str, host: &str) -> Result<String, UrlError> {
+    check_text(input, "host", host)?;
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = if bare.parse::<Ipv6Addr>().is_ok() {
+        true
+    } else {
+        !bare.is_empty()
+            && !bare.starts_with('.')
+            && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !ok {
+        return Err(UrlError::invalid(input, format!("'{}' is not a valid host name", bare.escape_debug())));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn path_segments(input: &str, path: &str) -> Result<Vec<String>, UrlError> {
+    let mut segments = Vec::new();
+    for segment in path.split('/') {
+        if segment.is_empty() {
+            continue;
+        }
+        if segment == "." || segment == ".." {
+            return Err(UrlError::denied(input, "the path contains '.' or '..' segments"));
+        }
+        if segment.contains('\\') {
+            return Err(UrlError::invalid(input, "the path contains a backslash"));
+        }
+        if segment.len() > MAX_SEGMENT_LEN {
+            return Err(UrlError::invalid(input, "a path segment is longer than 255 bytes"));
+        }
+        check_text(input, "path", segment)?;
+        segments.push(segment.to_string());
+    }
+    if let Some(last) = segments.last_mut() {
+        if let Some(stripped) = last.strip_suffix(".git") {
+            *last = stripped.to_string();
+        }
+        if last.is_empty() {
+            segments.pop();
+        }
+    }
+    Ok(segments)
+}
+
+/// Resolves a local repository path to an absolute one without `.` or `..`.
+fn local_path(input: &str, path: &Path) -> Result<PathBuf, UrlError> {
+    let canonical = std::fs::canonicalize(path).map_err(|e| UrlError {
+        code: ErrorCode::NotFound,
+        message: format!("local repository {} cannot be read: {e}", quote(input)),
+    })?;
+    if canonical.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+        return Err(UrlError::denied(input, "the path escapes its directory"));
+    }
+    Ok(canonical)
+}
+
+pub(crate) fn host_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.ends_with(&format!(".{suffix}")),
+        None => pattern == host,
+    }
+}
+
+/// Which URLs may be fetched. The command line starts permissive (its user types the URLs);
+/// cluster nodes start strict (URLs come from other people).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub allowed_schemes: BTreeSet<Scheme>,
+    /// Empty: any host. Entries are exact host names or `*.suffix`.
+    pub allowed_hosts: Vec<String>,
+    /// Local paths and file:// URLs.
+    pub allow_local: bool,
+    /// Loopback, private, link-local and other non-public addresses.
+    pub allow_private: bool,
+}
+
+impl Policy {
+    pub fn permissive() -> Self {
+        Policy {
+            allowed_schemes: [Scheme::File, Scheme::Git, Scheme::Http, Scheme::Https, Scheme::Ssh]
+                .into_iter()
+                .collect(),
+            allowed_hosts: Vec::new(),
+            allow_local: true,
+            allow_private: true,
+        }
+    }
+
+    pub fn strict() -> Self {
+        Policy {
+            allowed_schemes: [Scheme::Git, Scheme::Http, Scheme::Https, Scheme::Ssh].into_iter().collect(),
+            allowed_hosts: Vec::new(),
+            allow_local: false,
+            allow_private: false,
+        }
+    }
+
+    /// Checks what can be known without the network.
+    pub fn check(&self, url: &RepoUrl) -> Result<(), UrlError> {
+        let shown = url.display();
+        if url.is_local() && !self.allow_local {
+            return Err(UrlError::denied(&shown, "local paths and file:// urls are not allowed here"));
+        }
+        if !self.allowed_schemes.contains(&url.scheme) {
+            return Err(UrlError::denied(&shown, format!("scheme '{}' is not allowed", url.scheme.as_str())));
+        }
+        if let Some(host) = url.host() {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            if !self.allowed_hosts.is_empty() && !self.allowed_hosts.iter().any(|p| host_matches(p, bare)) {
+                return Err(UrlError::denied(&shown, format!("host '{bare}' is not in the allowed hosts")));
+            }
+            if !self.allow_private {
+                let literal = bare.parse::<IpAddr>().ok();
+                if literal.is_some_and(is_private) || is_local_name(bare) {
+                    return Err(UrlError::denied(&shown, format!("'{bare}' is a private or loopback address")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Like [`Policy::check`], and also resolves the host name when private addresses are
+    /// refused, so that a public-looking name pointing at 127.0.0.1 is refused too. Blocking.
+    pub fn check_resolved(&self, url: &RepoUrl) -> Result<(), UrlError> {
+        self.check(url)?;
+        if self.allow_private {
+            return Ok(());
+        }
+        let Some(host) = url.host() else { return Ok(()) };
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if bare.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let port = url.port.or(url.scheme.default_port()).unwrap_or(0);
+        if let Ok(addrs) = (bare, port).to_socket_addrs()
+            && addrs.into_iter().any(|a| is_private(a.ip()))
+        {
+            return Err(UrlError::denied(&url.display(), format!("'{bare}' resolves to a private or loopback address")));
+        }
+        Ok(())
+    }
+}
+
+fn is_local_name(host: &str) -> bool {
+    host == "localhost" || host.ends_with(".localhost") || host == "localhost.localdomain"
+}
+
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    is_local_name(bare) || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private_v4(v4);
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link local
+        }
+    }
+}
+
+fn is_private_v4(v4: Ipv4Addr) -> bool {
+    let [a, b, ..] = v4.octets();
+    v4.is_loopback()
+        || v4.is_private()
+        || v4.is_link_local()
+        || v4.is_unspecified()
+        || v4.is_broadcast()
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+        || a == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(input: &str) -> Vec<String> {
+        RepoUrl::parse(input).expect(input).storage_segments()
+    }
+
+    #[test]
+    fn spellings_of_one_repository_are_one_identity() {
+        let a = key("https://Host.example/o/r");
+        assert_eq!(a, ["host.example", "o", "r"]);
+        assert_eq!(key("https://host.example/o/r.git"), a);
+        assert_eq!(key("https://host.example/o/r/"), a);
+        assert_eq!(key("https://host.example:443/o//r.git/"), a);
+        assert_eq!(key("git@host.example:o/r.git"), a);
+        assert_eq!(key("https://host.example:8443/o/r"), ["host.example_8443", "o", "r"]);
+        assert_ne!(key("https://h/a/utils"), key("https://h/b/utils"));
+    }
+
+    #[test]
+    fn passwords_never_reach_display_or_fetch_url() {
+        let url = RepoUrl::parse("https://bob:s3cret@h.example/o/r.git").expect("parse");
+        assert!(!url.display().contains("s3cret"), "{}", url.display());
+        assert!(url.display().contains("bob@"), "{}", url.display());
+        let creds = url.inline_credentials().expect("inline");
+        assert_eq!(creds.username, "bob");
+        assert_eq!(creds.token.expose(), "s3cret");
+    }
+
+    #[test]
+    fn hostile_urls_are_refused_with_a_reason() {
+        for (input, code, needle) in [
+            ("ext::sh -c touch% /tmp/pwned", ErrorCode::PolicyDenied, "ext::"),
+            ("fd::17", ErrorCode::PolicyDenied, "fd::"),
+            ("-uhelp", ErrorCode::PolicyDenied, "option"),
+            ("ssh://-oProxyCommand=x/o/r", ErrorCode::PolicyDenied, "option"),
+            ("ssh://-oProxyCommand=x@h/o/r", ErrorCode::PolicyDenied, "option"),
+            ("https://h/o/-r", ErrorCode::PolicyDenied, "option"),
+            ("https://h/o/../../etc", ErrorCode::PolicyDenied, ".."),
+            ("https://h/o/r\n", ErrorCode::InvalidUrl, "empty"),
+            ("https://h/o/r\u{7}x", ErrorCode::InvalidUrl, "control"),
+            ("ftp://h/o/r", ErrorCode::PolicyDenied, "scheme"),
+            ("https://", ErrorCode::InvalidUrl, ""),
+            ("https://h/", ErrorCode::InvalidUrl, "no repository"),
+            ("", ErrorCode::InvalidUrl, "empty"),
+        ] {
+            // "https://h/o/r\n" is trimmed and valid: check it separately below.
+            if input.ends_with('\n') {
+                assert!(RepoUrl::parse(input).is_ok());
+                continue;
+            }
+            let err = RepoUrl::parse(input).expect_err(input);
+            assert_eq!(err.code, code, "{input}: {err}");
+            assert!(err.message.contains(needle), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_do_not_echo_secrets() {
+        let err = RepoUrl::parse("https://u:topsecret@h/o/../x").expect_err("dotdot");
+        assert!(!err.message.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn strict_policy_refuses_local_and_private() {
+        let strict = Policy::strict();
+        for input in [
+            "http://127.0.0.1/o/r",
+            "https://localhost/o/r",
+            "git://10.1.2.3/o/r",
+            "https://[::1]/o/r",
+            "https://192.168.0.1/o/r",
+            "http://169.254.169.254/latest",
+        ] {
+            let url = RepoUrl::parse(input).expect(input);
+            let err = strict.check(&url).expect_err(input);
+            assert_eq!(err.code, ErrorCode::PolicyDenied, "{input}");
+        }
+        let dir = std::env::temp_dir();
+        let local = RepoUrl::parse(dir.to_str().expect("utf-8")).expect("local");
+        assert!(strict.check(&local).is_err());
+        assert!(Policy::permissive().check(&local).is_ok());
+        assert!(strict.check(&RepoUrl::parse("https://git.example.com/o/r").expect("public")).is_ok());
+    }
+
+    #[test]
+    fn allowed_hosts_and_schemes_are_enforced() {
+        let mut policy = Policy::permissive();
+        policy.allowed_hosts = vec!["*.example.com".into()];
+        policy.allowed_schemes.remove(&Scheme::Git);
+        assert!(policy.check(&RepoUrl::parse("https://git.example.com/o/r").expect("u")).is_ok());
+        assert!(policy.check(&RepoUrl::parse("https://evil.test/o/r").expect("u")).is_err());
+        assert!(policy.check(&RepoUrl::parse("git://git.example.com/o/r").expect("u")).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// Instants are RFC 3339 strings on the wire (`2026-01-02T03:04:05Z`).
+pub type Timestamp = jiff::Timestamp;
+
+/// What a task does to its repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// Bare clone with every ref, as `git clone --mirror`.
+    Mirror,
+    /// Bare clone of branches and tags, as `git clone --bare`.
+    Bare,
+    /// Clone with a working tree, as `git clone`.
+    Checkout,
+    /// A new, empty repository (bare unless it was asked for with a working tree).
+    Init,
+    /// Fetch into the existing repository and prune refs deleted upstream.
+    Sync,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Mirror => "mirror",
+            Operation::Bare => "bare",
+            Operation::Checkout => "checkout",
+            Operation::Init => "init",
+            Operation::Sync => "sync",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The four states of the product documents' `CloneStatus.status_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusType {
+    Queued,
+    Cloning,
+    Completed,
+    Failed,
+}
+
+impl StatusType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusType::Queued => "queued",
+            StatusType::Cloning => "cloning",
+            StatusType::Completed => "completed",
+            StatusType::Failed => "failed",
+        }
+    }
+
+    /// Completed and failed are final until the task is submitted again.
+    pub fn is_final(self) -> bool {
+        matches!(self, StatusType::Completed | StatusType::Failed)
+    }
+}
+
+impl std::fmt::Display for StatusType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `CloneStatus` with the field names of the product documents. `progress` and `error` are
+/// always present on the wire, `null` when they do not apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CloneStatus {
+    pub status_type: StatusType,
+    /// 0-100 while `cloning`, null otherwise.
+    pub progress: Option<u8>,
+    /// What went wrong when `failed`, null otherwise.
+    pub error: Option<String>,
+}
+
+impl CloneStatus {
+    pub fn queued() -> Self {
+        CloneStatus { status_type: StatusType::Queued, progress: None, error: None }
+    }
+
+    pub fn cloning(percent: u8) -> Self {
+        CloneStatus { status_type: StatusType::Cloning, progress: Some(percent.min(100)), error: None }
+    }
+
+    pub fn completed() -> Self {
+        CloneStatus { status_type: StatusType::Completed, progress: None, error: None }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        CloneStatus { status_type: StatusType::Failed, progress: None, error: Some(message.into()) }
+    }
+}
+
+/// The phase a running clone or fetch is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Connecting,
+    Negotiating,
+    Receiving,
+    Resolving,
+    CheckingOut,
+    Finishing,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Negotiating => "negotiating",
+            Phase::Receiving => "receiving",
+            Phase::Resolving => "resolving",
+            Phase::CheckingOut => "checking_out",
+            Phase::Finishing => "finishing",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A branch and the commit it points to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Branch {
+    pub name: String,
+    pub commit: String,
+}
+
+/// What a clone or sync changed, and what the repository looks like afterwards.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SyncResult {
+    /// Full names of refs that did not exist before.
+    #[serde(default)]
+    pub refs_created: Vec<String>,
+    /// Full names of refs that moved (fast-forward or forced).
+    #[serde(default)]
+    pub refs_updated: Vec<String>,
+    /// Full names of refs removed because they no longer exist upstream.
+    #[serde(default)]
+    pub refs_deleted: Vec<String>,
+    /// Commits reachable now that were not reachable before.
+    #[serde(default)]
+    pub new_commits: u64,
+    /// Commits reachable from any ref.
+    #[serde(default)]
+    pub total_commits: u64,
+    /// Short name of the default branch (where HEAD points), if any.
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    /// Commit the default branch points to.
+    #[serde(default)]
+    pub head_commit: Option<String>,
+    /// Every local branch.
+    #[serde(default)]
+    pub branches: Vec<Branch>,
+    /// Pack bytes received from the remote.
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Wall-clock duration of the operation.
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+/// One repository and what gitfleet last did to it. The id is derived from where the repository
+/// lives on disk, so the same repository named in different spellings is one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CloneTask {
+    /// Stable id: 16 lowercase hex digits.
+    pub id: String,
+    /// The repository URL, normalised and without credentials.
+    pub url: String,
+    pub operation: Operation,
+    pub status: CloneStatus,
+    /// The phase while `cloning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Stable code of `status.error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// Where the repository is stored.
+    pub path: String,
+    /// Attempts started for the current request (1 on the first try).
+    #[serde(default)]
+    pub attempts: u32,
+    #[schemars(with = "String")]
+    pub created_at: Timestamp,
+    #[schemars(with = "String")]
+    pub updated_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub finished_at: Option<Timestamp>,
+    /// The node that ran the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The result of the latest successful clone or sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<SyncResult>,
+}
+
+impl CloneTask {
+    /// A freshly queued task.
+    pub fn new(id: String, url: String, operation: Operation, path: String, now: Timestamp) -> Self {
+        CloneTask {
+            id,
+            url,
+            operation,
+            status: CloneStatus::queued(),
+            phase: None,
+            error_code: None,
+            path,
+            attempts: 0,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            node: None,
+            last_sync: None,
+        }
+    }
+}
+
+/// The JSON Schema of [`CloneTask`], as published in `docs/schema/clone-task.schema.json`.
+pub fn clone_task_schema() -> String {
+    let schema = schemars::schema_for!(CloneTask);
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,20 @@
+//! Support for gitfleet's end-to-end tests: deterministic fixture repositories, and real
+//! `git daemon` and smart-HTTP (`git http-backend`) servers on 127.0.0.1, plus helpers that
+//! ask the real git CLI what a repository contains.
+//!
+//! Nothing here is a mock: every server is the git project's own implementation, so a test
+//! passing means gitfleet interoperates with git, not with our idea of git. Every process
+//! started here is killed when its owner is dropped.
+
+mod daemon;
+mod fixtures;
+mod gitcli;
+mod http;
+
+pub use daemon::GitDaemon;
+pub use fixtures::Fixtures;
+pub use gitcli::{
+    fsck, free_port, git_command, git_output, head_target, mirror_clone, objects, refs,
+    remote_urls, run_git, try_git, try_mirror_clone, wait_until,
+};
+pub use http::{HttpOptions, HttpServer, LoggedRequest};
