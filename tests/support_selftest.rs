@@ -23,11 +23,7 @@ fn object_type(repo: &Path, rev: &str) -> String {
 }
 
 fn is_ancestor(repo: &Path, ancestor: &str, descendant: &str) -> bool {
-    try_git(
-        repo,
-        &["merge-base", "--is-ancestor", ancestor, descendant],
-    )
-    .is_ok()
+    try_git(repo, &["merge-base", "--is-ancestor", ancestor, descendant]).is_ok()
 }
 
 /// The mirror must be indistinguishable from its source: same refs, same objects, same
@@ -260,9 +256,11 @@ fn git_daemon_stops_on_drop() {
     let daemon = GitDaemon::start(&fx.root);
     let port = daemon.port();
     drop(daemon);
-    wait_until(WAIT, "the dropped daemon's port refuses connections", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-    });
+    wait_until(
+        WAIT,
+        "the dropped daemon's port refuses connections",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+    );
 }
 
 #[test]
@@ -300,6 +298,22 @@ fn http_serves_protocol_v2_v1_and_v0() {
     let missing = try_mirror_clone(&server.url("missing.git"), &out.path().join("m"), &[]);
     assert!(missing.is_err());
     assert_eq!(server.request_log().last().map(|r| r.status), Some(404));
+}
+
+#[test]
+fn http_server_stops_on_drop() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let out = tempdir();
+    mirror_clone(&server.url("beta.git"), &out.path().join("beta.git"));
+    let (port, url) = (server.port(), server.url("beta.git"));
+    drop(server);
+    wait_until(
+        WAIT,
+        "the dropped server's port refuses connections",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+    );
+    assert!(try_mirror_clone(&url, &out.path().join("again.git"), &[]).is_err());
 }
 
 /// git gzips request bodies over 1 KiB and streams them chunked beyond http.postBuffer; a

@@ -112,7 +112,10 @@ fn template() -> &'static Path {
         let built = staging.path().join("repos");
         run_script(&["init".as_ref(), built.as_os_str()]);
         if std::fs::rename(&built, &dest).is_err() && !dest.join("alpha.git").is_dir() {
-            panic!("could not move the fixture template into {}", dest.display());
+            panic!(
+                "could not move the fixture template into {}",
+                dest.display()
+            );
         }
         dest
     })

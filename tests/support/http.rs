@@ -81,11 +81,13 @@ impl Shared {
                 .wake
                 .wait_while(guard, |down| !*down)
                 .expect("shutdown lock"),
-            Some(limit) => *self
-                .wake
-                .wait_timeout_while(guard, limit, |down| !*down)
-                .expect("shutdown lock")
-                .0,
+            Some(limit) => {
+                *self
+                    .wake
+                    .wait_timeout_while(guard, limit, |down| !*down)
+                    .expect("shutdown lock")
+                    .0
+            }
         }
     }
 
@@ -268,6 +270,13 @@ fn header(request: &Request, name: &'static str) -> Option<String> {
         .map(|h| h.value.as_str().to_owned())
 }
 
+/// Every response closes its connection. tiny_http keeps serving accepted keep-alive
+/// connections after the server is dropped, but nothing would answer their requests any
+/// more, so a client reusing one would hang instead of seeing the server gone.
+fn respond<R: Read>(request: Request, response: Response<R>) -> io::Result<()> {
+    request.respond(response.with_header(make_header("Connection", "close")))
+}
+
 fn make_header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes())
         .unwrap_or_else(|()| panic!("invalid header {name}: {value}"))
@@ -288,7 +297,8 @@ fn handle(shared: &Shared, request: Request) {
 
     if index < shared.opts.fail_first || shared.is_shut_down() {
         shared.record(entry(503));
-        let _ = request.respond(
+        let _ = respond(
+            request,
             Response::from_string("injected failure (HttpOptions::fail_first)\n")
                 .with_status_code(503),
         );
@@ -303,7 +313,8 @@ fn handle(shared: &Shared, request: Request) {
         Some(_) => {
             shared.record(entry(401));
             let challenge = format!("Basic realm=\"{AUTH_REALM}\"");
-            let _ = request.respond(
+            let _ = respond(
+                request,
                 Response::from_string("authentication required\n")
                     .with_status_code(401)
                     .with_header(make_header("WWW-Authenticate", &challenge)),
@@ -340,7 +351,10 @@ fn serve_cgi(
     let mut cmd = Command::new(&shared.backend);
     isolate_git_env(&mut cmd);
     cmd.env("GATEWAY_INTERFACE", "CGI/1.1")
-        .env("SERVER_PROTOCOL", format!("HTTP/{}", request.http_version()))
+        .env(
+            "SERVER_PROTOCOL",
+            format!("HTTP/{}", request.http_version()),
+        )
         .env("GIT_PROJECT_ROOT", &shared.base)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("REQUEST_METHOD", request.method().as_str())
@@ -373,7 +387,8 @@ fn serve_cgi(
         Ok(child) => child,
         Err(e) => {
             record(500);
-            let _ = request.respond(
+            let _ = respond(
+                request,
                 Response::from_string(format!("cannot run git http-backend: {e}\n"))
                     .with_status_code(500),
             );
@@ -433,12 +448,13 @@ fn serve_cgi(
                 head.content_length,
                 None,
             );
-            let _ = request.respond(response);
+            let _ = respond(request, response);
         }
         Err(problem) => {
             let _ = child.wait();
             record(502);
-            let _ = request.respond(
+            let _ = respond(
+                request,
                 Response::from_string(format!("bad CGI response: {problem}\n"))
                     .with_status_code(502),
             );
@@ -557,7 +573,9 @@ impl<R: Read> Read for ShapedReader<'_, R> {
         if let Some(rate) = opts.throttle_bytes_per_sec {
             let rate = rate.max(1);
             // Small slices (about 20 per second) keep the pace even rather than bursty.
-            let slice = usize::try_from(rate / 20).unwrap_or(usize::MAX).clamp(1, 16 * 1024);
+            let slice = usize::try_from(rate / 20)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 16 * 1024);
             cap = cap.min(slice);
             let due = self.started + Duration::from_secs_f64(self.sent as f64 / rate as f64);
             if let Some(wait) = due.checked_duration_since(Instant::now())

@@ -14,7 +14,7 @@ mod http;
 pub use daemon::GitDaemon;
 pub use fixtures::Fixtures;
 pub use gitcli::{
-    fsck, free_port, git_command, git_output, head_target, mirror_clone, objects, refs,
+    free_port, fsck, git_command, git_output, head_target, mirror_clone, objects, refs,
     remote_urls, run_git, try_git, try_mirror_clone, wait_until,
 };
-pub use http::{HttpOptions, HttpServer, LoggedRequest};
+pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};

@@ -1,1 +1,235 @@
-//! placeholder
+//! gitfleet's actors, in one process: a Supervisor, a bounded pool of CloneWorkers and a
+//! Registry, wired together by [`Fleet`]. The cluster runs the same actors with other stores
+//! and event sinks.
+
+mod job;
+mod lock;
+mod registry;
+mod store;
+mod supervisor;
+mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitfleet_git::{InitName, Layout, Policy, RepoUrl, task_id};
+use gitfleet_proto::{CloneTask, Operation, StatusType, TaskError, TaskUpdate};
+use ractor::{Actor, ActorRef};
+use tokio::sync::broadcast;
+
+pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
+pub use lock::{CancelRequests, RootLock};
+pub use registry::{Registry, RegistryArgs, RegistryMsg};
+pub use store::{FileStore, TaskStore};
+pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("cannot start the actors: {0}")]
+    Spawn(String),
+    #[error("the {0} actor is gone")]
+    Gone(&'static str),
+    #[error("cannot read the task store: {0}")]
+    Store(#[from] std::io::Error),
+}
+
+/// Turns a URL as typed by a user into a job: parsed, checked against `policy`, placed.
+pub fn plan(
+    layout: &Layout,
+    policy: &Policy,
+    input: &str,
+    operation: Operation,
+) -> Result<Job, TaskError> {
+    let url = RepoUrl::parse(input).map_err(|e| TaskError::new(e.code, e.message))?;
+    policy
+        .check(&url)
+        .map_err(|e| TaskError::new(e.code, e.message))?;
+    let dest = layout.repo_path(&url, operation);
+    Ok(Job {
+        task_id: task_id(layout.relative(&dest)),
+        display: url.display(),
+        url,
+        operation,
+        dest,
+        attempt: 0,
+        generation: 0,
+    })
+}
+
+/// A job that creates an empty repository named `owner/name`.
+pub fn plan_init(layout: &Layout, name: &str, worktree: bool) -> Result<Job, TaskError> {
+    let name = InitName::parse(name).map_err(|e| TaskError::new(e.code, e.message))?;
+    let dest = layout.init_path(&name, worktree);
+    // Init touches no network: a placeholder URL that no transport will see.
+    let url = RepoUrl::parse(&format!("file://{}", layout.root().display()))
+        .map_err(|e| TaskError::new(e.code, e.message))?;
+    Ok(Job {
+        task_id: task_id(layout.relative(&dest)),
+        display: name.as_str(),
+        url,
+        operation: Operation::Init,
+        dest,
+        attempt: 0,
+        generation: 0,
+    })
+}
+
+/// The job that continues or refreshes a stored task: sync when the repository is in place,
+/// otherwise the task's own operation (a clone that never finished).
+pub fn plan_from_task(
+    layout: &Layout,
+    policy: &Policy,
+    task: &CloneTask,
+) -> Result<Job, TaskError> {
+    if task.operation == Operation::Init {
+        let worktree = !task.path.ends_with(".git");
+        return plan_init(layout, &task.url, worktree);
+    }
+    let exists = std::path::Path::new(&task.path).exists();
+    let operation = match task.operation {
+        Operation::Sync if !exists => Operation::Mirror,
+        op if exists && task.status.status_type == StatusType::Completed => {
+            let _ = op;
+            Operation::Sync
+        }
+        op => op,
+    };
+    let mut job = plan(layout, policy, &task.url, operation)?;
+    // Keep the stored path and id: a sync must find the repository where it was put.
+    job.dest = task.path.clone().into();
+    job.task_id = task.id.clone();
+    Ok(job)
+}
+
+/// The actors of one process and the channel their updates come out of.
+pub struct Fleet {
+    supervisor: ActorRef<SupervisorMsg>,
+    registry: ActorRef<RegistryMsg>,
+    updates: broadcast::Sender<TaskUpdate>,
+    layout: Layout,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("root", &self.layout.root())
+            .finish()
+    }
+}
+
+impl Fleet {
+    pub async fn start(
+        config: FleetConfig,
+        store: Arc<dyn TaskStore>,
+    ) -> Result<Fleet, FleetError> {
+        let (updates, _) = broadcast::channel(4096);
+        let layout = config.layout.clone();
+        let (registry, _) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store,
+                updates: updates.clone(),
+            },
+        )
+        .await
+        .map_err(|e| FleetError::Spawn(e.to_string()))?;
+        let (supervisor, _) = Actor::spawn(
+            None,
+            Supervisor,
+            SupervisorArgs {
+                config,
+                registry: registry.clone(),
+            },
+        )
+        .await
+        .map_err(|e| FleetError::Spawn(e.to_string()))?;
+        Ok(Fleet {
+            supervisor,
+            registry,
+            updates,
+            layout,
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Every state transition and progress sample from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskUpdate> {
+        self.updates.subscribe()
+    }
+
+    pub async fn submit(&self, jobs: Vec<Job>) -> Result<Vec<Submitted>, FleetError> {
+        ractor::call!(self.supervisor, SupervisorMsg::Submit, jobs)
+            .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
+    /// Waits until nothing is queued, running or waiting for a retry.
+    pub async fn wait_idle(&self) -> Result<(), FleetError> {
+        ractor::call!(self.supervisor, SupervisorMsg::WhenIdle)
+            .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
+    pub async fn cancel(&self, task_id: &str) -> Result<bool, FleetError> {
+        ractor::call!(self.supervisor, SupervisorMsg::Cancel, task_id.to_string())
+            .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
+    pub async fn tasks(&self) -> Result<Vec<CloneTask>, FleetError> {
+        ractor::call!(self.registry, RegistryMsg::List).map_err(|_| FleetError::Gone("registry"))
+    }
+
+    pub async fn get(&self, task_id: &str) -> Result<Option<CloneTask>, FleetError> {
+        ractor::call!(self.registry, RegistryMsg::Get, task_id.to_string())
+            .map_err(|_| FleetError::Gone("registry"))
+    }
+
+    /// Re-submits tasks that were queued or running when an earlier process died.
+    pub async fn resume_unfinished(&self, policy: &Policy) -> Result<Vec<CloneTask>, FleetError> {
+        let unfinished: Vec<CloneTask> = self
+            .tasks()
+            .await?
+            .into_iter()
+            .filter(|t| !t.status.status_type.is_final())
+            .collect();
+        let mut jobs = Vec::new();
+        for task in &unfinished {
+            match plan_from_task(&self.layout, policy, task) {
+                Ok(mut job) => {
+                    // A half-done clone was discarded with its staging directory: start it again.
+                    if task.operation != Operation::Sync && !job.dest.exists() {
+                        job.operation = task.operation;
+                    }
+                    jobs.push(job);
+                }
+                Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot resume task"),
+            }
+        }
+        self.submit(jobs).await?;
+        Ok(unfinished)
+    }
+
+    /// Polls `requests` for cancels written by other processes until the fleet stops.
+    pub fn watch_cancel_requests(&self, requests: CancelRequests) -> tokio::task::JoinHandle<()> {
+        let supervisor = self.supervisor.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                for id in requests.take() {
+                    if ractor::call!(supervisor, SupervisorMsg::Cancel, id).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    pub async fn shutdown(self) {
+        self.supervisor.stop(None);
+        self.registry.stop(None);
+    }
+}

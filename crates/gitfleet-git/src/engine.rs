@@ -89,17 +89,26 @@ impl Control {
     }
 
     fn stop(&self, reason: u8) {
-        let _ = self.reason.compare_exchange(RUNNING, reason, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .reason
+            .compare_exchange(RUNNING, reason, Ordering::SeqCst, Ordering::SeqCst);
         self.interrupt.store(true, Ordering::SeqCst);
     }
 
     fn reason_error(&self, req: &Request) -> Option<TaskError> {
         let url = req.url.display();
         match self.reason.load(Ordering::SeqCst) {
-            CANCELLED => Some(TaskError::new(ErrorCode::Cancelled, format!("{} of {url} was cancelled", req.operation))),
+            CANCELLED => Some(TaskError::new(
+                ErrorCode::Cancelled,
+                format!("{} of {url} was cancelled", req.operation),
+            )),
             TIMED_OUT => Some(TaskError::new(
                 ErrorCode::Timeout,
-                format!("{} of {url} exceeded the time limit of {}s", req.operation, req.limits.time_limit.as_secs()),
+                format!(
+                    "{} of {url} exceeded the time limit of {}s",
+                    req.operation,
+                    req.limits.time_limit.as_secs()
+                ),
             )),
             STALLED => Some(TaskError::new(
                 ErrorCode::Stalled,
@@ -125,11 +134,25 @@ impl Commit {
     const ABANDONED: u8 = 2;
 
     fn try_commit(&self) -> bool {
-        self.0.compare_exchange(Self::OPEN, Self::COMMITTED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::COMMITTED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
     }
 
     fn try_abandon(&self) -> bool {
-        self.0.compare_exchange(Self::OPEN, Self::ABANDONED, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        self.0
+            .compare_exchange(
+                Self::OPEN,
+                Self::ABANDONED,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+            .is_ok()
     }
 }
 
@@ -156,13 +179,18 @@ pub fn execute(
         let layout = layout.clone();
         let interrupt = control.interrupt.clone();
         let commit = commit.clone();
-        let spawned = std::thread::Builder::new().name("gitfleet-git".into()).spawn(move || {
-            let progress = root.add_child("gitfleet");
-            let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
-            let _ = tx.send(Event::Done(result));
-        });
+        let spawned = std::thread::Builder::new()
+            .name("gitfleet-git".into())
+            .spawn(move || {
+                let progress = root.add_child("gitfleet");
+                let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
+                let _ = tx.send(Event::Done(result));
+            });
         if let Err(e) = spawned {
-            return Err(TaskError::new(ErrorCode::Internal, format!("could not start a git thread: {e}")));
+            return Err(TaskError::new(
+                ErrorCode::Internal,
+                format!("could not start a git thread: {e}"),
+            ));
         }
     }
 
@@ -176,7 +204,10 @@ pub fn execute(
             Ok(Event::Done(result)) => break result,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                break Err(TaskError::new(ErrorCode::Internal, "the git thread ended without a result"));
+                break Err(TaskError::new(
+                    ErrorCode::Internal,
+                    "the git thread ended without a result",
+                ));
             }
         }
         let sample = tracker.sample().clone();
@@ -209,9 +240,9 @@ pub fn execute(
     };
 
     let outcome = match outcome {
-        Err(_) if control.reason_error(req).is_some() => Err(control.reason_error(req).unwrap_or_else(|| {
-            TaskError::new(ErrorCode::Internal, "interrupted")
-        })),
+        Err(_) if control.reason_error(req).is_some() => Err(control
+            .reason_error(req)
+            .unwrap_or_else(|| TaskError::new(ErrorCode::Internal, "interrupted"))),
         other => other,
     };
     outcome.map(|mut result| {
@@ -230,7 +261,10 @@ fn check_credentials_transport(req: &Request) -> Result<(), TaskError> {
     {
         return Err(TaskError::new(
             ErrorCode::PolicyDenied,
-            format!("refusing to send credentials over plain http to {}; use https", req.url.display()),
+            format!(
+                "refusing to send credentials over plain http to {}; use https",
+                req.url.display()
+            ),
         ));
     }
     Ok(())
@@ -252,7 +286,11 @@ fn run(
             if !exists {
                 return Err(TaskError::new(
                     ErrorCode::NotFound,
-                    format!("{} has not been cloned yet: nothing at {}", req.url.display(), req.dest.display()),
+                    format!(
+                        "{} has not been cloned yet: nothing at {}",
+                        req.url.display(),
+                        req.dest.display()
+                    ),
                 ));
             }
             sync(req, progress, interrupt, commit, events)
@@ -262,7 +300,10 @@ fn run(
             if gix::open_opts(&req.dest, gix::open::Options::isolated()).is_err() {
                 return Err(TaskError::new(
                     ErrorCode::Conflict,
-                    format!("{} exists and is not a git repository; not touching it", req.dest.display()),
+                    format!(
+                        "{} exists and is not a git repository; not touching it",
+                        req.dest.display()
+                    ),
                 ));
             }
             sync(req, progress, interrupt, commit, events)
@@ -297,13 +338,20 @@ fn storage_error(req: &Request, what: &str, err: &std::io::Error) -> TaskError {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => ErrorCode::Storage,
         _ => ErrorCode::Storage,
     };
-    TaskError::new(code, req.redactor.redact(&format!("{what} for {}: {err}", req.url.display())))
+    TaskError::new(
+        code,
+        req.redactor
+            .redact(&format!("{what} for {}: {err}", req.url.display())),
+    )
 }
 
 fn git_error(req: &Request, what: &str, err: &(dyn std::error::Error + 'static)) -> TaskError {
     let code = classify(err);
     let message = describe(err, &req.redactor);
-    TaskError::new(code, format!("{what} {} failed: {message}", req.url.display()))
+    TaskError::new(
+        code,
+        format!("{what} {} failed: {message}", req.url.display()),
+    )
 }
 
 /// Moves a finished repository from staging into place, if the watcher has not given up.
@@ -312,40 +360,59 @@ fn publish(req: &Request, staging: &mut Staging, commit: &Commit) -> Result<(), 
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
     if let Some(parent) = req.dest.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| storage_error(req, "cannot create the directory", &e))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| storage_error(req, "cannot create the directory", &e))?;
     }
     if req.dest.exists() {
         return Err(TaskError::new(
             ErrorCode::Conflict,
-            format!("{} appeared while cloning; keeping what is there", req.dest.display()),
+            format!(
+                "{} appeared while cloning; keeping what is there",
+                req.dest.display()
+            ),
         ));
     }
-    std::fs::rename(&staging.path, &req.dest).map_err(|e| storage_error(req, "cannot move the clone into place", &e))?;
+    std::fs::rename(&staging.path, &req.dest)
+        .map_err(|e| storage_error(req, "cannot move the clone into place", &e))?;
     staging.keep = true;
     Ok(())
 }
 
 fn init(req: &Request, layout: &Layout, commit: &Commit) -> Result<SyncResult, TaskError> {
-    let mut staging = Staging { path: layout.new_staging_path(), keep: false };
+    let mut staging = Staging {
+        path: layout.new_staging_path(),
+        keep: false,
+    };
     let worktree = !req.dest.to_string_lossy().ends_with(".git");
-    let created = if worktree { gix::init(&staging.path) } else { gix::init_bare(&staging.path) };
+    let created = if worktree {
+        gix::init(&staging.path)
+    } else {
+        gix::init_bare(&staging.path)
+    };
     created.map_err(|e| git_error(req, "init of", &e))?;
     publish(req, &mut staging, commit)?;
-    Ok(SyncResult { default_branch: Some("main".into()).filter(|_| false), ..SyncResult::default() })
+    Ok(SyncResult {
+        default_branch: Some("main".into()).filter(|_| false),
+        ..SyncResult::default()
+    })
 }
 
 fn credentials_helper(
     credentials: Option<Credentials>,
-) -> impl FnMut(gix::credentials::helper::Action) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
+) -> impl FnMut(
+    gix::credentials::helper::Action,
+) -> gix::Result<Option<gix::credentials::protocol::Outcome>> {
     move |action| match (&credentials, action) {
-        (Some(c), gix::credentials::helper::Action::Get(ctx)) => Ok(Some(gix::credentials::protocol::Outcome {
-            identity: gix::sec::identity::Account {
-                username: c.username.clone(),
-                password: c.token.expose().to_string(),
-                oauth_refresh_token: None,
-            },
-            next: ctx.into(),
-        })),
+        (Some(c), gix::credentials::helper::Action::Get(ctx)) => {
+            Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: c.username.clone(),
+                    password: c.token.expose().to_string(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.into(),
+            }))
+        }
         // Nothing to store or erase: gitfleet keeps no credential state.
         _ => Ok(None),
     }
@@ -354,7 +421,10 @@ fn credentials_helper(
 fn ref_map_options() -> gix::remote::ref_map::Options {
     // With the default (true), gix turns `refs/*` into a literal ref-prefix for protocol v2 and
     // the server lists only HEAD: a mirror would silently have no refs (dependency-facts.md).
-    gix::remote::ref_map::Options { prefix_from_spec_as_filter_on_remote: false, ..Default::default() }
+    gix::remote::ref_map::Options {
+        prefix_from_spec_as_filter_on_remote: false,
+        ..Default::default()
+    }
 }
 
 fn clone(
@@ -365,7 +435,10 @@ fn clone(
     commit: &Commit,
     events: &mpsc::Sender<Event>,
 ) -> Result<SyncResult, TaskError> {
-    let mut staging = Staging { path: layout.new_staging_path(), keep: false };
+    let mut staging = Staging {
+        path: layout.new_staging_path(),
+        keep: false,
+    };
     let kind = if req.operation == Operation::Checkout {
         gix::create::Kind::WithWorktree
     } else {
@@ -396,7 +469,10 @@ fn clone(
         }),
         Operation::Bare => prepare.configure_remote(|remote| {
             Ok(remote
-                .with_refspecs(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], Direction::Fetch)?
+                .with_refspecs(
+                    ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+                    Direction::Fetch,
+                )?
                 .with_fetch_tags(gix::remote::fetch::Tags::None))
         }),
         _ => prepare,
@@ -434,13 +510,16 @@ fn clone(
 /// `remote.origin.mirror = true`, as `git clone --mirror` writes it.
 fn set_mirror_flag(req: &Request, git_dir: &Path) -> Result<(), TaskError> {
     let path = git_dir.join("config");
-    let mut config = gix::config::File::from_path_no_includes(path.clone(), gix::config::Source::Local)
-        .map_err(|e| git_error(req, "configuring", &e))?;
+    let mut config =
+        gix::config::File::from_path_no_includes(path.clone(), gix::config::Source::Local)
+            .map_err(|e| git_error(req, "configuring", &e))?;
     config
         .set_raw_value_by("remote", Some("origin".into()), "mirror", "true")
         .map_err(|e| git_error(req, "configuring", &e))?;
     let mut out = Vec::new();
-    config.write_to(&mut out).map_err(|e| storage_error(req, "cannot write config", &e))?;
+    config
+        .write_to(&mut out)
+        .map_err(|e| storage_error(req, "cannot write config", &e))?;
     std::fs::write(&path, out).map_err(|e| storage_error(req, "cannot write config", &e))
 }
 
@@ -468,16 +547,26 @@ fn sync(
         .iter()
         .map(|s| s.to_ref().to_bstring())
         .collect();
-    let mut connection = remote.connect(Direction::Fetch).map_err(|e| git_error(req, "sync of", &e))?;
+    let mut connection = remote
+        .connect(Direction::Fetch)
+        .map_err(|e| git_error(req, "sync of", &e))?;
     connection.set_credentials(credentials_helper(req.credentials.clone()));
     let mut fetch_progress = progress.add_child("fetch");
-    let prepare = match connection.prepare_fetch(&mut fetch_progress, ref_map_options()) {
-        Ok(p) => p,
+    let fetched = (|| -> gix::Result<HashSet<BString>> {
+        let prepare = connection.prepare_fetch(&mut fetch_progress, ref_map_options())?;
+        let outcome = prepare.receive(&mut fetch_progress, interrupt)?;
+        Ok(outcome
+            .ref_map
+            .mappings
+            .iter()
+            .filter_map(|m| m.local.clone())
+            .collect())
+    })();
+    let upstream = match fetched {
+        Ok(upstream) => upstream,
+        Err(e) if describe(&e, &req.redactor).contains("matched any of the") => HashSet::new(),
         Err(e) => return Err(git_error(req, "sync of", &e)),
     };
-    let outcome = prepare
-        .receive(&mut fetch_progress, interrupt)
-        .map_err(|e| git_error(req, "sync of", &e))?;
     if interrupt.load(Ordering::SeqCst) {
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
@@ -485,12 +574,6 @@ fn sync(
     if !commit.try_commit() {
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
-    let upstream: HashSet<BString> = outcome
-        .ref_map
-        .mappings
-        .iter()
-        .filter_map(|m| m.local.clone())
-        .collect();
     prune(req, &repo, &specs, &upstream)?;
     let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
     summarize(req, &repo, &before, &after)
@@ -515,18 +598,26 @@ fn prune(
         return Ok(());
     }
     let mut edits = Vec::new();
-    let refs = repo.references().map_err(|e| git_error(req, "listing refs of", &e))?;
-    let all = refs.all().map_err(|e| git_error(req, "listing refs of", &e))?;
+    let refs = repo
+        .references()
+        .map_err(|e| git_error(req, "listing refs of", &e))?;
+    let all = refs
+        .all()
+        .map_err(|e| git_error(req, "listing refs of", &e))?;
     for reference in all.flatten() {
         let name = reference.name().as_bstr().to_owned();
         let name_str = name.to_str_lossy();
-        let Some(id) = reference.target().try_id().map(ToOwned::to_owned) else { continue };
+        let Some(id) = reference.target().try_id().map(ToOwned::to_owned) else {
+            continue;
+        };
         if upstream.contains(&name) || !prefixes.iter().any(|p| name_str.starts_with(p.as_str())) {
             continue;
         }
         edits.push(gix::refs::transaction::RefEdit {
             change: gix::refs::transaction::Change::Delete {
-                expected: gix::refs::transaction::PreviousValue::MustExistAndMatch(gix::refs::Target::Object(id)),
+                expected: gix::refs::transaction::PreviousValue::MustExistAndMatch(
+                    gix::refs::Target::Object(id),
+                ),
                 log: gix::refs::transaction::RefLog::AndReference,
             },
             name: reference.name().to_owned(),
@@ -534,7 +625,8 @@ fn prune(
         });
     }
     if !edits.is_empty() {
-        repo.edit_references(edits).map_err(|e| git_error(req, "pruning refs of", &e))?;
+        repo.edit_references(edits)
+            .map_err(|e| git_error(req, "pruning refs of", &e))?;
     }
     Ok(())
 }
@@ -564,20 +656,37 @@ fn summarize(
             Some(_) => {}
         }
     }
-    result.refs_deleted = before.keys().filter(|n| !after.contains_key(*n)).cloned().collect();
+    result.refs_deleted = before
+        .keys()
+        .filter(|n| !after.contains_key(*n))
+        .cloned()
+        .collect();
 
     let commits_of = |refs: &BTreeMap<String, gix::ObjectId>| -> BTreeSet<gix::ObjectId> {
         refs.values()
-            .filter_map(|id| repo.find_object(*id).ok()?.peel_to_commit().ok().map(|c| c.id))
+            .filter_map(|id| {
+                repo.find_object(*id)
+                    .ok()?
+                    .peel_to_commit()
+                    .ok()
+                    .map(|c| c.id)
+            })
             .collect()
     };
     let new_tips = commits_of(after);
     let old_tips = commits_of(before);
     let walk_err = |e: &dyn std::fmt::Display| {
-        TaskError::new(ErrorCode::Protocol, req.redactor.redact(&format!("walking history of {}: {e}", req.url.display())))
+        TaskError::new(
+            ErrorCode::Protocol,
+            req.redactor
+                .redact(&format!("walking history of {}: {e}", req.url.display())),
+        )
     };
     if !new_tips.is_empty() {
-        let all = repo.rev_walk(new_tips.iter().copied()).all().map_err(|e| walk_err(&e))?;
+        let all = repo
+            .rev_walk(new_tips.iter().copied())
+            .all()
+            .map_err(|e| walk_err(&e))?;
         result.total_commits = all.count() as u64;
         result.new_commits = if old_tips.is_empty() {
             result.total_commits
@@ -591,12 +700,19 @@ fn summarize(
         };
     }
 
-    let branch_prefix = if repo.is_bare() { "refs/heads/" } else { "refs/remotes/origin/" };
+    let branch_prefix = if repo.is_bare() {
+        "refs/heads/"
+    } else {
+        "refs/remotes/origin/"
+    };
     result.branches = after
         .iter()
         .filter_map(|(name, id)| {
             let short = name.strip_prefix(branch_prefix)?;
-            (short != "HEAD").then(|| Branch { name: short.to_string(), commit: id.to_string() })
+            (short != "HEAD").then(|| Branch {
+                name: short.to_string(),
+                commit: id.to_string(),
+            })
         })
         .collect();
     if let Ok(Some(head)) = repo.head_name() {

@@ -26,7 +26,13 @@ pub(crate) fn classify(err: &(dyn std::error::Error + 'static)) -> ErrorCode {
 pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> ErrorCode {
     use std::io::ErrorKind as K;
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
-    if has(&["authentication required", "authentication failed", "http status 401", "http status 403", "credentials"]) {
+    if has(&[
+        "authentication required",
+        "authentication failed",
+        "http status 401",
+        "http status 403",
+        "credentials",
+    ]) {
         return ErrorCode::AuthFailed;
     }
     if has(&[
@@ -39,14 +45,26 @@ pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> 
     ]) {
         return ErrorCode::NotFound;
     }
-    if has(&["http status 5", "service unavailable", "internal server error", "bad gateway"]) {
+    if has(&[
+        "http status 5",
+        "service unavailable",
+        "internal server error",
+        "bad gateway",
+    ]) {
         return ErrorCode::ServerError;
     }
-    if has(&["no space left", "disk quota", "storage full", "read-only file system"]) {
+    if has(&[
+        "no space left",
+        "disk quota",
+        "storage full",
+        "read-only file system",
+    ]) {
         return ErrorCode::Storage;
     }
     match io_kind {
-        Some(K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem) => return ErrorCode::Storage,
+        Some(K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem) => {
+            return ErrorCode::Storage;
+        }
         Some(
             K::ConnectionRefused
             | K::ConnectionReset
@@ -79,7 +97,14 @@ pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> 
     ]) {
         return ErrorCode::Network;
     }
-    if has(&["pack", "checksum", "corrupt", "protocol", "packet line", "invalid"]) {
+    if has(&[
+        "pack",
+        "checksum",
+        "corrupt",
+        "protocol",
+        "packet line",
+        "invalid",
+    ]) {
         return ErrorCode::Protocol;
     }
     if io_kind.is_some() {
@@ -108,14 +133,29 @@ mod tests {
 
     #[test]
     fn common_failures_get_stable_codes() {
-        assert_eq!(classify_text("received http status 404", None), ErrorCode::NotFound);
-        assert_eq!(classify_text("received http status 503", None), ErrorCode::ServerError);
-        assert_eq!(classify_text("authentication required", None), ErrorCode::AuthFailed);
+        assert_eq!(
+            classify_text("received http status 404", None),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            classify_text("received http status 503", None),
+            ErrorCode::ServerError
+        );
+        assert_eq!(
+            classify_text("authentication required", None),
+            ErrorCode::AuthFailed
+        );
         assert_eq!(
             classify_text("access denied or repository not exported: /x.git", None),
             ErrorCode::NotFound
         );
-        assert_eq!(classify_text("whatever", Some(std::io::ErrorKind::ConnectionRefused)), ErrorCode::Network);
-        assert_eq!(classify_text("x", Some(std::io::ErrorKind::StorageFull)), ErrorCode::Storage);
+        assert_eq!(
+            classify_text("whatever", Some(std::io::ErrorKind::ConnectionRefused)),
+            ErrorCode::Network
+        );
+        assert_eq!(
+            classify_text("x", Some(std::io::ErrorKind::StorageFull)),
+            ErrorCode::Storage
+        );
     }
 }

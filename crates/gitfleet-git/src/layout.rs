@@ -21,7 +21,9 @@ impl Layout {
     /// Creates the root (and gitfleet's state directories) if needed.
     pub fn open(root: &Path) -> io::Result<Layout> {
         std::fs::create_dir_all(root.join(STATE_DIR).join(STAGING_DIR))?;
-        Ok(Layout { root: std::fs::canonicalize(root)? })
+        Ok(Layout {
+            root: std::fs::canonicalize(root)?,
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -63,7 +65,8 @@ impl Layout {
     /// move into place is an atomic rename. The directory itself is not created.
     pub fn new_staging_path(&self) -> PathBuf {
         let suffix: u64 = rand::random();
-        self.staging_root().join(format!("{}-{suffix:016x}", std::process::id()))
+        self.staging_root()
+            .join(format!("{}-{suffix:016x}", std::process::id()))
     }
 
     /// Removes staging directories left by a process that died mid-clone. Call only while
@@ -111,8 +114,13 @@ impl InitName {
     pub fn parse(input: &str) -> Result<InitName, UrlError> {
         // The same segment rules as URL paths: no '..', no leading '-', no control characters.
         let url = RepoUrl::parse(&format!("https://init.invalid/{}", input.trim_matches('/')))
-            .map_err(|e| UrlError { code: e.code, message: e.message.replace("https://init.invalid/", "") })?;
-        Ok(InitName { segments: url.storage_segments().into_iter().skip(1).collect() })
+            .map_err(|e| UrlError {
+                code: e.code,
+                message: e.message.replace("https://init.invalid/", ""),
+            })?;
+        Ok(InitName {
+            segments: url.storage_segments().into_iter().skip(1).collect(),
+        })
     }
 
     pub fn as_str(&self) -> String {
@@ -128,19 +136,31 @@ mod tests {
     fn layout_keeps_owners_apart_and_inside_the_root() {
         let dir = tempfile::tempdir().expect("tempdir");
         let layout = Layout::open(dir.path()).expect("layout");
-        let a = layout.repo_path(&RepoUrl::parse("https://h.example/a/utils").expect("a"), Operation::Mirror);
-        let b = layout.repo_path(&RepoUrl::parse("https://h.example/b/utils.git").expect("b"), Operation::Mirror);
+        let a = layout.repo_path(
+            &RepoUrl::parse("https://h.example/a/utils").expect("a"),
+            Operation::Mirror,
+        );
+        let b = layout.repo_path(
+            &RepoUrl::parse("https://h.example/b/utils.git").expect("b"),
+            Operation::Mirror,
+        );
         assert_ne!(a, b);
         assert!(a.starts_with(layout.root()) && b.starts_with(layout.root()));
         assert!(a.ends_with("h.example/a/utils.git"), "{}", a.display());
-        let wt = layout.repo_path(&RepoUrl::parse("https://h.example/a/utils").expect("a"), Operation::Checkout);
+        let wt = layout.repo_path(
+            &RepoUrl::parse("https://h.example/a/utils").expect("a"),
+            Operation::Checkout,
+        );
         assert!(wt.ends_with("h.example/a/utils"));
         assert_ne!(task_id(layout.relative(&a)), task_id(layout.relative(&b)));
     }
 
     #[test]
     fn init_names_are_validated() {
-        assert_eq!(InitName::parse("team/tools").expect("ok").as_str(), "team/tools");
+        assert_eq!(
+            InitName::parse("team/tools").expect("ok").as_str(),
+            "team/tools"
+        );
         assert!(InitName::parse("../etc").is_err());
         assert!(InitName::parse("team/-x").is_err());
     }

@@ -40,7 +40,10 @@ fn range(phase: Phase) -> (u8, u8) {
 /// tracker (one attempt).
 pub(crate) struct Tracker {
     root: Arc<Root>,
-    snapshot: Vec<(gix::progress::prodash::progress::Key, gix::progress::prodash::progress::Task)>,
+    snapshot: Vec<(
+        gix::progress::prodash::progress::Key,
+        gix::progress::prodash::progress::Task,
+    )>,
     last: Progress,
     last_sample: Option<(Instant, u64)>,
     /// A value that changes whenever anything moves, for stall detection.
@@ -123,11 +126,9 @@ impl Tracker {
                         fraction = frac(step, max);
                     }
                 }
-                DELTAS_RESOLVED if step > 0 => {
-                    if phase <= Phase::Resolving {
-                        phase = Phase::Resolving;
-                        fraction = frac(step, max);
-                    }
+                DELTAS_RESOLVED if step > 0 && phase <= Phase::Resolving => {
+                    phase = Phase::Resolving;
+                    fraction = frac(step, max);
                 }
                 _ => {}
             }
@@ -143,14 +144,25 @@ impl Tracker {
         let rate = match self.last_sample {
             Some((at, prev)) if now > at => {
                 let secs = now.duration_since(at).as_secs_f64();
-                if secs >= 0.5 { ((bytes.saturating_sub(prev)) as f64 / secs) as u64 } else { self.last.bytes_per_sec }
+                if secs >= 0.5 {
+                    ((bytes.saturating_sub(prev)) as f64 / secs) as u64
+                } else {
+                    self.last.bytes_per_sec
+                }
             }
             _ => 0,
         };
-        if self.last_sample.is_none_or(|(at, _)| now.duration_since(at).as_secs_f64() >= 0.5) {
+        if self
+            .last_sample
+            .is_none_or(|(at, _)| now.duration_since(at).as_secs_f64() >= 0.5)
+        {
             self.last_sample = Some((now, bytes));
         }
-        self.activity = activity.wrapping_mul(31).wrapping_add(bytes).wrapping_mul(31).wrapping_add(phase as u64);
+        self.activity = activity
+            .wrapping_mul(31)
+            .wrapping_add(bytes)
+            .wrapping_mul(31)
+            .wrapping_add(phase as u64);
         self.last = Progress {
             phase,
             percent: percent.max(self.last.percent),

@@ -62,7 +62,11 @@ impl CredentialsConfig {
     /// Every secret known here, so that text can be scrubbed of them.
     pub fn redactor(&self) -> Redactor {
         let mut r = Redactor::default();
-        for c in self.default.iter().chain(self.per_host.iter().map(|(_, c)| c)) {
+        for c in self
+            .default
+            .iter()
+            .chain(self.per_host.iter().map(|(_, c)| c))
+        {
             r.add(&c.token);
         }
         r
@@ -119,7 +123,9 @@ pub fn scrub_userinfo(text: &str) -> String {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
         let authority_end = tail
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\'')
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
             .unwrap_or(tail.len());
         let authority = &tail[..authority_end];
         match authority.rfind('@') {
@@ -152,14 +158,20 @@ mod tests {
             scrub_userinfo("clone https://bob:hunter2@h/o/r failed; see http://a:b@x:1/y"),
             "clone https://bob:***@h/o/r failed; see http://a:***@x:1/y"
         );
-        assert_eq!(scrub_userinfo("git://h/o/r and ssh://git@h/o"), "git://h/o/r and ssh://git@h/o");
+        assert_eq!(
+            scrub_userinfo("git://h/o/r and ssh://git@h/o"),
+            "git://h/o/r and ssh://git@h/o"
+        );
     }
 
     #[test]
     fn known_secrets_are_redacted_raw_and_encoded() {
         let mut r = Redactor::default();
         r.add(&Secret::new("tok/en+1"));
-        assert_eq!(r.redact("bad token tok/en+1 or tok%2Fen%2B1"), "bad token *** or ***");
+        assert_eq!(
+            r.redact("bad token tok/en+1 or tok%2Fen%2B1"),
+            "bad token *** or ***"
+        );
         assert_eq!(format!("{:?}", Secret::new("x")), "***");
     }
 }

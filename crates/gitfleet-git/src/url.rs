@@ -64,18 +64,28 @@ pub struct UrlError {
 
 impl UrlError {
     fn invalid(input: &str, why: impl std::fmt::Display) -> Self {
-        UrlError { code: ErrorCode::InvalidUrl, message: format!("invalid url {}: {why}", quote(input)) }
+        UrlError {
+            code: ErrorCode::InvalidUrl,
+            message: format!("invalid url {}: {why}", quote(input)),
+        }
     }
 
     fn denied(input: &str, why: impl std::fmt::Display) -> Self {
-        UrlError { code: ErrorCode::PolicyDenied, message: format!("url {} refused: {why}", quote(input)) }
+        UrlError {
+            code: ErrorCode::PolicyDenied,
+            message: format!("url {} refused: {why}", quote(input)),
+        }
     }
 }
 
 /// Shows user input safely: secrets scrubbed, control characters escaped, length capped.
 fn quote(input: &str) -> String {
     let scrubbed = scrub_userinfo(input);
-    let mut out: String = scrubbed.chars().take(200).flat_map(char::escape_debug).collect();
+    let mut out: String = scrubbed
+        .chars()
+        .take(200)
+        .flat_map(char::escape_debug)
+        .collect();
     if scrubbed.chars().count() > 200 {
         out.push('…');
     }
@@ -109,13 +119,19 @@ impl RepoUrl {
             return Err(UrlError::invalid(input, "it is empty"));
         }
         if trimmed.len() > MAX_URL_LEN {
-            return Err(UrlError::invalid(input, format!("longer than {MAX_URL_LEN} bytes")));
+            return Err(UrlError::invalid(
+                input,
+                format!("longer than {MAX_URL_LEN} bytes"),
+            ));
         }
         if trimmed.chars().any(char::is_control) {
             return Err(UrlError::invalid(input, "it contains control characters"));
         }
         if trimmed.starts_with('-') {
-            return Err(UrlError::denied(input, "it starts with '-' and could be read as an option"));
+            return Err(UrlError::denied(
+                input,
+                "it starts with '-' and could be read as an option",
+            ));
         }
         if let Some(transport) = command_transport(trimmed) {
             return Err(UrlError::denied(
@@ -127,10 +143,14 @@ impl RepoUrl {
         if looks_like_url {
             let scheme = &trimmed[..trimmed.find("://").unwrap_or(0)];
             if Scheme::parse(scheme).is_none() && !matches!(scheme, "git+ssh" | "ssh+git") {
-                return Err(UrlError::denied(input, format!("unsupported scheme '{scheme}'")));
+                return Err(UrlError::denied(
+                    input,
+                    format!("unsupported scheme '{scheme}'"),
+                ));
             }
         }
-        let mut url = gix::url::parse(trimmed.as_bytes().as_bstr()).map_err(|e| UrlError::invalid(input, e))?;
+        let mut url = gix::url::parse(trimmed.as_bytes().as_bstr())
+            .map_err(|e| UrlError::invalid(input, e))?;
         let scheme = match url.scheme {
             gix::url::Scheme::File => Scheme::File,
             gix::url::Scheme::Git => Scheme::Git,
@@ -138,11 +158,18 @@ impl RepoUrl {
             gix::url::Scheme::Https => Scheme::Https,
             gix::url::Scheme::Ssh => Scheme::Ssh,
             other => {
-                return Err(UrlError::denied(input, format!("unsupported transport '{}'", other.as_str())));
+                return Err(UrlError::denied(
+                    input,
+                    format!("unsupported transport '{}'", other.as_str()),
+                ));
             }
         };
 
-        let password = url.password.take().filter(|p| !p.is_empty()).map(Secret::new);
+        let password = url
+            .password
+            .take()
+            .filter(|p| !p.is_empty())
+            .map(Secret::new);
         let user = url.user.clone().filter(|u| !u.is_empty());
         if let Some(user) = &user {
             check_text(input, "user", user)?;
@@ -151,7 +178,10 @@ impl RepoUrl {
 
         let (host, segments) = if scheme == Scheme::File {
             if url.host.is_some() {
-                return Err(UrlError::invalid(input, "file urls with a host are not supported"));
+                return Err(UrlError::invalid(
+                    input,
+                    "file urls with a host are not supported",
+                ));
             }
             let path = String::from_utf8(url.path.to_vec())
                 .map_err(|_| UrlError::invalid(input, "the path is not UTF-8"))?;
@@ -160,7 +190,10 @@ impl RepoUrl {
             url.serialize_alternative_form = false;
             (None, path_segments(input, &absolute.to_string_lossy())?)
         } else {
-            let host = url.host.clone().ok_or_else(|| UrlError::invalid(input, "it has no host"))?;
+            let host = url
+                .host
+                .clone()
+                .ok_or_else(|| UrlError::invalid(input, "it has no host"))?;
             let host = check_host(input, &host)?;
             let path = String::from_utf8(url.path.to_vec())
                 .map_err(|_| UrlError::invalid(input, "the path is not UTF-8"))?;
@@ -174,7 +207,15 @@ impl RepoUrl {
         if segments.is_empty() {
             return Err(UrlError::invalid(input, "it names no repository"));
         }
-        Ok(RepoUrl { scheme, host, port, user, password, segments, fetch_url: url })
+        Ok(RepoUrl {
+            scheme,
+            host,
+            port,
+            user,
+            password,
+            segments,
+            fetch_url: url,
+        })
     }
 
     pub fn scheme(&self) -> Scheme {
@@ -202,7 +243,10 @@ impl RepoUrl {
     /// Credentials that arrived inside the URL (`https://user:token@host/...`).
     pub fn inline_credentials(&self) -> Option<Credentials> {
         let token = self.password.clone()?;
-        Some(Credentials { username: self.user.clone().unwrap_or_else(|| "git".into()), token })
+        Some(Credentials {
+            username: self.user.clone().unwrap_or_else(|| "git".into()),
+            token,
+        })
     }
 
     pub fn password(&self) -> Option<&Secret> {
@@ -213,7 +257,9 @@ impl RepoUrl {
     /// when it is not the scheme's default and `_file` standing in for local paths.
     pub fn storage_segments(&self) -> Vec<String> {
         let first = match (&self.host, self.port) {
-            (Some(h), Some(p)) => format!("{}_{p}", h.trim_start_matches('[').trim_end_matches(']')),
+            (Some(h), Some(p)) => {
+                format!("{}_{p}", h.trim_start_matches('[').trim_end_matches(']'))
+            }
             (Some(h), None) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
             (None, _) => "_file".to_string(),
         };
@@ -229,16 +275,24 @@ fn command_transport(input: &str) -> Option<&str> {
     let pos = input.find("::")?;
     let head = &input[..pos];
     let is_word = !head.is_empty()
-        && head.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_'));
     (is_word && !head.contains('/')).then_some(head)
 }
 
 fn check_text(input: &str, what: &str, value: &str) -> Result<(), UrlError> {
     if value.starts_with('-') {
-        return Err(UrlError::denied(input, format!("the {what} starts with '-' and could be read as an option")));
+        return Err(UrlError::denied(
+            input,
+            format!("the {what} starts with '-' and could be read as an option"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(UrlError::invalid(input, format!("the {what} contains control characters")));
+        return Err(UrlError::invalid(
+            input,
+            format!("the {what} contains control characters"),
+        ));
     }
     Ok(())
 }
@@ -251,10 +305,15 @@ fn check_host(input: &str, host: &str) -> Result<String, UrlError> {
     } else {
         !bare.is_empty()
             && !bare.starts_with('.')
-            && bare.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
     };
     if !ok {
-        return Err(UrlError::invalid(input, format!("'{}' is not a valid host name", bare.escape_debug())));
+        return Err(UrlError::invalid(
+            input,
+            format!("'{}' is not a valid host name", bare.escape_debug()),
+        ));
     }
     Ok(host.to_ascii_lowercase())
 }
@@ -266,13 +325,19 @@ fn path_segments(input: &str, path: &str) -> Result<Vec<String>, UrlError> {
             continue;
         }
         if segment == "." || segment == ".." {
-            return Err(UrlError::denied(input, "the path contains '.' or '..' segments"));
+            return Err(UrlError::denied(
+                input,
+                "the path contains '.' or '..' segments",
+            ));
         }
         if segment.contains('\\') {
             return Err(UrlError::invalid(input, "the path contains a backslash"));
         }
         if segment.len() > MAX_SEGMENT_LEN {
-            return Err(UrlError::invalid(input, "a path segment is longer than 255 bytes"));
+            return Err(UrlError::invalid(
+                input,
+                "a path segment is longer than 255 bytes",
+            ));
         }
         check_text(input, "path", segment)?;
         segments.push(segment.to_string());
@@ -294,7 +359,10 @@ fn local_path(input: &str, path: &Path) -> Result<PathBuf, UrlError> {
         code: ErrorCode::NotFound,
         message: format!("local repository {} cannot be read: {e}", quote(input)),
     })?;
-    if canonical.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
+    if canonical
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
         return Err(UrlError::denied(input, "the path escapes its directory"));
     }
     Ok(canonical)
@@ -324,9 +392,15 @@ pub struct Policy {
 impl Policy {
     pub fn permissive() -> Self {
         Policy {
-            allowed_schemes: [Scheme::File, Scheme::Git, Scheme::Http, Scheme::Https, Scheme::Ssh]
-                .into_iter()
-                .collect(),
+            allowed_schemes: [
+                Scheme::File,
+                Scheme::Git,
+                Scheme::Http,
+                Scheme::Https,
+                Scheme::Ssh,
+            ]
+            .into_iter()
+            .collect(),
             allowed_hosts: Vec::new(),
             allow_local: true,
             allow_private: true,
@@ -335,7 +409,9 @@ impl Policy {
 
     pub fn strict() -> Self {
         Policy {
-            allowed_schemes: [Scheme::Git, Scheme::Http, Scheme::Https, Scheme::Ssh].into_iter().collect(),
+            allowed_schemes: [Scheme::Git, Scheme::Http, Scheme::Https, Scheme::Ssh]
+                .into_iter()
+                .collect(),
             allowed_hosts: Vec::new(),
             allow_local: false,
             allow_private: false,
@@ -346,20 +422,34 @@ impl Policy {
     pub fn check(&self, url: &RepoUrl) -> Result<(), UrlError> {
         let shown = url.display();
         if url.is_local() && !self.allow_local {
-            return Err(UrlError::denied(&shown, "local paths and file:// urls are not allowed here"));
+            return Err(UrlError::denied(
+                &shown,
+                "local paths and file:// urls are not allowed here",
+            ));
         }
         if !self.allowed_schemes.contains(&url.scheme) {
-            return Err(UrlError::denied(&shown, format!("scheme '{}' is not allowed", url.scheme.as_str())));
+            return Err(UrlError::denied(
+                &shown,
+                format!("scheme '{}' is not allowed", url.scheme.as_str()),
+            ));
         }
         if let Some(host) = url.host() {
             let bare = host.trim_start_matches('[').trim_end_matches(']');
-            if !self.allowed_hosts.is_empty() && !self.allowed_hosts.iter().any(|p| host_matches(p, bare)) {
-                return Err(UrlError::denied(&shown, format!("host '{bare}' is not in the allowed hosts")));
+            if !self.allowed_hosts.is_empty()
+                && !self.allowed_hosts.iter().any(|p| host_matches(p, bare))
+            {
+                return Err(UrlError::denied(
+                    &shown,
+                    format!("host '{bare}' is not in the allowed hosts"),
+                ));
             }
             if !self.allow_private {
                 let literal = bare.parse::<IpAddr>().ok();
                 if literal.is_some_and(is_private) || is_local_name(bare) {
-                    return Err(UrlError::denied(&shown, format!("'{bare}' is a private or loopback address")));
+                    return Err(UrlError::denied(
+                        &shown,
+                        format!("'{bare}' is a private or loopback address"),
+                    ));
                 }
             }
         }
@@ -373,7 +463,9 @@ impl Policy {
         if self.allow_private {
             return Ok(());
         }
-        let Some(host) = url.host() else { return Ok(()) };
+        let Some(host) = url.host() else {
+            return Ok(());
+        };
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_ok() {
             return Ok(());
@@ -382,7 +474,10 @@ impl Policy {
         if let Ok(addrs) = (bare, port).to_socket_addrs()
             && addrs.into_iter().any(|a| is_private(a.ip()))
         {
-            return Err(UrlError::denied(&url.display(), format!("'{bare}' resolves to a private or loopback address")));
+            return Err(UrlError::denied(
+                &url.display(),
+                format!("'{bare}' resolves to a private or loopback address"),
+            ));
         }
         Ok(())
     }
@@ -440,7 +535,10 @@ mod tests {
         assert_eq!(key("https://host.example/o/r/"), a);
         assert_eq!(key("https://host.example:443/o//r.git/"), a);
         assert_eq!(key("git@host.example:o/r.git"), a);
-        assert_eq!(key("https://host.example:8443/o/r"), ["host.example_8443", "o", "r"]);
+        assert_eq!(
+            key("https://host.example:8443/o/r"),
+            ["host.example_8443", "o", "r"]
+        );
         assert_ne!(key("https://h/a/utils"), key("https://h/b/utils"));
     }
 
@@ -457,11 +555,23 @@ mod tests {
     #[test]
     fn hostile_urls_are_refused_with_a_reason() {
         for (input, code, needle) in [
-            ("ext::sh -c touch% /tmp/pwned", ErrorCode::PolicyDenied, "ext::"),
+            (
+                "ext::sh -c touch% /tmp/pwned",
+                ErrorCode::PolicyDenied,
+                "ext::",
+            ),
             ("fd::17", ErrorCode::PolicyDenied, "fd::"),
             ("-uhelp", ErrorCode::PolicyDenied, "option"),
-            ("ssh://-oProxyCommand=x/o/r", ErrorCode::PolicyDenied, "option"),
-            ("ssh://-oProxyCommand=x@h/o/r", ErrorCode::PolicyDenied, "option"),
+            (
+                "ssh://-oProxyCommand=x/o/r",
+                ErrorCode::PolicyDenied,
+                "option",
+            ),
+            (
+                "ssh://-oProxyCommand=x@h/o/r",
+                ErrorCode::PolicyDenied,
+                "option",
+            ),
             ("https://h/o/-r", ErrorCode::PolicyDenied, "option"),
             ("https://h/o/../../etc", ErrorCode::PolicyDenied, ".."),
             ("https://h/o/r\n", ErrorCode::InvalidUrl, "empty"),
@@ -507,7 +617,11 @@ mod tests {
         let local = RepoUrl::parse(dir.to_str().expect("utf-8")).expect("local");
         assert!(strict.check(&local).is_err());
         assert!(Policy::permissive().check(&local).is_ok());
-        assert!(strict.check(&RepoUrl::parse("https://git.example.com/o/r").expect("public")).is_ok());
+        assert!(
+            strict
+                .check(&RepoUrl::parse("https://git.example.com/o/r").expect("public"))
+                .is_ok()
+        );
     }
 
     #[test]
@@ -515,8 +629,20 @@ mod tests {
         let mut policy = Policy::permissive();
         policy.allowed_hosts = vec!["*.example.com".into()];
         policy.allowed_schemes.remove(&Scheme::Git);
-        assert!(policy.check(&RepoUrl::parse("https://git.example.com/o/r").expect("u")).is_ok());
-        assert!(policy.check(&RepoUrl::parse("https://evil.test/o/r").expect("u")).is_err());
-        assert!(policy.check(&RepoUrl::parse("git://git.example.com/o/r").expect("u")).is_err());
+        assert!(
+            policy
+                .check(&RepoUrl::parse("https://git.example.com/o/r").expect("u"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&RepoUrl::parse("https://evil.test/o/r").expect("u"))
+                .is_err()
+        );
+        assert!(
+            policy
+                .check(&RepoUrl::parse("git://git.example.com/o/r").expect("u"))
+                .is_err()
+        );
     }
 }

@@ -84,7 +84,10 @@ pub struct TaskError {
 
 impl TaskError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        TaskError { code, message: message.into() }
+        TaskError {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn is_transient(&self) -> bool {

@@ -15,7 +15,9 @@ mod error;
 mod event;
 mod task;
 
-pub use codec::{CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack};
+pub use codec::{
+    CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack,
+};
 pub use error::{ErrorCode, TaskError};
 pub use event::{ProgressEvent, TaskUpdate};
 pub use task::{

@@ -85,24 +85,42 @@ pub struct CloneStatus {
 
 impl CloneStatus {
     pub fn queued() -> Self {
-        CloneStatus { status_type: StatusType::Queued, progress: None, error: None }
+        CloneStatus {
+            status_type: StatusType::Queued,
+            progress: None,
+            error: None,
+        }
     }
 
     pub fn cloning(percent: u8) -> Self {
-        CloneStatus { status_type: StatusType::Cloning, progress: Some(percent.min(100)), error: None }
+        CloneStatus {
+            status_type: StatusType::Cloning,
+            progress: Some(percent.min(100)),
+            error: None,
+        }
     }
 
     pub fn completed() -> Self {
-        CloneStatus { status_type: StatusType::Completed, progress: None, error: None }
+        CloneStatus {
+            status_type: StatusType::Completed,
+            progress: None,
+            error: None,
+        }
     }
 
     pub fn failed(message: impl Into<String>) -> Self {
-        CloneStatus { status_type: StatusType::Failed, progress: None, error: Some(message.into()) }
+        CloneStatus {
+            status_type: StatusType::Failed,
+            progress: None,
+            error: Some(message.into()),
+        }
     }
 }
 
 /// The phase a running clone or fetch is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     Connecting,
@@ -215,7 +233,13 @@ pub struct CloneTask {
 
 impl CloneTask {
     /// A freshly queued task.
-    pub fn new(id: String, url: String, operation: Operation, path: String, now: Timestamp) -> Self {
+    pub fn new(
+        id: String,
+        url: String,
+        operation: Operation,
+        path: String,
+        now: Timestamp,
+    ) -> Self {
         CloneTask {
             id,
             url,

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use gitfleet_proto::{
-    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult,
-    from_json, from_msgpack, to_json, to_msgpack,
+    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult, from_json,
+    from_msgpack, to_json, to_msgpack,
 };
 
 fn sample_task() -> CloneTask {
@@ -87,7 +87,10 @@ fn msgpack_encoding_is_pinned_and_named() {
 fn both_encodings_round_trip() {
     let task = sample_task();
     assert_eq!(from_json::<CloneTask>(&to_json(&task)).expect("json"), task);
-    assert_eq!(from_msgpack::<CloneTask>(&to_msgpack(&task).expect("mp")).expect("mp"), task);
+    assert_eq!(
+        from_msgpack::<CloneTask>(&to_msgpack(&task).expect("mp")).expect("mp"),
+        task
+    );
 }
 
 #[test]
@@ -99,7 +102,12 @@ fn status_fields_follow_the_product_documents() {
     assert_eq!(value["status"]["status_type"], "cloning");
     assert_eq!(value["status"]["progress"], 42);
     // `error` is present and null, as the documents promise, not missing.
-    assert!(value["status"].as_object().expect("object").contains_key("error"));
+    assert!(
+        value["status"]
+            .as_object()
+            .expect("object")
+            .contains_key("error")
+    );
     assert!(value["status"]["error"].is_null());
 
     task.status = CloneStatus::failed("not found: https://git.example.com/acme/widgets");
@@ -143,7 +151,8 @@ fn truncated_input_is_an_error_not_a_panic() {
 
 #[test]
 fn published_json_schema_is_current() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/clone-task.schema.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/schema/clone-task.schema.json");
     check_golden(&path, &gitfleet_proto::clone_task_schema());
     let schema: serde_json::Value =
         serde_json::from_str(&gitfleet_proto::clone_task_schema()).expect("schema is JSON");

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `gitfleet` command: wires the engine and the actors together; no logic of its own
+//! beyond reading arguments and showing progress.
+
+mod cli;
+mod display;
+mod embedded;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GITFLEET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    gitfleet_git::init_tls();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gitfleet: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(embedded::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gitfleet: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! What the actors pass around in-process (never serialised: wire types live in gitfleet-proto).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gitfleet_git::{
+    Control, CredentialsConfig, Layout, Limits, Policy, Progress, RepoUrl, Request,
+};
+use gitfleet_proto::{Operation, SyncResult, TaskError};
+
+/// One unit of work for a CloneWorker.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub task_id: String,
+    /// The URL as shown and stored (no credentials); for `init` the repository's name.
+    pub display: String,
+    pub url: RepoUrl,
+    pub operation: Operation,
+    pub dest: PathBuf,
+    /// 1 for the first attempt of the current request (set by the Supervisor).
+    pub attempt: u32,
+    /// Which request this is (set by the Supervisor): fences retries of superseded requests.
+    pub generation: u64,
+}
+
+/// Runs a job's git work. The real one is [`GitExecutor`]; benchmarks put an instant stand-in
+/// here to measure the control plane alone, and tests one that fails on purpose.
+pub trait Executor: Send + Sync + 'static {
+    fn execute(
+        &self,
+        job: &Job,
+        control: &Control,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SyncResult, TaskError>;
+}
+
+/// Executes jobs with gitfleet-git.
+#[derive(Debug, Clone)]
+pub struct GitExecutor {
+    pub layout: Layout,
+    pub policy: Policy,
+    pub credentials: CredentialsConfig,
+    pub limits: Limits,
+}
+
+impl Executor for GitExecutor {
+    fn execute(
+        &self,
+        job: &Job,
+        control: &Control,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SyncResult, TaskError> {
+        if job.operation != Operation::Init {
+            // Resolving here (not at submit time) keeps DNS off the actor threads.
+            self.policy
+                .check_resolved(&job.url)
+                .map_err(|e| TaskError::new(e.code, e.message))?;
+        }
+        let credentials = self.credentials.for_url(&job.url);
+        let mut redactor = self.credentials.redactor();
+        if let Some(c) = &credentials {
+            redactor.add(&c.token);
+        }
+        let request = Request {
+            url: job.url.clone(),
+            operation: job.operation,
+            dest: job.dest.clone(),
+            credentials,
+            limits: self.limits,
+            redactor,
+        };
+        gitfleet_git::execute(&request, &self.layout, control, on_progress)
+    }
+}
+
+/// Retries of transient failures: exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (the product documents' default: 3).
+    pub max_retries: u32,
+    /// Delay before the first retry (default 60 s; then 120 s, 240 s).
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Up to this fraction of the delay is added at random, so that many tasks failing together
+    /// do not retry together.
+    pub jitter: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(3600),
+            jitter: 0.1,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.saturating_sub(1));
+        let base = self.base_delay.saturating_mul(factor).min(self.max_delay);
+        let jitter = if self.jitter > 0.0 {
+            rand::random_range(0.0..self.jitter)
+        } else {
+            0.0
+        };
+        base.mul_f64(1.0 + jitter)
+    }
+}
+
+/// Everything the actors need, chosen by whoever starts them.
+#[derive(Clone)]
+pub struct FleetConfig {
+    pub layout: Layout,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub node: String,
+    pub executor: Arc<dyn Executor>,
+}
+
+impl std::fmt::Debug for FleetConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetConfig")
+            .field("root", &self.layout.root())
+            .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_bounded_jitter() {
+        let policy = RetryPolicy::default();
+        for (retry, secs) in [(1, 60.0), (2, 120.0), (3, 240.0)] {
+            let d = policy.delay(retry).as_secs_f64();
+            assert!(d >= secs && d <= secs * 1.1, "retry {retry}: {d}");
+        }
+        let capped = RetryPolicy {
+            max_delay: Duration::from_secs(100),
+            jitter: 0.0,
+            ..policy
+        };
+        assert_eq!(capped.delay(5), Duration::from_secs(100));
+    }
+}

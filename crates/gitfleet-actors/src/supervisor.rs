@@ -1,0 +1,272 @@
+//! The Supervisor actor: takes requests, deduplicates them, hands them to a bounded pool of
+//! CloneWorkers, retries transient failures with backoff, and replaces workers that crash.
+
+use std::collections::{HashMap, VecDeque};
+
+use gitfleet_proto::{CloneTask, ErrorCode, SyncResult, TaskError};
+use jiff::Timestamp;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::job::{FleetConfig, Job};
+use crate::registry::RegistryMsg;
+use crate::worker::{CloneWorker, WorkerArgs, WorkerMsg};
+
+/// What became of one submitted job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    Accepted(String),
+    /// The task was already queued or running: the request joined it.
+    Duplicate(String),
+}
+
+pub enum SupervisorMsg {
+    Submit(Vec<Job>, RpcReplyPort<Vec<Submitted>>),
+    JobDone {
+        worker: ActorId,
+        job: Job,
+        result: Result<SyncResult, TaskError>,
+    },
+    Retry(Job),
+    /// Cancel a task; replies whether it was queued, running or waiting for a retry.
+    Cancel(String, RpcReplyPort<bool>),
+    /// Replies once nothing is queued, running or waiting for a retry.
+    WhenIdle(RpcReplyPort<()>),
+}
+
+pub struct Supervisor;
+
+pub struct SupervisorArgs {
+    pub config: FleetConfig,
+    pub registry: ActorRef<RegistryMsg>,
+}
+
+pub struct SupervisorState {
+    config: FleetConfig,
+    registry: ActorRef<RegistryMsg>,
+    idle: Vec<ActorRef<WorkerMsg>>,
+    workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
+    running: HashMap<ActorId, Job>,
+    queue: VecDeque<Job>,
+    /// Every task queued, running or waiting for a retry, with the generation of its request:
+    /// a retry timer of an older request finds another generation and does nothing.
+    pending: HashMap<String, u64>,
+    next_generation: u64,
+    idle_waiters: Vec<RpcReplyPort<()>>,
+}
+
+impl Supervisor {
+    async fn spawn_worker(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = WorkerArgs {
+            executor: state.config.executor.clone(),
+            registry: state.registry.clone(),
+            supervisor: myself.clone(),
+            node: state.config.node.clone(),
+        };
+        let (worker, _) = myself.spawn_linked(None, CloneWorker, args).await?;
+        state.workers.insert(worker.get_id(), worker.clone());
+        state.idle.push(worker);
+        Ok(())
+    }
+
+    fn dispatch(state: &mut SupervisorState) {
+        while !state.queue.is_empty() {
+            let Some(worker) = state.idle.pop() else {
+                break;
+            };
+            let Some(job) = state.queue.pop_front() else {
+                break;
+            };
+            state.running.insert(worker.get_id(), job.clone());
+            if let Err(e) = worker.cast(WorkerMsg::Run(job.clone())) {
+                tracing::error!(error = %e, "worker unreachable; requeueing");
+                state.running.remove(&worker.get_id());
+                state.queue.push_front(job);
+            }
+        }
+        if state.queue.is_empty() && state.running.is_empty() && state.pending.is_empty() {
+            for waiter in state.idle_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    fn finish(
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        job: Job,
+        result: Result<SyncResult, TaskError>,
+    ) {
+        if state.pending.get(&job.task_id) != Some(&job.generation) {
+            return;
+        }
+        match result {
+            Ok(result) => {
+                state.pending.remove(&job.task_id);
+                let _ = state.registry.cast(RegistryMsg::Completed {
+                    id: job.task_id,
+                    attempt: job.attempt,
+                    result: Box::new(result),
+                });
+            }
+            Err(error) if error.is_transient() && job.attempt <= state.config.retry.max_retries => {
+                let delay = state.config.retry.delay(job.attempt);
+                tracing::warn!(url = %job.display, attempt = job.attempt, delay_ms = delay.as_millis() as u64, error = %error, "transient failure; retrying");
+                let _ = state.registry.cast(RegistryMsg::Retrying {
+                    id: job.task_id.clone(),
+                    attempt: job.attempt,
+                    error,
+                });
+                let next = Job {
+                    attempt: job.attempt + 1,
+                    ..job
+                };
+                myself.send_after(delay, move || SupervisorMsg::Retry(next));
+            }
+            Err(error) => {
+                state.pending.remove(&job.task_id);
+                let _ = state.registry.cast(RegistryMsg::Failed {
+                    id: job.task_id,
+                    attempt: job.attempt,
+                    error,
+                });
+            }
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            config: args.config,
+            registry: args.registry,
+            idle: Vec::new(),
+            workers: HashMap::new(),
+            running: HashMap::new(),
+            queue: VecDeque::new(),
+            pending: HashMap::new(),
+            next_generation: 1,
+            idle_waiters: Vec::new(),
+        };
+        for _ in 0..state.config.concurrency.max(1) {
+            Self::spawn_worker(&myself, &mut state).await?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Submit(jobs, reply) => {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                for mut job in jobs {
+                    if state.pending.contains_key(&job.task_id) {
+                        outcomes.push(Submitted::Duplicate(job.task_id));
+                        continue;
+                    }
+                    job.generation = state.next_generation;
+                    job.attempt = 1;
+                    state.next_generation += 1;
+                    state.pending.insert(job.task_id.clone(), job.generation);
+                    let task = CloneTask::new(
+                        job.task_id.clone(),
+                        job.display.clone(),
+                        job.operation,
+                        job.dest.to_string_lossy().into_owned(),
+                        Timestamp::now(),
+                    );
+                    let _ = state.registry.cast(RegistryMsg::Queued(Box::new(task)));
+                    outcomes.push(Submitted::Accepted(job.task_id.clone()));
+                    state.queue.push_back(job);
+                }
+                let _ = reply.send(outcomes);
+            }
+            SupervisorMsg::JobDone {
+                worker,
+                job,
+                result,
+            } => {
+                state.running.remove(&worker);
+                if let Some(w) = state.workers.get(&worker) {
+                    state.idle.push(w.clone());
+                }
+                Self::finish(&myself, state, job, result);
+            }
+            SupervisorMsg::Retry(job) => {
+                if state.pending.get(&job.task_id) == Some(&job.generation) {
+                    state.queue.push_back(job);
+                }
+            }
+            SupervisorMsg::Cancel(task_id, reply) => {
+                let known = state.pending.remove(&task_id).is_some();
+                if known {
+                    let error = TaskError::new(ErrorCode::Cancelled, "cancelled on request");
+                    let attempt =
+                        if let Some(pos) = state.queue.iter().position(|j| j.task_id == task_id) {
+                            state.queue.remove(pos).map(|j| j.attempt).unwrap_or(0)
+                        } else {
+                            0
+                        };
+                    for (id, job) in &state.running {
+                        if job.task_id == task_id
+                            && let Some(worker) = state.workers.get(id)
+                        {
+                            let _ = worker.cast(WorkerMsg::Cancel(task_id.clone()));
+                        }
+                    }
+                    let _ = state.registry.cast(RegistryMsg::Failed {
+                        id: task_id,
+                        attempt,
+                        error,
+                    });
+                }
+                let _ = reply.send(known);
+            }
+            SupervisorMsg::WhenIdle(reply) => state.idle_waiters.push(reply),
+        }
+        Self::dispatch(state);
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "worker stopped".into()))
+            }
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        if state.workers.remove(&id).is_none() {
+            return Ok(());
+        }
+        state.idle.retain(|w| w.get_id() != id);
+        tracing::error!(worker = %id, reason = %why, "clone worker failed; replacing it");
+        if let Some(job) = state.running.remove(&id) {
+            let error = TaskError::new(ErrorCode::Internal, format!("worker crashed: {why}"));
+            Self::finish(&myself, state, job, Err(error));
+        }
+        Self::spawn_worker(&myself, state).await?;
+        Self::dispatch(state);
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! Command-line interface definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Mirror, clone and keep in sync thousands of git repositories.
+///
+/// Repositories are stored under the root as <host>/<owner>/<name>.git, task state under
+/// <root>/.gitfleet. Runs on this machine with nothing else installed.
+///
+/// Credentials: set GITFLEET_TOKEN (and GITFLEET_USERNAME, default "git") to authenticate to
+/// HTTPS hosts, or put them in the URL (https://user:token@host/owner/repo); they are used for
+/// the transfer only and never stored or printed.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gitfleet",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Where repositories and task state are stored.
+    #[arg(long, global = true, env = "GITFLEET_ROOT", default_value = "mirrors")]
+    pub root: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mirror repositories: bare clones with every ref, as `git clone --mirror`.
+    ///
+    /// Example: gitfleet mirror https://github.com/rust-lang/log --root /srv/mirrors
+    Mirror {
+        #[command(flatten)]
+        sources: Sources,
+        /// Clone only branches and tags (`git clone --bare`) instead of every ref.
+        #[arg(long)]
+        bare: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Clone repositories with a working tree.
+    Clone {
+        #[command(flatten)]
+        sources: Sources,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Create empty repositories under <root>/_local/, named OWNER/NAME.
+    Init {
+        #[arg(required = true, value_name = "OWNER/NAME")]
+        names: Vec<String>,
+        /// Create a repository with a working tree instead of a bare one.
+        #[arg(long)]
+        worktree: bool,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Fetch new commits into stored repositories and prune refs deleted upstream.
+    ///
+    /// With no URL, every known repository is synced.
+    Sync {
+        #[command(flatten)]
+        sources: Sources,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Show every task: status, progress, error and path.
+    Status {
+        /// Only these tasks (ids or URLs).
+        tasks: Vec<String>,
+        /// Print a JSON array of tasks.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel queued or running tasks (ids or URLs).
+    Cancel {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
+    /// Print the JSON Schema of a task record (for generating client types).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct Sources {
+    /// Repository URLs: https://, http://, git://, ssh://, user@host:path, or local paths.
+    #[arg(value_name = "URL")]
+    pub urls: Vec<String>,
+    /// Read URLs from a file, one per line ('#' starts a comment; '-' reads standard input).
+    #[arg(long, short = 'f', value_name = "LIST")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// How many repositories are transferred at once.
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Print task updates as JSON lines on standard output instead of progress bars.
+    #[arg(long)]
+    pub json: bool,
+    /// Abort one attempt after this many seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub time_limit: u64,
+    /// Abort one attempt when nothing moved for this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub stall_limit: u64,
+    /// Retries of transient failures (network, timeout, server errors).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Delay before the first retry; it doubles for each further one (with jitter).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub retry_delay: f64,
+    /// Allow only these schemes (repeatable): file, git, http, https, ssh.
+    #[arg(long = "allow-scheme", value_name = "SCHEME")]
+    pub allow_schemes: Vec<String>,
+    /// Allow only these hosts (repeatable; `*.example.com` matches subdomains).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    /// Refuse local paths and file:// URLs.
+    #[arg(long)]
+    pub deny_local: bool,
+    /// Refuse loopback and private network addresses.
+    #[arg(long)]
+    pub deny_private: bool,
+    /// Username sent with GITFLEET_TOKEN.
+    #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
+    pub username: String,
+}

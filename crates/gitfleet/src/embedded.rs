@@ -1,0 +1,435 @@
+//! The embedded mode: actors in this process, state in files under the root.
+
+use std::collections::BTreeSet;
+use std::io::BufRead;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gitfleet_actors::{
+    CancelRequests, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, RootLock,
+    Submitted, TaskStore, plan, plan_from_task, plan_init,
+};
+use gitfleet_git::{Credentials, CredentialsConfig, Layout, Limits, Policy, Scheme, Secret};
+use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
+
+use crate::cli::{Cli, Command, RunArgs, Sources};
+use crate::display::Display;
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Schema => {
+            print!("{}", gitfleet_proto::clone_task_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { tasks, json } => status(&cli.root, &tasks, json),
+        Command::Cancel { tasks } => cancel(&cli.root, &tasks).await,
+        Command::Mirror { sources, bare, run } => {
+            let op = if bare {
+                Operation::Bare
+            } else {
+                Operation::Mirror
+            };
+            work(&cli.root, Work::Clone(sources, op), run).await
+        }
+        Command::Clone { sources, run } => {
+            work(&cli.root, Work::Clone(sources, Operation::Checkout), run).await
+        }
+        Command::Init {
+            names,
+            worktree,
+            run,
+        } => work(&cli.root, Work::Init(names, worktree), run).await,
+        Command::Sync { sources, run } => work(&cli.root, Work::Sync(sources), run).await,
+    }
+}
+
+enum Work {
+    Clone(Sources, Operation),
+    Init(Vec<String>, bool),
+    Sync(Sources),
+}
+
+fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
+    let mut urls = sources.urls.clone();
+    if let Some(path) = &sources.file {
+        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot read url list {}", path.display()))?,
+            ))
+        };
+        for line in reader.lines() {
+            let line = line.with_context(|| format!("cannot read url list {}", path.display()))?;
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                urls.push(line.to_string());
+            }
+        }
+    }
+    Ok(urls)
+}
+
+fn policy(run: &RunArgs) -> anyhow::Result<Policy> {
+    let mut policy = Policy::permissive();
+    if !run.allow_schemes.is_empty() {
+        policy.allowed_schemes = run
+            .allow_schemes
+            .iter()
+            .map(|s| {
+                Scheme::parse(s).with_context(|| format!("unknown scheme '{s}' in --allow-scheme"))
+            })
+            .collect::<anyhow::Result<BTreeSet<_>>>()?;
+    }
+    policy.allowed_hosts = run.allow_hosts.clone();
+    policy.allow_local = !run.deny_local;
+    policy.allow_private = !run.deny_private;
+    Ok(policy)
+}
+
+fn credentials(run: &RunArgs) -> CredentialsConfig {
+    let default = std::env::var("GITFLEET_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .map(|token| Credentials {
+            username: run.username.clone(),
+            token: Secret::new(token),
+        });
+    CredentialsConfig {
+        default,
+        per_host: Vec::new(),
+    }
+}
+
+fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
+    Layout::open(root).with_context(|| format!("cannot use {} as the storage root", root.display()))
+}
+
+async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? else {
+        bail!(
+            "another gitfleet process is working in {}; wait for it or cancel its tasks with `gitfleet cancel`",
+            layout.root().display()
+        );
+    };
+    let removed = layout
+        .clean_staging()
+        .context("cannot clean the staging directory")?;
+    if removed > 0 {
+        tracing::info!(removed, "removed staging directories of an interrupted run");
+    }
+    let policy = policy(&run)?;
+    let store = Arc::new(FileStore::open(&layout.state_dir())?);
+    let executor = GitExecutor {
+        layout: layout.clone(),
+        policy: policy.clone(),
+        credentials: credentials(&run),
+        limits: Limits {
+            time_limit: Duration::from_secs(run.time_limit.max(1)),
+            stall_limit: Duration::from_secs(run.stall_limit.max(1)),
+            ..Limits::default()
+        },
+    };
+    let config = FleetConfig {
+        layout: layout.clone(),
+        concurrency: usize::from(run.concurrency),
+        retry: RetryPolicy {
+            max_retries: run.retries,
+            base_delay: Duration::from_secs_f64(run.retry_delay.clamp(0.0, 86_400.0)),
+            ..RetryPolicy::default()
+        },
+        node: hostname(),
+        executor: Arc::new(executor),
+    };
+    let fleet = Fleet::start(config, store.clone()).await?;
+    let mut display = Display::new(run.json);
+    let mut updates = fleet.subscribe();
+    let _cancels = fleet.watch_cancel_requests(CancelRequests::open(&layout.state_dir())?);
+
+    let resumed = fleet.resume_unfinished(&policy).await?;
+    if !resumed.is_empty() {
+        eprintln!(
+            "gitfleet: resuming {} unfinished task(s) from an earlier run",
+            resumed.len()
+        );
+        display.track(resumed.iter().map(|t| t.id.clone()));
+    }
+
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut rejected = 0usize;
+    let mut reject = |display: &mut Display, input: &str, e: TaskError| {
+        rejected += 1;
+        display.rejected(input, &e);
+    };
+    match work {
+        Work::Clone(sources, op) => {
+            let urls = read_sources(&sources)?;
+            if urls.is_empty() {
+                bail!("no repositories given: name URLs or use --file LIST");
+            }
+            for input in urls {
+                match plan(&layout, &policy, &input, op) {
+                    Ok(job) => jobs.push(job),
+                    Err(e) => reject(&mut display, &input, e),
+                }
+            }
+        }
+        Work::Init(names, worktree) => {
+            for name in names {
+                match plan_init(&layout, &name, worktree) {
+                    Ok(job) => jobs.push(job),
+                    Err(e) => reject(&mut display, &name, e),
+                }
+            }
+        }
+        Work::Sync(sources) => {
+            let known = store.load_all()?;
+            let urls = read_sources(&sources)?;
+            if urls.is_empty() {
+                for task in known.iter().filter(|t| t.status.status_type.is_final()) {
+                    match plan_from_task(&layout, &policy, task) {
+                        Ok(job) => jobs.push(job),
+                        Err(e) => reject(&mut display, &task.url, e),
+                    }
+                }
+                if jobs.is_empty() && resumed.is_empty() {
+                    eprintln!("gitfleet: nothing to sync in {}", layout.root().display());
+                }
+            }
+            for input in urls {
+                match find_task(&layout, &policy, &known, &input) {
+                    Ok(task) => match plan_from_task(&layout, &policy, task) {
+                        Ok(job) => jobs.push(job),
+                        Err(e) => reject(&mut display, &input, e),
+                    },
+                    Err(e) => reject(&mut display, &input, e),
+                }
+            }
+        }
+    }
+
+    let started = Instant::now();
+    // Track before submitting: the first updates can arrive before `submit` returns.
+    display.track(jobs.iter().map(|j| j.task_id.clone()));
+    let submitted = fleet.submit(jobs).await?;
+    let ids: Vec<String> = submitted
+        .iter()
+        .map(|s| match s {
+            Submitted::Accepted(id) | Submitted::Duplicate(id) => id.clone(),
+        })
+        .chain(resumed.iter().map(|t| t.id.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    display.track(ids.iter().cloned());
+
+    let interrupted = {
+        let idle = fleet.wait_idle();
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                result = &mut idle => { result?; break false; }
+                update = updates.recv() => match update {
+                    Ok(update) => display.update(&update),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break false,
+                },
+                _ = tokio::signal::ctrl_c() => break true,
+            }
+        }
+    };
+    // A round trip to the Registry: every event sent before the idle reply is processed after it.
+    let _ = fleet.tasks().await?;
+    while let Ok(update) = updates.try_recv() {
+        display.update(&update);
+    }
+    display.finish();
+    if interrupted {
+        eprintln!("gitfleet: interrupted; unfinished tasks resume on the next run");
+        return Ok(ExitCode::from(130));
+    }
+
+    let mut completed = 0usize;
+    let mut failed = Vec::new();
+    for id in &ids {
+        match fleet.get(id).await? {
+            Some(task) if task.status.status_type == StatusType::Completed => completed += 1,
+            Some(task) => failed.push(task),
+            None => {}
+        }
+    }
+    fleet.shutdown().await;
+    let failed_count = failed.len() + rejected;
+    if !run.json {
+        eprintln!(
+            "gitfleet: {completed} completed, {failed_count} failed in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for task in &failed {
+            eprintln!(
+                "  {} [{}]: {}",
+                task.url,
+                code_of(task),
+                task.status.error.as_deref().unwrap_or("unfinished")
+            );
+        }
+    }
+    Ok(if failed_count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn code_of(task: &CloneTask) -> &'static str {
+    task.error_code.map_or("unknown", |c| c.as_str())
+}
+
+/// The stored task for a URL or a task id.
+fn find_task<'a>(
+    layout: &Layout,
+    policy: &Policy,
+    known: &'a [CloneTask],
+    input: &str,
+) -> Result<&'a CloneTask, TaskError> {
+    if let Some(task) = known.iter().find(|t| t.id == input) {
+        return Ok(task);
+    }
+    let mut candidates = Vec::new();
+    for op in [Operation::Mirror, Operation::Checkout] {
+        candidates.push(plan(layout, policy, input, op)?.task_id);
+    }
+    if let Ok(init) = plan_init(layout, input, false) {
+        candidates.push(init.task_id);
+    }
+    known
+        .iter()
+        .find(|t| candidates.contains(&t.id))
+        .ok_or_else(|| {
+            TaskError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "{input} is not a known repository in {}",
+                    layout.root().display()
+                ),
+            )
+        })
+}
+
+fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let store = FileStore::open(&layout.state_dir())?;
+    let mut tasks = store.load_all()?;
+    if !filter.is_empty() {
+        let policy = Policy::permissive();
+        let mut wanted = Vec::new();
+        for input in filter {
+            let task = find_task(&layout, &policy, &tasks, input)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            wanted.push(task.clone());
+        }
+        tasks = wanted;
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if tasks.is_empty() {
+        println!("no tasks in {}", layout.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16}  {:<9}  {:>4}  {:<8}  URL / PATH / ERROR",
+        "ID", "STATUS", "PCT", "OP"
+    );
+    for t in &tasks {
+        let pct = t
+            .status
+            .progress
+            .map(|p| format!("{p}%"))
+            .unwrap_or_default();
+        println!(
+            "{:<16}  {:<9}  {:>4}  {:<8}  {}",
+            t.id, t.status.status_type, pct, t.operation, t.url
+        );
+        println!("{:<16}  {:<9}  {:>4}  {:<8}  {}", "", "", "", "", t.path);
+        if let Some(error) = &t.status.error {
+            println!(
+                "{:<16}  {:<9}  {:>4}  {:<8}  [{}] {error}",
+                "",
+                "",
+                "",
+                "",
+                code_of(t)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let store = FileStore::open(&layout.state_dir())?;
+    let known = store.load_all()?;
+    let policy = Policy::permissive();
+    let mut ids = Vec::new();
+    for input in inputs {
+        let task =
+            find_task(&layout, &policy, &known, input).map_err(|e| anyhow::anyhow!(e.message))?;
+        ids.push(task.id.clone());
+    }
+    let mut exit = ExitCode::SUCCESS;
+    if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
+        // No process is working here: mark unfinished tasks cancelled so no run resumes them.
+        for id in ids {
+            let Some(mut task) = store.get(&id)? else {
+                continue;
+            };
+            if task.status.status_type.is_final() {
+                println!("{} is already {}", task.url, task.status.status_type);
+                continue;
+            }
+            task.status = CloneStatus::failed("cancelled on request");
+            task.error_code = Some(ErrorCode::Cancelled);
+            task.updated_at = jiff::Timestamp::now();
+            store.put(&task)?;
+            println!("cancelled {}", task.url);
+        }
+        return Ok(exit);
+    }
+    let requests = CancelRequests::open(&layout.state_dir())?;
+    for id in &ids {
+        requests.request(id)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        loop {
+            let task = store.get(&id)?;
+            match task {
+                Some(t) if t.status.status_type.is_final() => {
+                    println!("{} is {}", t.url, t.status.status_type);
+                    break;
+                }
+                _ if Instant::now() >= deadline => {
+                    eprintln!("gitfleet: {id} has not stopped yet");
+                    exit = ExitCode::from(1);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(exit)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}
