@@ -246,7 +246,8 @@ pub fn execute(
         other => other,
     };
     outcome.map(|mut result| {
-        result.bytes_received = tracker.current().bytes_received;
+        // The pack's size is exact; the sampled counter misses what arrived after the last tick.
+        result.bytes_received = result.bytes_received.max(tracker.current().bytes_received);
         result.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
         result
     })
@@ -478,8 +479,8 @@ fn clone(
         _ => prepare,
     };
 
-    let repo = if operation == Operation::Checkout {
-        let (mut checkout, _) = prepare
+    let (repo, pack_bytes) = if operation == Operation::Checkout {
+        let (mut checkout, fetched) = prepare
             .fetch_then_checkout(progress.add_child("fetch"), interrupt)
             .map_err(|e| git_error(req, "clone of", &e))?;
         let _ = events.send(Event::Phase(Phase::CheckingOut));
@@ -489,19 +490,20 @@ fn clone(
         if interrupt.load(Ordering::SeqCst) {
             return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
         }
-        repo
+        (repo, pack_size(&fetched.status))
     } else {
-        let (repo, _) = prepare
+        let (repo, fetched) = prepare
             .fetch_only(progress.add_child("fetch"), interrupt)
             .map_err(|e| git_error(req, "clone of", &e))?;
-        repo
+        (repo, pack_size(&fetched.status))
     };
     let _ = events.send(Event::Phase(Phase::Finishing));
     if operation == Operation::Mirror {
         set_mirror_flag(req, repo.git_dir())?;
     }
     let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
-    let result = summarize(req, &repo, &BTreeMap::new(), &after)?;
+    let mut result = summarize(req, &repo, &BTreeMap::new(), &after)?;
+    result.bytes_received = pack_bytes;
     drop(repo);
     publish(req, &mut staging, commit)?;
     Ok(result)
@@ -552,19 +554,20 @@ fn sync(
         .map_err(|e| git_error(req, "sync of", &e))?;
     connection.set_credentials(credentials_helper(req.credentials.clone()));
     let mut fetch_progress = progress.add_child("fetch");
-    let fetched = (|| -> gix::Result<HashSet<BString>> {
+    let fetched = (|| -> gix::Result<(HashSet<BString>, u64)> {
         let prepare = connection.prepare_fetch(&mut fetch_progress, ref_map_options())?;
         let outcome = prepare.receive(&mut fetch_progress, interrupt)?;
-        Ok(outcome
+        let upstream = outcome
             .ref_map
             .mappings
             .iter()
             .filter_map(|m| m.local.clone())
-            .collect())
+            .collect();
+        Ok((upstream, pack_size(&outcome.status)))
     })();
-    let upstream = match fetched {
-        Ok(upstream) => upstream,
-        Err(e) if describe(&e, &req.redactor).contains("matched any of the") => HashSet::new(),
+    let (upstream, pack_bytes) = match fetched {
+        Ok(fetched) => fetched,
+        Err(e) if describe(&e, &req.redactor).contains("matched any of the") => (HashSet::new(), 0),
         Err(e) => return Err(git_error(req, "sync of", &e)),
     };
     if interrupt.load(Ordering::SeqCst) {
@@ -576,7 +579,23 @@ fn sync(
     }
     prune(req, &repo, &specs, &upstream)?;
     let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
-    summarize(req, &repo, &before, &after)
+    let mut result = summarize(req, &repo, &before, &after)?;
+    result.bytes_received = pack_bytes;
+    Ok(result)
+}
+
+/// Size of the pack a fetch received (0 when none was needed).
+fn pack_size(status: &gix::remote::fetch::Status) -> u64 {
+    match status {
+        gix::remote::fetch::Status::Change {
+            write_pack_bundle, ..
+        } => write_pack_bundle
+            .data_path
+            .as_ref()
+            .and_then(|path| std::fs::metadata(path).ok())
+            .map_or(0, |m| m.len()),
+        gix::remote::fetch::Status::NoPackReceived { .. } => 0,
+    }
 }
 
 /// Deletes local refs in the refspecs' destinations that the remote no longer has.

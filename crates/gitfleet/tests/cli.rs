@@ -1,0 +1,329 @@
+//! End-to-end tests of the `gitfleet` command: real git servers on 127.0.0.1, real processes,
+//! including one killed in the middle of a clone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use gitfleet_tests::{
+    Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, mirror_clone, refs, wait_until,
+};
+use serde_json::Value;
+
+fn gitfleet(root: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gitfleet"));
+    cmd.arg("--root")
+        .arg(root)
+        .env_remove("GITFLEET_TOKEN")
+        .env_remove("GITFLEET_ROOT");
+    cmd.stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run gitfleet")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn status_json(root: &Path) -> Vec<Value> {
+    let out = run(gitfleet(root).args(["status", "--json"]));
+    assert!(out.status.success(), "status failed: {}", text(&out.stderr));
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("status --json is a JSON array")
+}
+
+fn task_for<'a>(tasks: &'a [Value], url_part: &str) -> &'a Value {
+    tasks
+        .iter()
+        .find(|t| t["url"].as_str().is_some_and(|u| u.contains(url_part)))
+        .unwrap_or_else(|| panic!("no task for {url_part} in {tasks:#?}"))
+}
+
+/// Every file below `dir`, for checking that nothing holds a secret.
+fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path)
+            } else {
+                out.push(path)
+            }
+        }
+    }
+    out
+}
+
+fn staging_is_empty(root: &Path) -> bool {
+    std::fs::read_dir(root.join(".gitfleet/staging"))
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+}
+
+#[test]
+fn mirror_status_and_sync_over_git_daemon() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path())
+        .args(["mirror", "--json", &alpha, &daemon.url("org-a/utils.git")])
+        .arg(daemon.url("org-b/utils")) // the same daemon, spelled without .git
+        .arg("ext::sh -c touch% /tmp/gitfleet-pwned")
+        .arg(daemon.url("missing.git")));
+    // One rejected URL and one missing repository fail alone; the rest complete.
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every --json line is JSON"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "rejected" && l["error"]["code"] == "policy_denied")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "state" && l["task"]["status"]["status_type"] == "completed")
+    );
+    assert!(!Path::new("/tmp/gitfleet-pwned").exists());
+
+    let tasks = status_json(root.path());
+    assert_eq!(tasks.len(), 4, "{tasks:#?}");
+    let a = task_for(&tasks, "alpha");
+    assert_eq!(a["status"]["status_type"], "completed");
+    assert!(a["status"]["progress"].is_null());
+    let missing = task_for(&tasks, "missing");
+    assert_eq!(missing["status"]["status_type"], "failed");
+    assert_eq!(missing["error_code"], "not_found");
+    assert!(
+        missing["status"]["error"]
+            .as_str()
+            .expect("error")
+            .contains("missing")
+    );
+    let utils_a = task_for(&tasks, "org-a/utils")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    let utils_b = task_for(&tasks, "org-b/utils")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    assert_ne!(utils_a, utils_b, "owners must not collide");
+
+    let mirror = PathBuf::from(a["path"].as_str().expect("path"));
+    assert!(mirror.starts_with(root.path().canonicalize().expect("canonical")));
+    fixtures.mutate("alpha.git");
+    let out = run(gitfleet(root.path()).args(["sync", &alpha]));
+    assert!(out.status.success(), "sync: {}", text(&out.stderr));
+    let fresh = tempfile::tempdir().expect("tempdir");
+    mirror_clone(&alpha, &fresh.path().join("m.git"));
+    assert_eq!(refs(&mirror), refs(&fresh.path().join("m.git")));
+    fsck(&mirror).expect("fsck clean after sync");
+    let tasks = status_json(root.path());
+    let last = &task_for(&tasks, "alpha")["last_sync"];
+    let deleted: Vec<&str> = last["refs_deleted"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(deleted.contains(&"refs/heads/release/1.0"), "{last:#}");
+
+    // Sync of everything known: the failed task is retried as a clone and fails again, alone.
+    let out = run(gitfleet(root.path()).arg("sync"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("3 completed, 1 failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_arguments_get_one_line_errors() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = run(gitfleet(root.path()).arg("mirror"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no repositories given"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(gitfleet(root.path()).args(["mirror", "https://h.example/o/../../etc"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("'..'"), "{}", text(&out.stdout));
+
+    let out = run(gitfleet(root.path()).args(["status", "https://h.example/never/seen"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a known repository"));
+
+    let out = run(gitfleet(root.path()).args(["mirror", "--concurrency", "0", "x"]));
+    assert_eq!(out.status.code(), Some(2));
+    // Nothing was created outside the root.
+    assert!(
+        all_files(root.path())
+            .iter()
+            .all(|p| p.starts_with(root.path()))
+    );
+}
+
+#[test]
+fn wrong_token_fails_clearly_and_is_never_printed_or_stored() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            auth: Some(("robot".into(), "right-token-1234".into())),
+            ..HttpOptions::default()
+        },
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let secret = "wrong-token-5678";
+    let out = run(gitfleet(root.path())
+        .args(["mirror", &server.url("beta.git")])
+        .arg(server.url_with_credentials("alpha.git", "robot", secret))
+        .env("GITFLEET_TOKEN", secret)
+        .env("GITFLEET_USERNAME", "robot")
+        .env("GITFLEET_LOG", "debug"));
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("auth_failed"), "{all}");
+    assert!(!all.contains(secret), "secret printed: {all}");
+    for file in all_files(root.path()) {
+        let content = std::fs::read(&file).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&content).contains(secret),
+            "secret stored in {}",
+            file.display()
+        );
+    }
+
+    // The right token in the environment works, and is not stored either.
+    let out = run(gitfleet(root.path())
+        .args(["mirror", &server.url("beta.git")])
+        .env("GITFLEET_TOKEN", "right-token-1234")
+        .env("GITFLEET_USERNAME", "robot"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for file in all_files(root.path()) {
+        let content = std::fs::read(&file).expect("read");
+        assert!(
+            !String::from_utf8_lossy(&content).contains("right-token-1234"),
+            "{}",
+            file.display()
+        );
+    }
+}
+
+fn spawn_mirror(root: &Path, url: &str) -> Child {
+    gitfleet(root)
+        .args(["mirror", "--json", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gitfleet")
+}
+
+fn wait_until_cloning(root: &Path, url_part: &str) {
+    wait_until(
+        Duration::from_secs(60),
+        "the clone to start receiving",
+        || {
+            let tasks = status_json(root);
+            tasks.iter().any(|t| {
+                t["url"].as_str().is_some_and(|u| u.contains(url_part))
+                    && t["status"]["status_type"] == "cloning"
+            }) && std::fs::read_dir(root.join(".gitfleet/staging"))
+                .is_ok_and(|mut d| d.next().is_some())
+        },
+    );
+}
+
+#[test]
+fn a_killed_run_leaves_no_half_mirror_and_resumes() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(1 << 20),
+            ..HttpOptions::default()
+        },
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = server.url("big.git");
+    let mut child = spawn_mirror(root.path(), &url);
+    wait_until_cloning(root.path(), "big");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    let tasks = status_json(root.path());
+    let task = task_for(&tasks, "big");
+    let path = PathBuf::from(task["path"].as_str().expect("path"));
+    assert!(
+        !path.exists(),
+        "a half-written mirror is visible at {}",
+        path.display()
+    );
+
+    // The next run cleans the staging area and resumes the unfinished task.
+    let out = run(gitfleet(root.path()).arg("sync"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("resuming 1 unfinished task"),
+        "{}",
+        text(&out.stderr)
+    );
+    let tasks = status_json(root.path());
+    assert_eq!(
+        task_for(&tasks, "big")["status"]["status_type"],
+        "completed"
+    );
+    fsck(&path).expect("resumed mirror is fsck clean");
+    assert_eq!(refs(&path), refs(&fixtures.repo("big.git")));
+    assert!(staging_is_empty(root.path()));
+}
+
+#[test]
+fn cancel_from_another_process_stops_the_clone() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(128 << 10),
+            ..HttpOptions::default()
+        },
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = server.url("big.git");
+    let mut child = spawn_mirror(root.path(), &url);
+    wait_until_cloning(root.path(), "big");
+    let out = run(gitfleet(root.path()).args(["cancel", &url]));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(1), "the cancelled run reports failure");
+    let tasks = status_json(root.path());
+    let task = task_for(&tasks, "big");
+    assert_eq!(task["status"]["status_type"], "failed");
+    assert_eq!(task["error_code"], "cancelled");
+    assert!(!Path::new(task["path"].as_str().expect("path")).exists());
+    wait_until(Duration::from_secs(10), "staging to be cleaned", || {
+        staging_is_empty(root.path())
+    });
+}

@@ -1,0 +1,758 @@
+//! gitfleet-git's engine (`gitfleet_git::execute`) against real git servers on 127.0.0.1: the
+//! git CLI's `clone --mirror` of the same source is the reference for every result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gitfleet_git::{
+    Control, Credentials, CredentialsConfig, Layout, Limits, Progress, Redactor, RepoUrl, Request,
+    Secret,
+};
+use gitfleet_proto::{ErrorCode, Operation, Phase, SyncResult, TaskError};
+use gitfleet_tests::{
+    Fixtures, GitDaemon, HttpOptions, HttpServer, free_port, fsck, head_target, mirror_clone,
+    objects, refs, remote_urls, run_git, wait_until,
+};
+use tempfile::TempDir;
+
+/// Upper bound for polls; a healthy run needs a fraction of it.
+const WAIT: Duration = Duration::from_secs(60);
+/// big.git holds four incompressible 1 MiB blobs.
+const BIG_BYTES: u64 = 4 * 1024 * 1024;
+
+fn tempdir() -> TempDir {
+    tempfile::tempdir().expect("creating a temporary directory")
+}
+
+/// A storage root of its own for one test.
+struct Store {
+    _dir: TempDir,
+    layout: Layout,
+}
+
+impl Store {
+    fn new() -> Store {
+        gitfleet_git::init_tls();
+        let dir = tempdir();
+        let layout = Layout::open(&dir.path().join("root")).expect("opening the storage root");
+        Store { _dir: dir, layout }
+    }
+
+    fn request(&self, url: &str, operation: Operation) -> Request {
+        let url = RepoUrl::parse(url).expect("test URLs parse");
+        let dest = self.layout.repo_path(&url, operation);
+        Request {
+            url,
+            operation,
+            dest,
+            credentials: None,
+            limits: limits(),
+            redactor: Redactor::default(),
+        }
+    }
+
+    fn run(&self, req: &Request) -> Result<SyncResult, TaskError> {
+        gitfleet_git::execute(req, &self.layout, &Control::new(), &mut |_| {})
+    }
+
+    fn staging(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.layout.state_dir().join("staging"))
+            .expect("reading the staging directory")
+            .map(|e| e.expect("a staging entry").path())
+            .collect()
+    }
+
+    /// The engine's git thread removes its staging directory when it ends, which can be a
+    /// moment after `execute` returned (an abandoned thread ends when its read returns).
+    fn wait_staging_empty(&self) {
+        wait_until(WAIT, "the staging directory is empty", || {
+            self.staging().is_empty()
+        });
+    }
+}
+
+/// Generous enough never to trip in a healthy run on a loaded machine; the limit tests set
+/// their own.
+fn limits() -> Limits {
+    Limits {
+        time_limit: Duration::from_secs(300),
+        stall_limit: Duration::from_secs(60),
+        grace: Duration::from_secs(2),
+    }
+}
+
+fn with_credentials(mut req: Request, username: &str, token: &str) -> Request {
+    let token = Secret::new(token);
+    req.redactor.add(&token);
+    req.credentials = Some(Credentials {
+        username: username.to_owned(),
+        token,
+    });
+    req
+}
+
+/// `git clone --mirror URL` into a new directory: what gitfleet must be equal to.
+fn reference_mirror(url: &str) -> (TempDir, PathBuf) {
+    let dir = tempdir();
+    let dest = dir.path().join("reference.git");
+    mirror_clone(url, &dest);
+    (dir, dest)
+}
+
+fn assert_same_as_reference(mirror: &Path, reference: &Path) {
+    assert_eq!(refs(mirror), refs(reference), "refs of {}", mirror.display());
+    assert_eq!(
+        objects(mirror),
+        objects(reference),
+        "objects of {}",
+        mirror.display()
+    );
+    assert_eq!(head_target(mirror), head_target(reference), "HEAD");
+    fsck(mirror).expect("the mirror passes git fsck --strict");
+}
+
+fn assert_no_credentials_stored(repo: &Path, expected_url: &str) {
+    let urls = remote_urls(repo);
+    assert_eq!(urls, [expected_url.to_owned()], "remote urls of {}", repo.display());
+    for url in &urls {
+        let authority = url.split("://").nth(1).unwrap_or(url).split('/').next();
+        let userinfo = authority.and_then(|a| a.rsplit_once('@')).map(|(u, _)| u);
+        assert!(
+            !userinfo.is_some_and(|u| u.contains(':')),
+            "a password is stored in {url}"
+        );
+    }
+}
+
+fn expect_err(result: Result<SyncResult, TaskError>, what: &str) -> TaskError {
+    match result {
+        Ok(r) => panic!("{what} must fail, but it succeeded: {r:?}"),
+        Err(e) => e,
+    }
+}
+
+fn set(items: &[String]) -> BTreeSet<&str> {
+    items.iter().map(String::as_str).collect()
+}
+
+fn assert_no_changes(result: &SyncResult) {
+    assert!(result.refs_created.is_empty(), "{result:?}");
+    assert_eq!(result.bytes_received, 0, "{result:?}");
+    assert!(result.refs_updated.is_empty(), "{result:?}");
+    assert!(result.refs_deleted.is_empty(), "{result:?}");
+    assert_eq!(result.new_commits, 0, "{result:?}");
+}
+
+/// Mirrors alpha, empty and big from `url_of(name)` with `prepare`d requests and compares
+/// each with `git clone --mirror` of `reference_url_of(name)`.
+fn check_mirrors(
+    store: &Store,
+    url_of: &dyn Fn(&str) -> String,
+    reference_url_of: &dyn Fn(&str) -> String,
+    prepare: &dyn Fn(Request) -> Request,
+) {
+    for name in ["alpha.git", "empty.git", "big.git"] {
+        let url = url_of(name);
+        let req = prepare(store.request(&url, Operation::Mirror));
+        let result = store
+            .run(&req)
+            .unwrap_or_else(|e| panic!("mirror of {url}: {e}"));
+        let (_ref_dir, reference) = reference_mirror(&reference_url_of(name));
+        assert_same_as_reference(&req.dest, &reference);
+        assert_no_credentials_stored(&req.dest, &url);
+        assert_eq!(
+            run_git(&req.dest, &["config", "remote.origin.mirror"]).trim(),
+            "true",
+            "{name} is configured as a mirror, like git clone --mirror"
+        );
+
+        let reference_refs = refs(&reference);
+        assert_eq!(
+            set(&result.refs_created),
+            reference_refs.keys().map(String::as_str).collect(),
+            "{name}: a clone creates every ref"
+        );
+        assert!(result.refs_updated.is_empty() && result.refs_deleted.is_empty());
+        if name == "empty.git" {
+            assert_eq!(result.total_commits, 0);
+            assert_eq!(result.bytes_received, 0);
+        } else {
+            assert!(result.bytes_received > 0, "{name}: {result:?}");
+            if name == "big.git" {
+                assert!(result.bytes_received >= BIG_BYTES, "{result:?}");
+            }
+            let count = run_git(&reference, &["rev-list", "--all", "--count"]);
+            assert_eq!(result.total_commits.to_string(), count.trim(), "{name}");
+            assert_eq!(result.default_branch.as_deref(), Some("main"), "{name}");
+            assert_eq!(
+                result.head_commit.as_ref(),
+                reference_refs.get("refs/heads/main"),
+                "{name}"
+            );
+        }
+    }
+    assert!(store.staging().is_empty(), "{:?}", store.staging());
+}
+
+#[test]
+fn mirror_over_git_daemon_equals_git_clone_mirror() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let url_of = |name: &str| daemon.url(name);
+    check_mirrors(&store, &url_of, &url_of, &|req| req);
+}
+
+#[test]
+fn mirror_over_http_equals_git_clone_mirror_and_speaks_protocol_v2() {
+    let fx = Fixtures::new();
+    let (user, token) = ("alice", "s3cret/+token");
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            auth: Some((user.to_owned(), token.to_owned())),
+            ..HttpOptions::default()
+        },
+    );
+    let store = Store::new();
+    // Where each of gitfleet's clones starts and ends in the server's log.
+    let windows = Mutex::new(Vec::new());
+    let url_of = |name: &str| {
+        windows
+            .lock()
+            .expect("window lock")
+            .push((server.request_log().len(), 0));
+        server.url(name)
+    };
+    let reference_url_of = |name: &str| {
+        if let Some(last) = windows.lock().expect("window lock").last_mut() {
+            last.1 = server.request_log().len();
+        }
+        server.url_with_credentials(name, user, token)
+    };
+    check_mirrors(&store, &url_of, &reference_url_of, &|req| {
+        with_credentials(req, user, token)
+    });
+
+    let log = server.request_log();
+    let windows = windows.into_inner().expect("window lock");
+    assert_eq!(windows.len(), 3);
+    for (start, end) in windows {
+        let own = &log[start..end];
+        assert!(own.iter().any(|r| r.method == "POST"), "{own:#?}");
+        for r in own {
+            assert_eq!(r.git_protocol.as_deref(), Some("version=2"), "{r:?}");
+            assert!(r.status == 200 || r.status == 401, "{r:?}");
+            if r.status == 200 {
+                assert_eq!(
+                    r.authorization.as_deref(),
+                    Some("Basic YWxpY2U6czNjcmV0Lyt0b2tlbg=="),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+}
+
+/// Adds a ref outside refs/heads and refs/tags, which a mirror copies and a bare clone does
+/// not.
+fn add_pull_ref(fx: &Fixtures) {
+    run_git(
+        &fx.repo("alpha.git"),
+        &["update-ref", "refs/pull/1/head", "refs/heads/feature"],
+    );
+}
+
+#[test]
+fn bare_clone_has_only_branches_and_tags() {
+    let fx = Fixtures::new();
+    add_pull_ref(&fx);
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let source = refs(&fx.repo("alpha.git"));
+    assert!(source.contains_key("refs/pull/1/head"));
+
+    let req = store.request(&daemon.url("alpha.git"), Operation::Bare);
+    store.run(&req).expect("bare clone of alpha");
+    let expected: BTreeMap<String, String> = source
+        .iter()
+        .filter(|(name, _)| name.starts_with("refs/heads/") || name.starts_with("refs/tags/"))
+        .map(|(n, id)| (n.clone(), id.clone()))
+        .collect();
+    assert_eq!(refs(&req.dest), expected);
+    assert_eq!(
+        run_git(&req.dest, &["rev-parse", "--is-bare-repository"]).trim(),
+        "true"
+    );
+    assert_eq!(head_target(&req.dest).as_deref(), Some("refs/heads/main"));
+    fsck(&req.dest).expect("the bare clone passes fsck");
+    assert_no_credentials_stored(&req.dest, &daemon.url("alpha.git"));
+
+    // A mirror of the same source (in a root of its own: mirror and bare clones share a path)
+    // does have the extra ref.
+    let other = Store::new();
+    let mirror = other.request(&daemon.url("alpha.git"), Operation::Mirror);
+    assert_eq!(mirror.dest.file_name(), req.dest.file_name());
+    other.run(&mirror).expect("mirror of alpha");
+    assert_eq!(refs(&mirror.dest), source);
+}
+
+#[test]
+fn checkout_has_a_clean_working_tree_and_remote_tracking_refs() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let store = Store::new();
+    let source_repo = fx.repo("alpha.git");
+    let source = refs(&source_repo);
+
+    let req = store.request(&server.url("alpha.git"), Operation::Checkout);
+    assert!(!req.dest.to_string_lossy().ends_with(".git"));
+    let result = store.run(&req).expect("checkout of alpha");
+    assert!(req.dest.join(".git").is_dir(), "a non-bare repository");
+    for file in ["README.md", "src/lib.txt", "docs/guide.md"] {
+        let on_disk = std::fs::read_to_string(req.dest.join(file))
+            .unwrap_or_else(|e| panic!("{file} is checked out: {e}"));
+        assert_eq!(
+            on_disk,
+            run_git(&source_repo, &["show", &format!("main:{file}")]),
+            "{file}"
+        );
+    }
+    assert!(
+        !req.dest.join("feature.txt").exists(),
+        "only main is checked out"
+    );
+    assert_eq!(
+        run_git(&req.dest, &["status", "--porcelain"]).trim(),
+        "",
+        "the working tree matches HEAD"
+    );
+    let local = refs(&req.dest);
+    for branch in ["main", "feature", "release/1.0"] {
+        assert_eq!(
+            local.get(&format!("refs/remotes/origin/{branch}")),
+            source.get(&format!("refs/heads/{branch}")),
+            "refs/remotes/origin/{branch}"
+        );
+    }
+    assert_eq!(
+        local.get("refs/heads/main"),
+        source.get("refs/heads/main"),
+        "the local main branch"
+    );
+    assert!(
+        !local.contains_key("refs/heads/feature"),
+        "only the default branch is local: {local:?}"
+    );
+    assert_eq!(head_target(&req.dest).as_deref(), Some("refs/heads/main"));
+    fsck(&req.dest).expect("the checkout passes fsck");
+    let branches: BTreeSet<&str> = result.branches.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(branches, BTreeSet::from(["feature", "main", "release/1.0"]));
+    assert_no_credentials_stored(&req.dest, &server.url("alpha.git"));
+}
+
+#[test]
+fn sync_reports_upstream_changes_and_converges() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let url = daemon.url("alpha.git");
+    let mirror = store.request(&url, Operation::Mirror);
+    store.run(&mirror).expect("first mirror");
+
+    fx.mutate("alpha.git");
+    let sync = Request {
+        operation: Operation::Sync,
+        ..mirror.clone()
+    };
+    let result = store.run(&sync).expect("sync after mutate");
+    assert_eq!(
+        set(&result.refs_created),
+        BTreeSet::from(["refs/heads/hotfix", "refs/tags/v2.0"])
+    );
+    assert_eq!(
+        set(&result.refs_updated),
+        BTreeSet::from(["refs/heads/feature", "refs/heads/main"])
+    );
+    assert_eq!(
+        set(&result.refs_deleted),
+        BTreeSet::from(["refs/heads/release/1.0", "refs/tags/v0.1"])
+    );
+    assert!(result.new_commits >= 2, "{result:?}");
+    assert!(result.bytes_received > 0, "{result:?}");
+
+    let (_ref_dir, fresh) = reference_mirror(&url);
+    assert_eq!(refs(&mirror.dest), refs(&fresh));
+    assert_eq!(head_target(&mirror.dest), head_target(&fresh));
+    let (have, need) = (objects(&mirror.dest), objects(&fresh));
+    assert!(
+        have.is_superset(&need),
+        "missing after sync: {:?}",
+        need.difference(&have).collect::<Vec<_>>()
+    );
+    fsck(&mirror.dest).expect("the synced mirror passes fsck");
+    assert_no_credentials_stored(&mirror.dest, &url);
+
+    let again = store.run(&sync).expect("no-op sync");
+    assert_no_changes(&again);
+    assert_eq!(refs(&mirror.dest), refs(&fresh));
+}
+
+#[test]
+fn progress_never_goes_backwards() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(1024 * 1024),
+            ..HttpOptions::default()
+        },
+    );
+    let store = Store::new();
+    let req = store.request(&server.url("big.git"), Operation::Mirror);
+    let mut samples: Vec<Progress> = Vec::new();
+    let result = gitfleet_git::execute(&req, &store.layout, &Control::new(), &mut |p| {
+        samples.push(p.clone());
+    })
+    .expect("throttled mirror of big");
+
+    assert!(samples.len() >= 3, "{samples:#?}");
+    for pair in samples.windows(2) {
+        assert!(pair[0].percent <= pair[1].percent, "percent fell: {pair:#?}");
+        assert!(pair[0].phase <= pair[1].phase, "phase went back: {pair:#?}");
+        assert!(
+            pair[0].bytes_received <= pair[1].bytes_received,
+            "bytes fell: {pair:#?}"
+        );
+    }
+    let last = samples.last().expect("at least one sample");
+    assert!(last.percent >= 80, "{last:?}");
+    assert!(last.percent <= 100, "{last:?}");
+    assert!(
+        samples
+            .iter()
+            .any(|p| p.phase == Phase::Receiving && p.percent > 5 && p.percent < 80),
+        "the receiving phase reports intermediate percents: {samples:#?}"
+    );
+    assert!(result.bytes_received >= BIG_BYTES, "{result:?}");
+    assert_eq!(refs(&req.dest), refs(&fx.repo("big.git")));
+}
+
+/// Runs `req` on a thread; the returned progress slot holds the latest sample.
+struct Running {
+    control: Control,
+    latest: Arc<Mutex<Option<Progress>>>,
+    handle: std::thread::JoinHandle<Result<SyncResult, TaskError>>,
+}
+
+fn start(store: &Store, req: &Request) -> Running {
+    let control = Control::new();
+    let latest = Arc::new(Mutex::new(None));
+    let handle = {
+        let (req, layout, control, latest) = (
+            req.clone(),
+            store.layout.clone(),
+            control.clone(),
+            Arc::clone(&latest),
+        );
+        std::thread::spawn(move || {
+            gitfleet_git::execute(&req, &layout, &control, &mut |p| {
+                *latest.lock().expect("progress lock") = Some(p.clone());
+            })
+        })
+    };
+    Running {
+        control,
+        latest,
+        handle,
+    }
+}
+
+impl Running {
+    fn phase(&self) -> Option<Phase> {
+        self.latest
+            .lock()
+            .expect("progress lock")
+            .as_ref()
+            .map(|p| p.phase)
+    }
+
+    fn join(self) -> Result<SyncResult, TaskError> {
+        self.handle.join().expect("the execute thread does not panic")
+    }
+}
+
+fn throttled(fx: &Fixtures, bytes_per_sec: u64) -> HttpServer {
+    HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(bytes_per_sec),
+            ..HttpOptions::default()
+        },
+    )
+}
+
+#[test]
+fn cancel_stops_a_clone_and_leaves_nothing_behind() {
+    let fx = Fixtures::new();
+    let server = throttled(&fx, 256 * 1024);
+    let store = Store::new();
+    let req = store.request(&server.url("big.git"), Operation::Mirror);
+    let running = start(&store, &req);
+    wait_until(WAIT, "the clone is receiving the pack", || {
+        running.phase().is_some_and(|p| p >= Phase::Receiving)
+    });
+    assert!(!running.control.is_cancelled());
+    running.control.cancel();
+    assert!(running.control.is_cancelled());
+    let err = expect_err(running.join(), "a cancelled clone");
+    assert_eq!(err.code, ErrorCode::Cancelled, "{err}");
+    assert!(err.message.contains(&req.url.display()), "{err}");
+    assert!(!req.dest.exists(), "nothing published at the destination");
+    assert!(
+        server.body_bytes_sent() < BIG_BYTES,
+        "the transfer stopped before the end"
+    );
+    store.wait_staging_empty();
+}
+
+#[test]
+fn time_limit_aborts_with_timeout() {
+    let fx = Fixtures::new();
+    let server = throttled(&fx, 256 * 1024);
+    let store = Store::new();
+    let mut req = store.request(&server.url("big.git"), Operation::Mirror);
+    req.limits = Limits {
+        time_limit: Duration::from_secs(1),
+        stall_limit: Duration::from_secs(60),
+        grace: Duration::from_secs(2),
+    };
+    let err = expect_err(store.run(&req), "a clone over its time limit");
+    assert_eq!(err.code, ErrorCode::Timeout, "{err}");
+    assert!(err.message.contains(&req.url.display()), "{err}");
+    assert!(err.message.contains("time limit"), "{err}");
+    assert!(!req.dest.exists());
+    assert!(server.body_bytes_sent() < BIG_BYTES);
+    store.wait_staging_empty();
+}
+
+/// The server stops sending in the middle of the pack and keeps the connection open: the git
+/// thread sits in a read that cannot see the interrupt, so the engine gives up on it after the
+/// grace period and reports the stall; the thread cleans up once its read fails.
+#[test]
+fn stalled_transfer_aborts_with_stalled() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            stall_after_bytes: Some(64 * 1024),
+            ..HttpOptions::default()
+        },
+    );
+    let store = Store::new();
+    let mut req = store.request(&server.url("big.git"), Operation::Mirror);
+    req.limits = Limits {
+        time_limit: Duration::from_secs(300),
+        stall_limit: Duration::from_secs(2),
+        grace: Duration::from_secs(2),
+    };
+    let t0 = std::time::Instant::now();
+    let err = expect_err(store.run(&req), "a stalled clone");
+    eprintln!("DBG run {:?} {err}", t0.elapsed());
+    assert_eq!(err.code, ErrorCode::Stalled, "{err}");
+    assert!(err.message.contains(&req.url.display()), "{err}");
+    assert!(err.message.contains("stalled"), "{err}");
+    assert!(!req.dest.exists());
+    assert!(server.body_bytes_sent() <= 64 * 1024 * server.requests() as u64);
+    // Ends the stalled response; the abandoned thread's read fails and it removes its staging
+    // directory, and it can no longer publish.
+    let t0 = std::time::Instant::now();
+    drop(server);
+    eprintln!("DBG drop {:?}", t0.elapsed());
+    store.wait_staging_empty();
+    eprintln!("DBG staging {:?}", t0.elapsed());
+    assert!(!req.dest.exists());
+}
+
+#[test]
+fn unknown_repository_is_not_found() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    for url in [server.url("missing.git"), daemon.url("missing.git")] {
+        let req = store.request(&url, Operation::Mirror);
+        let err = expect_err(store.run(&req), &url);
+        assert_eq!(err.code, ErrorCode::NotFound, "{url}: {err}");
+        assert!(err.message.contains(&req.url.display()), "{err}");
+        assert!(!req.dest.exists());
+    }
+    assert_eq!(server.request_log().last().map(|r| r.status), Some(404));
+    store.wait_staging_empty();
+}
+
+#[test]
+fn wrong_token_is_auth_failed_and_never_shown() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            auth: Some(("alice".to_owned(), "right-token".to_owned())),
+            ..HttpOptions::default()
+        },
+    );
+    let store = Store::new();
+    let wrong = "wr0ng-t0ken/+x";
+    let req = with_credentials(
+        store.request(&server.url("alpha.git"), Operation::Mirror),
+        "alice",
+        wrong,
+    );
+    let err = expect_err(store.run(&req), "a wrong token");
+    assert_eq!(err.code, ErrorCode::AuthFailed, "{err}");
+    for shown in [err.to_string(), format!("{err:?}")] {
+        assert!(!shown.contains(wrong), "{shown}");
+        assert!(!shown.contains("wr0ng-t0ken%2F%2Bx"), "{shown}");
+    }
+    assert!(!req.dest.exists());
+    assert!(server.request_log().iter().any(|r| r.status == 401));
+    assert!(server.request_log().iter().all(|r| r.status != 200
+        || !r.url.contains("upload-pack")
+        || r.method != "POST"));
+
+    // Without any credentials it fails the same way instead of prompting.
+    let anonymous = store.request(&server.url("alpha.git"), Operation::Mirror);
+    let err = expect_err(store.run(&anonymous), "no token");
+    assert_eq!(err.code, ErrorCode::AuthFailed, "{err}");
+    store.wait_staging_empty();
+}
+
+#[test]
+fn token_inside_the_url_is_used_and_never_stored() {
+    let fx = Fixtures::new();
+    let token = "url-t0ken/+secret";
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            auth: Some(("bob".to_owned(), token.to_owned())),
+            ..HttpOptions::default()
+        },
+    );
+    let store = Store::new();
+    let config = CredentialsConfig::default();
+    let prepare = |input: &str| {
+        let mut req = store.request(input, Operation::Mirror);
+        req.credentials = config.for_url(&req.url);
+        let inline = req.credentials.as_ref().expect("inline credentials");
+        req.redactor.add(&inline.token);
+        req
+    };
+
+    let input = server.url_with_credentials("alpha.git", "bob", token);
+    let req = prepare(&input);
+    assert!(!req.url.display().contains("t0ken"), "{}", req.url.display());
+    let result = store.run(&req).expect("the token in the URL is used");
+    assert_eq!(refs(&req.dest), refs(&fx.repo("alpha.git")));
+    let stored_url = format!("http://bob@127.0.0.1:{}/alpha.git", server.port());
+    assert_no_credentials_stored(&req.dest, &stored_url);
+    let config_text =
+        std::fs::read_to_string(req.dest.join("config")).expect("reading the mirror's config");
+    assert!(!config_text.contains("t0ken"), "{config_text}");
+    let json = serde_json::to_string(&result).expect("SyncResult serialises");
+    assert!(!json.contains("t0ken"), "{json}");
+    assert!(
+        server
+            .request_log()
+            .iter()
+            .any(|r| r.status == 200 && r.authorization.is_some())
+    );
+
+    // A wrong token in the URL fails without showing it.
+    let other = tempdir();
+    let mut bad = prepare(&server.url_with_credentials("alpha.git", "bob", "bad-t0ken/+x"));
+    bad.dest = other.path().join("bad.git");
+    let err = expect_err(store.run(&bad), "a wrong token in the URL");
+    assert_eq!(err.code, ErrorCode::AuthFailed, "{err}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains("bad-t0ken"), "{shown}");
+    assert!(!bad.dest.exists());
+}
+
+#[test]
+fn closed_port_is_a_network_error() {
+    let store = Store::new();
+    let port = free_port();
+    for url in [
+        format!("http://127.0.0.1:{port}/o/r.git"),
+        format!("git://127.0.0.1:{port}/o/r.git"),
+    ] {
+        let req = store.request(&url, Operation::Mirror);
+        let err = expect_err(store.run(&req), &url);
+        assert_eq!(err.code, ErrorCode::Network, "{url}: {err}");
+        assert!(err.message.contains(&req.url.display()), "{err}");
+        assert!(!req.dest.exists());
+    }
+    store.wait_staging_empty();
+}
+
+#[test]
+fn credentials_over_plain_http_to_a_remote_host_are_refused() {
+    let store = Store::new();
+    let req = with_credentials(
+        store.request("http://example.invalid/o/r", Operation::Mirror),
+        "alice",
+        "never-sent",
+    );
+    let err = expect_err(store.run(&req), "credentials over plain http");
+    assert_eq!(err.code, ErrorCode::PolicyDenied, "{err}");
+    assert!(err.message.contains("http://example.invalid/o/r"), "{err}");
+    assert!(!err.message.contains("never-sent"), "{err}");
+    assert!(!req.dest.exists());
+    assert!(store.staging().is_empty());
+}
+
+#[test]
+fn existing_non_git_directory_is_a_conflict_and_untouched() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    for operation in [Operation::Mirror, Operation::Checkout] {
+        let req = store.request(&daemon.url("alpha.git"), operation);
+        std::fs::create_dir_all(req.dest.join("notes")).expect("creating the directory");
+        std::fs::write(req.dest.join("notes/keep.txt"), "precious\n").expect("writing a file");
+        let err = expect_err(store.run(&req), "cloning over a non-git directory");
+        assert_eq!(err.code, ErrorCode::Conflict, "{operation}: {err}");
+        let entries: Vec<_> = std::fs::read_dir(&req.dest)
+            .expect("the directory is still there")
+            .map(|e| e.expect("an entry").file_name())
+            .collect();
+        assert_eq!(entries, ["notes"], "{operation}");
+        assert_eq!(
+            std::fs::read_to_string(req.dest.join("notes/keep.txt")).expect("the file is kept"),
+            "precious\n"
+        );
+    }
+    assert!(store.staging().is_empty());
+}
+
+#[test]
+fn second_mirror_into_an_existing_repository_is_a_sync() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let store = Store::new();
+    let req = store.request(&server.url("alpha.git"), Operation::Mirror);
+    let first = store.run(&req).expect("first mirror");
+    assert!(!first.refs_created.is_empty());
+    let before = (refs(&req.dest), objects(&req.dest));
+
+    let second = store.run(&req).expect("mirroring again is harmless");
+    assert_no_changes(&second);
+    assert_eq!(second.head_commit, first.head_commit);
+    assert_eq!(second.total_commits, first.total_commits);
+    assert_eq!((refs(&req.dest), objects(&req.dest)), before);
+    fsck(&req.dest).expect("still passes fsck");
+    assert!(store.staging().is_empty());
+}
+
