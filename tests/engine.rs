@@ -102,7 +102,12 @@ fn reference_mirror(url: &str) -> (TempDir, PathBuf) {
 }
 
 fn assert_same_as_reference(mirror: &Path, reference: &Path) {
-    assert_eq!(refs(mirror), refs(reference), "refs of {}", mirror.display());
+    assert_eq!(
+        refs(mirror),
+        refs(reference),
+        "refs of {}",
+        mirror.display()
+    );
     assert_eq!(
         objects(mirror),
         objects(reference),
@@ -115,7 +120,12 @@ fn assert_same_as_reference(mirror: &Path, reference: &Path) {
 
 fn assert_no_credentials_stored(repo: &Path, expected_url: &str) {
     let urls = remote_urls(repo);
-    assert_eq!(urls, [expected_url.to_owned()], "remote urls of {}", repo.display());
+    assert_eq!(
+        urls,
+        [expected_url.to_owned()],
+        "remote urls of {}",
+        repo.display()
+    );
     for url in &urls {
         let authority = url.split("://").nth(1).unwrap_or(url).split('/').next();
         let userinfo = authority.and_then(|a| a.rsplit_once('@')).map(|(u, _)| u);
@@ -420,7 +430,10 @@ fn progress_never_goes_backwards() {
 
     assert!(samples.len() >= 3, "{samples:#?}");
     for pair in samples.windows(2) {
-        assert!(pair[0].percent <= pair[1].percent, "percent fell: {pair:#?}");
+        assert!(
+            pair[0].percent <= pair[1].percent,
+            "percent fell: {pair:#?}"
+        );
         assert!(pair[0].phase <= pair[1].phase, "phase went back: {pair:#?}");
         assert!(
             pair[0].bytes_received <= pair[1].bytes_received,
@@ -480,7 +493,9 @@ impl Running {
     }
 
     fn join(self) -> Result<SyncResult, TaskError> {
-        self.handle.join().expect("the execute thread does not panic")
+        self.handle
+            .join()
+            .expect("the execute thread does not panic")
     }
 }
 
@@ -569,6 +584,8 @@ fn stalled_transfer_aborts_with_stalled() {
     // Ends the stalled response; the abandoned thread's read fails and it removes its staging
     // directory, and it can no longer publish.
     let t0 = std::time::Instant::now();
+    store.wait_staging_empty();
+    eprintln!("DBG staging-before-drop {:?}", t0.elapsed());
     drop(server);
     eprintln!("DBG drop {:?}", t0.elapsed());
     store.wait_staging_empty();
@@ -618,9 +635,12 @@ fn wrong_token_is_auth_failed_and_never_shown() {
     }
     assert!(!req.dest.exists());
     assert!(server.request_log().iter().any(|r| r.status == 401));
-    assert!(server.request_log().iter().all(|r| r.status != 200
-        || !r.url.contains("upload-pack")
-        || r.method != "POST"));
+    assert!(
+        server
+            .request_log()
+            .iter()
+            .all(|r| r.status != 200 || !r.url.contains("upload-pack") || r.method != "POST")
+    );
 
     // Without any credentials it fails the same way instead of prompting.
     let anonymous = store.request(&server.url("alpha.git"), Operation::Mirror);
@@ -652,7 +672,11 @@ fn token_inside_the_url_is_used_and_never_stored() {
 
     let input = server.url_with_credentials("alpha.git", "bob", token);
     let req = prepare(&input);
-    assert!(!req.url.display().contains("t0ken"), "{}", req.url.display());
+    assert!(
+        !req.url.display().contains("t0ken"),
+        "{}",
+        req.url.display()
+    );
     let result = store.run(&req).expect("the token in the URL is used");
     assert_eq!(refs(&req.dest), refs(&fx.repo("alpha.git")));
     let stored_url = format!("http://bob@127.0.0.1:{}/alpha.git", server.port());
@@ -755,4 +779,3 @@ fn second_mirror_into_an_existing_repository_is_a_sync() {
     fsck(&req.dest).expect("still passes fsck");
     assert!(store.staging().is_empty());
 }
-

@@ -88,11 +88,10 @@ pub fn plan_from_task(
     }
     let exists = std::path::Path::new(&task.path).exists();
     let operation = match task.operation {
-        Operation::Sync if !exists => Operation::Mirror,
-        op if exists && task.status.status_type == StatusType::Completed => {
-            let _ = op;
-            Operation::Sync
-        }
+        // The repository disappeared: clone it again, as what its path says it was.
+        Operation::Sync if !exists && task.path.ends_with(".git") => Operation::Mirror,
+        Operation::Sync if !exists => Operation::Checkout,
+        _ if exists && task.status.status_type == StatusType::Completed => Operation::Sync,
         op => op,
     };
     let mut job = plan(layout, policy, &task.url, operation)?;
@@ -198,13 +197,7 @@ impl Fleet {
         let mut jobs = Vec::new();
         for task in &unfinished {
             match plan_from_task(&self.layout, policy, task) {
-                Ok(mut job) => {
-                    // A half-done clone was discarded with its staging directory: start it again.
-                    if task.operation != Operation::Sync && !job.dest.exists() {
-                        job.operation = task.operation;
-                    }
-                    jobs.push(job);
-                }
+                Ok(job) => jobs.push(job),
                 Err(e) => tracing::warn!(task = %task.id, error = %e, "cannot resume task"),
             }
         }
