@@ -356,6 +356,17 @@ fn checkout_has_a_clean_working_tree_and_remote_tracking_refs() {
         !local.contains_key("refs/heads/feature"),
         "only the default branch is local: {local:?}"
     );
+    let tags = |all: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        all.iter()
+            .filter(|(name, _)| name.starts_with("refs/tags/"))
+            .map(|(n, id)| (n.clone(), id.clone()))
+            .collect()
+    };
+    assert_eq!(
+        tags(&local),
+        tags(&source),
+        "tags, as git clone fetches them"
+    );
     assert_eq!(head_target(&req.dest).as_deref(), Some("refs/heads/main"));
     fsck(&req.dest).expect("the checkout passes fsck");
     let branches: BTreeSet<&str> = result.branches.iter().map(|b| b.name.as_str()).collect();
@@ -553,9 +564,11 @@ fn time_limit_aborts_with_timeout() {
     store.wait_staging_empty();
 }
 
-/// The server stops sending in the middle of the pack and keeps the connection open: the git
-/// thread sits in a read that cannot see the interrupt, so the engine gives up on it after the
-/// grace period and reports the stall; the thread cleans up once its read fails.
+/// The server stops sending in the middle of the pack and keeps the connection open. The git
+/// thread sits in a read that cannot see the interrupt, so after the stall limit and the grace
+/// period the engine gives up on it and reports `stalled` (not `internal`). The abandoned
+/// thread may not publish; it removes its staging directory once its read fails, which the
+/// HTTP transport's own read timeout (reqwest's default, 30 s) eventually makes happen.
 #[test]
 fn stalled_transfer_aborts_with_stalled() {
     let fx = Fixtures::new();
@@ -573,24 +586,17 @@ fn stalled_transfer_aborts_with_stalled() {
         stall_limit: Duration::from_secs(2),
         grace: Duration::from_secs(2),
     };
-    let t0 = std::time::Instant::now();
     let err = expect_err(store.run(&req), "a stalled clone");
-    eprintln!("DBG run {:?} {err}", t0.elapsed());
     assert_eq!(err.code, ErrorCode::Stalled, "{err}");
     assert!(err.message.contains(&req.url.display()), "{err}");
     assert!(err.message.contains("stalled"), "{err}");
     assert!(!req.dest.exists());
     assert!(server.body_bytes_sent() <= 64 * 1024 * server.requests() as u64);
-    // Ends the stalled response; the abandoned thread's read fails and it removes its staging
-    // directory, and it can no longer publish.
-    let t0 = std::time::Instant::now();
     store.wait_staging_empty();
-    eprintln!("DBG staging-before-drop {:?}", t0.elapsed());
-    drop(server);
-    eprintln!("DBG drop {:?}", t0.elapsed());
-    store.wait_staging_empty();
-    eprintln!("DBG staging {:?}", t0.elapsed());
-    assert!(!req.dest.exists());
+    assert!(
+        !req.dest.exists(),
+        "the abandoned thread did not publish when its read returned"
+    );
 }
 
 #[test]

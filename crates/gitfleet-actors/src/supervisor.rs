@@ -212,28 +212,31 @@ impl Actor for Supervisor {
                 }
             }
             SupervisorMsg::Cancel(task_id, reply) => {
-                let known = state.pending.remove(&task_id).is_some();
-                if known {
+                let running = state
+                    .running
+                    .iter()
+                    .find(|(_, job)| job.task_id == task_id)
+                    .map(|(id, _)| *id);
+                let known = if let Some(worker) = running.and_then(|id| state.workers.get(&id)) {
+                    // The worker's result decides: `cancelled` if the interrupt lands in time,
+                    // `completed` if the repository was already in place.
+                    let _ = worker.cast(WorkerMsg::Cancel(task_id.clone()));
+                    true
+                } else if state.pending.remove(&task_id).is_some() {
+                    let attempt = match state.queue.iter().position(|j| j.task_id == task_id) {
+                        Some(pos) => state.queue.remove(pos).map_or(0, |j| j.attempt),
+                        None => 0,
+                    };
                     let error = TaskError::new(ErrorCode::Cancelled, "cancelled on request");
-                    let attempt =
-                        if let Some(pos) = state.queue.iter().position(|j| j.task_id == task_id) {
-                            state.queue.remove(pos).map(|j| j.attempt).unwrap_or(0)
-                        } else {
-                            0
-                        };
-                    for (id, job) in &state.running {
-                        if job.task_id == task_id
-                            && let Some(worker) = state.workers.get(id)
-                        {
-                            let _ = worker.cast(WorkerMsg::Cancel(task_id.clone()));
-                        }
-                    }
                     let _ = state.registry.cast(RegistryMsg::Failed {
                         id: task_id,
                         attempt,
                         error,
                     });
-                }
+                    true
+                } else {
+                    false
+                };
                 let _ = reply.send(known);
             }
             SupervisorMsg::WhenIdle(reply) => state.idle_waiters.push(reply),
