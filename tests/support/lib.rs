@@ -1,15 +1,17 @@
 //! Support for gitfleet's end-to-end tests: deterministic fixture repositories, and real
 //! `git daemon` and smart-HTTP (`git http-backend`) servers on 127.0.0.1, plus helpers that
-//! ask the real git CLI what a repository contains.
+//! ask the real git CLI what a repository contains; and a real `nats-server` with JetStream
+//! for cluster mode.
 //!
-//! Nothing here is a mock: every server is the git project's own implementation, so a test
-//! passing means gitfleet interoperates with git, not with our idea of git. Every process
+//! Nothing here is a mock: every server is the git (or NATS) project's own implementation,
+//! so a test passing means gitfleet interoperates with git, not with our idea of git. Every process
 //! started here is killed when its owner is dropped.
 
 mod daemon;
 mod fixtures;
 mod gitcli;
 mod http;
+mod nats;
 
 pub use daemon::GitDaemon;
 pub use fixtures::Fixtures;
@@ -18,3 +20,4 @@ pub use gitcli::{
     remote_urls, run_git, try_git, try_mirror_clone, wait_until,
 };
 pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
+pub use nats::{NatsOptions, NatsServer};

@@ -58,7 +58,7 @@ pub struct RegistryState {
 impl RegistryState {
     /// Applies `change` to task `id` if `attempt` is still its current attempt: a late event
     /// from an attempt that was superseded must not overwrite newer state.
-    fn transition(&mut self, id: &str, attempt: u32, change: impl FnOnce(&mut CloneTask)) {
+    async fn transition(&mut self, id: &str, attempt: u32, change: impl FnOnce(&mut CloneTask)) {
         let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
@@ -68,7 +68,7 @@ impl RegistryState {
         change(task);
         task.updated_at = Timestamp::now();
         let task = task.clone();
-        if let Err(e) = self.store.put(&task) {
+        if let Err(e) = self.store.put(&task).await {
             tracing::error!(task = %task.id, error = %e, "cannot persist task state");
         }
         let _ = self.updates.send(TaskUpdate::State {
@@ -89,7 +89,8 @@ impl Actor for Registry {
     ) -> Result<RegistryState, ActorProcessingErr> {
         let tasks = args
             .store
-            .load_all()?
+            .load_all()
+            .await?
             .into_iter()
             .map(|t| (t.id.clone(), t))
             .collect();
@@ -115,7 +116,7 @@ impl Actor for Registry {
                     task.last_sync = old.last_sync.clone();
                 }
                 state.tasks.insert(id.clone(), task);
-                state.transition(&id, 0, |_| {});
+                state.transition(&id, 0, |_| {}).await;
             }
             RegistryMsg::Started { id, attempt, node } => state.transition(&id, attempt, |t| {
                 t.attempts = attempt;
@@ -125,7 +126,7 @@ impl Actor for Registry {
                 t.node = Some(node);
                 t.started_at = Some(Timestamp::now());
                 t.finished_at = None;
-            }),
+            }).await,
             RegistryMsg::Progress(event) => {
                 let Some(task) = state.tasks.get_mut(&event.task_id) else {
                     return Ok(());
@@ -152,13 +153,13 @@ impl Actor for Registry {
                 t.error_code = None;
                 t.finished_at = Some(Timestamp::now());
                 t.last_sync = Some(*result);
-            }),
+            }).await,
             RegistryMsg::Retrying { id, attempt, error } => state.transition(&id, attempt, |t| {
                 tracing::info!(task = %t.id, url = %t.url, attempt, error = %error, "will retry");
                 t.status = CloneStatus::queued();
                 t.phase = None;
                 t.error_code = Some(error.code);
-            }),
+            }).await,
             RegistryMsg::Failed { id, attempt, error } => state.transition(&id, attempt, |t| {
                 t.status = CloneStatus::failed(error.message.clone());
                 t.phase = None;
@@ -167,7 +168,7 @@ impl Actor for Registry {
                 if error.code == ErrorCode::Cancelled {
                     t.attempts = t.attempts.max(attempt);
                 }
-            }),
+            }).await,
             RegistryMsg::Get(id, reply) => {
                 let _ = reply.send(state.tasks.get(&id).cloned());
             }

@@ -3,15 +3,21 @@
 //! reader in another process never sees a half-written record and a crash loses at most the
 //! transition being written.
 
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 
 use gitfleet_proto::CloneTask;
 
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = std::io::Result<T>> + Send + 'a>>;
+
 /// Where task state survives the process. The cluster puts a JetStream key-value bucket here.
 pub trait TaskStore: Send + Sync + 'static {
-    fn load_all(&self) -> std::io::Result<Vec<CloneTask>>;
-    fn put(&self, task: &CloneTask) -> std::io::Result<()>;
+    fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>>;
+    /// Stores `task`, unless the store holds a newer attempt of it (a late result of an attempt
+    /// that was superseded must not overwrite newer state).
+    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()>;
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +46,19 @@ impl FileStore {
 }
 
 impl TaskStore for FileStore {
-    fn load_all(&self) -> std::io::Result<Vec<CloneTask>> {
+    fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
+        Box::pin(std::future::ready(self.load_all_sync()))
+    }
+
+    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+        // One process per root (the root lock): no other writer to fence against.
+        Box::pin(std::future::ready(self.put_sync(task)))
+    }
+}
+
+impl FileStore {
+    /// Every readable record, oldest first.
+    pub fn load_all_sync(&self) -> std::io::Result<Vec<CloneTask>> {
         let mut tasks = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -68,7 +86,7 @@ impl TaskStore for FileStore {
         Ok(tasks)
     }
 
-    fn put(&self, task: &CloneTask) -> std::io::Result<()> {
+    pub fn put_sync(&self, task: &CloneTask) -> std::io::Result<()> {
         let mut file = tempfile::NamedTempFile::new_in(&self.dir)?;
         file.write_all(&gitfleet_proto::to_json(task))?;
         file.as_file().sync_data()?;
@@ -93,9 +111,9 @@ mod tests {
             "/x".into(),
             jiff::Timestamp::UNIX_EPOCH,
         );
-        store.put(&task).expect("put");
+        store.put_sync(&task).expect("put");
         std::fs::write(dir.path().join("tasks/broken.json"), b"{\"id\":").expect("write");
-        let all = store.load_all().expect("load");
+        let all = store.load_all_sync().expect("load");
         assert_eq!(all, vec![task.clone()]);
         assert_eq!(store.get(&task.id).expect("get"), Some(task));
     }

@@ -42,7 +42,7 @@ impl Layout {
     /// Where a repository fetched from `url` is stored. Mirror and bare clones are bare
     /// repositories named `<name>.git`; checkouts are working trees named `<name>`.
     pub fn repo_path(&self, url: &RepoUrl, operation: Operation) -> PathBuf {
-        self.join_segments(url.storage_segments(), operation == Operation::Checkout)
+        self.root.join(relative_repo_path(url, operation))
     }
 
     /// Where `gitfleet init` puts a new repository.
@@ -52,13 +52,8 @@ impl Layout {
         self.join_segments(segments, worktree)
     }
 
-    fn join_segments(&self, mut segments: Vec<String>, worktree: bool) -> PathBuf {
-        if !worktree && let Some(last) = segments.last_mut() {
-            last.push_str(".git");
-        }
-        let mut path = self.root.clone();
-        path.extend(segments);
-        path
+    fn join_segments(&self, segments: Vec<String>, worktree: bool) -> PathBuf {
+        self.root.join(join_segments(segments, worktree))
     }
 
     /// A fresh, unique staging path on the same file system as the root, so that the final
@@ -90,6 +85,18 @@ impl Layout {
     pub fn relative<'a>(&self, path: &'a Path) -> &'a Path {
         path.strip_prefix(&self.root).unwrap_or(path)
     }
+}
+
+/// Where a repository fetched from `url` is stored, relative to any root: the same on every node.
+pub fn relative_repo_path(url: &RepoUrl, operation: Operation) -> PathBuf {
+    join_segments(url.storage_segments(), operation == Operation::Checkout)
+}
+
+fn join_segments(mut segments: Vec<String>, worktree: bool) -> PathBuf {
+    if !worktree && let Some(last) = segments.last_mut() {
+        last.push_str(".git");
+    }
+    segments.into_iter().collect()
 }
 
 /// The stable id of the task for the repository stored at `relative` (a path below the root):

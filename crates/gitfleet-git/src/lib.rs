@@ -13,7 +13,7 @@ mod url;
 
 pub use engine::{Control, Limits, Request, execute, init_tls};
 pub use error::GitError;
-pub use layout::{InitName, Layout, task_id};
+pub use layout::{InitName, Layout, relative_repo_path, task_id};
 pub use progress::Progress;
 pub use secret::{Credentials, CredentialsConfig, Redactor, Secret, scrub_userinfo};
 pub use url::{Policy, RepoUrl, Scheme, UrlError};

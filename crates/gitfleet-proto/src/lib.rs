@@ -10,11 +10,17 @@
 //! - MessagePack is always written with field names (`rmp_serde::to_vec_named`), never as
 //!   positional arrays.
 
+mod api;
 mod codec;
 mod error;
 mod event;
 mod task;
 
+pub use api::{
+    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, GetRequest, JobMessage,
+    ListReply, ListRequest, NodeInfo, NodesReply, SubmitReply, SubmitRequest, Submitted,
+    SyncRequest,
+};
 pub use codec::{
     CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack,
 };

@@ -24,6 +24,19 @@ pub struct Cli {
     #[arg(long, global = true, env = "GITFLEET_ROOT", default_value = "mirrors")]
     pub root: PathBuf,
 
+    /// Talk to a gitfleet cluster through this NATS server instead of working embedded.
+    #[arg(long, global = true, env = "GITFLEET_NATS", value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// Subject prefix of the cluster.
+    #[arg(
+        long,
+        global = true,
+        env = "GITFLEET_PREFIX",
+        default_value = "gitfleet"
+    )]
+    pub prefix: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -83,6 +96,46 @@ pub enum Command {
     },
     /// Print the JSON Schema of a task record (for generating client types).
     Schema,
+    /// Join a cluster: run jobs placed on this node and answer the request API (needs --nats).
+    Node(NodeArgs),
+    /// List the cluster's live nodes with their load and the repositories they own.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// This node's id: letters, digits, '-' and '_' (default: the host name).
+    #[arg(long, env = "GITFLEET_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How many repositories this node transfers at once.
+    #[arg(long, short = 'j', default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Replicas of the JetStream stream and buckets when this node creates them.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Accept local paths and file:// URLs (refused by default: URLs come from other people).
+    #[arg(long)]
+    pub allow_local: bool,
+    /// Accept loopback and private network addresses (refused by default).
+    #[arg(long)]
+    pub allow_private: bool,
+    /// Allow only these hosts (repeatable; `*.example.com` matches subdomains).
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_hosts: Vec<String>,
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub time_limit: u64,
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub stall_limit: u64,
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub retry_delay: f64,
+    /// Username sent with GITFLEET_TOKEN.
+    #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
+    pub username: String,
 }
 
 #[derive(Debug, Args)]

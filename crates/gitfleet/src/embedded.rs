@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use gitfleet_actors::{
     CancelRequests, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, RootLock,
-    Submitted, TaskStore, plan, plan_from_task, plan_init,
+    Submitted, plan, plan_from_task, plan_init,
 };
 use gitfleet_git::{Credentials, CredentialsConfig, Layout, Limits, Policy, Scheme, Secret};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
@@ -18,7 +18,13 @@ use crate::cli::{Cli, Command, RunArgs, Sources};
 use crate::display::Display;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(nats) = cli.nats.as_deref() {
+        return remote(nats, &cli.prefix, &cli.root, cli.command).await;
+    }
     match cli.command {
+        Command::Node(_) | Command::Nodes { .. } => {
+            bail!("`node` and `nodes` need a cluster: pass --nats URL (or set GITFLEET_NATS)")
+        }
         Command::Schema => {
             print!("{}", gitfleet_proto::clone_task_schema());
             Ok(ExitCode::SUCCESS)
@@ -45,13 +51,55 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+async fn remote(
+    nats: &str,
+    prefix: &str,
+    root: &std::path::Path,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
+    use crate::remote::{self, RemoteWork};
+    match command {
+        Command::Schema => {
+            print!("{}", gitfleet_proto::clone_task_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(args) => remote::node(nats, prefix, root, args).await,
+        Command::Nodes { json } => remote::nodes(nats, prefix, json).await,
+        Command::Status { tasks, json } => remote::status(nats, prefix, &tasks, json).await,
+        Command::Cancel { tasks } => remote::cancel(nats, prefix, &tasks).await,
+        Command::Mirror { sources, bare, run } => {
+            let op = if bare {
+                Operation::Bare
+            } else {
+                Operation::Mirror
+            };
+            remote::work(nats, prefix, RemoteWork::Submit(sources, op), &run).await
+        }
+        Command::Clone { sources, run } => {
+            remote::work(
+                nats,
+                prefix,
+                RemoteWork::Submit(sources, Operation::Checkout),
+                &run,
+            )
+            .await
+        }
+        Command::Init { names, run, .. } => {
+            remote::work(nats, prefix, RemoteWork::Init(names), &run).await
+        }
+        Command::Sync { sources, run } => {
+            remote::work(nats, prefix, RemoteWork::Sync(sources), &run).await
+        }
+    }
+}
+
 enum Work {
     Clone(Sources, Operation),
     Init(Vec<String>, bool),
     Sync(Sources),
 }
 
-fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
+pub fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
     let mut urls = sources.urls.clone();
     if let Some(path) = &sources.file {
         let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
@@ -187,7 +235,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
             }
         }
         Work::Sync(sources) => {
-            let known = store.load_all()?;
+            let known = store.load_all_sync()?;
             let urls = read_sources(&sources)?;
             if urls.is_empty() {
                 for task in known.iter().filter(|t| t.status.status_type.is_final()) {
@@ -323,7 +371,7 @@ fn find_task<'a>(
 fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let mut tasks = store.load_all()?;
+    let mut tasks = store.load_all_sync()?;
     if !filter.is_empty() {
         let policy = Policy::permissive();
         let mut wanted = Vec::new();
@@ -334,19 +382,25 @@ fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Resu
         }
         tasks = wanted;
     }
+    print_tasks(&tasks, json, &layout.root().display().to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The task table of `status` (or a JSON array).
+pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&tasks)?);
-        return Ok(ExitCode::SUCCESS);
+        return Ok(());
     }
     if tasks.is_empty() {
-        println!("no tasks in {}", layout.root().display());
-        return Ok(ExitCode::SUCCESS);
+        println!("no tasks in {place}");
+        return Ok(());
     }
     println!(
         "{:<16}  {:<9}  {:>4}  {:<8}  URL / PATH / ERROR",
         "ID", "STATUS", "PCT", "OP"
     );
-    for t in &tasks {
+    for t in tasks {
         let pct = t
             .status
             .progress
@@ -368,13 +422,13 @@ fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Resu
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let known = store.load_all()?;
+    let known = store.load_all_sync()?;
     let policy = Policy::permissive();
     let mut ids = Vec::new();
     for input in inputs {
@@ -396,7 +450,7 @@ async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<Exi
             task.status = CloneStatus::failed("cancelled on request");
             task.error_code = Some(ErrorCode::Cancelled);
             task.updated_at = jiff::Timestamp::now();
-            store.put(&task)?;
+            store.put_sync(&task)?;
             println!("cancelled {}", task.url);
         }
         return Ok(exit);
@@ -426,7 +480,7 @@ async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<Exi
     Ok(exit)
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()

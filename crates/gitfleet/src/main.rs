@@ -4,6 +4,7 @@
 mod cli;
 mod display;
 mod embedded;
+mod remote;
 
 use std::process::ExitCode;
 

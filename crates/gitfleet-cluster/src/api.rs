@@ -1,0 +1,482 @@
+//! The request/reply API, served by every node in one queue group (any node answers).
+
+use std::path::{Component, Path, PathBuf};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::kv;
+use futures_util::{StreamExt, TryStreamExt};
+use gitfleet_git::{InitName, Policy, RepoUrl, relative_repo_path, task_id};
+use gitfleet_proto::{
+    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, CloneStatus, CloneTask, Encoding,
+    ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, Operation,
+    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::infra::{ClusterError, Nats};
+use crate::kv_store::KvStore;
+use crate::placement;
+
+/// Requests larger than this get `too_large` (below NATS' default 1 MiB payload limit, so that
+/// the error reaches the client instead of the connection failing).
+pub const MAX_REQUEST_BYTES: usize = 512 << 10;
+/// Repositories per submit or sync request.
+pub const MAX_REPOSITORIES: usize = 10_000;
+pub const MSGPACK: &str = "application/msgpack";
+const QUEUE_GROUP: &str = "gitfleet-api";
+
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub nats: Nats,
+    pub store: KvStore,
+    pub nodes: kv::Store,
+    /// URLs come from other people: strict by default.
+    pub policy: Policy,
+}
+
+pub fn encoding_of(headers: Option<&HeaderMap>) -> Encoding {
+    let is_msgpack = headers
+        .and_then(|h| h.get("Content-Type"))
+        .is_some_and(|v| v.as_str().eq_ignore_ascii_case(MSGPACK));
+    if is_msgpack {
+        Encoding::MsgPack
+    } else {
+        Encoding::Json
+    }
+}
+
+/// Serves the API until the subscription ends.
+pub async fn serve(ctx: ApiContext) -> Result<(), ClusterError> {
+    let mut requests = ctx
+        .nats
+        .client
+        .queue_subscribe(ctx.nats.subjects.api_all(), QUEUE_GROUP.to_string())
+        .await
+        .map_err(|e| ClusterError::Request(e.to_string()))?;
+    while let Some(message) = requests.next().await {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let Some(reply_to) = message.reply.clone() else {
+                return;
+            };
+            let encoding = encoding_of(message.headers.as_ref());
+            let operation = ctx
+                .nats
+                .subjects
+                .api_operation(&message.subject)
+                .unwrap_or("")
+                .to_string();
+            let body = handle(&ctx, &operation, &message.payload, encoding).await;
+            let mut headers = HeaderMap::new();
+            if encoding == Encoding::MsgPack {
+                headers.insert("Content-Type", MSGPACK);
+            }
+            if let Err(e) = ctx
+                .nats
+                .client
+                .publish_with_headers(reply_to, headers, body.into())
+                .await
+            {
+                tracing::warn!(error = %e, "cannot send an API reply");
+            }
+        });
+    }
+    Ok(())
+}
+
+fn reply<T: Serialize>(result: Result<T, ApiError>, encoding: Encoding) -> Vec<u8> {
+    let reply = match result {
+        Ok(v) => ApiReply::Ok(v),
+        Err(e) => ApiReply::Error(e),
+    };
+    gitfleet_proto::encode(&reply, encoding).unwrap_or_else(|e| {
+        gitfleet_proto::to_json(&ApiReply::<()>::Error(ApiError::new(
+            ApiErrorCode::Unavailable,
+            e.to_string(),
+        )))
+    })
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8], encoding: Encoding) -> Result<T, ApiError> {
+    gitfleet_proto::decode(payload, encoding)
+        .map_err(|e| ApiError::new(ApiErrorCode::BadRequest, e.to_string()))
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ApiErrorCode::Unavailable, e.to_string())
+}
+
+/// Answers one request; never panics on input.
+pub async fn handle(
+    ctx: &ApiContext,
+    operation: &str,
+    payload: &[u8],
+    encoding: Encoding,
+) -> Vec<u8> {
+    if payload.len() > MAX_REQUEST_BYTES {
+        let e = ApiError::new(
+            ApiErrorCode::TooLarge,
+            format!(
+                "request of {} bytes; the limit is {MAX_REQUEST_BYTES}",
+                payload.len()
+            ),
+        );
+        return reply::<()>(Err(e), encoding);
+    }
+    macro_rules! route {
+        ($handler:ident) => {
+            match decode(payload, encoding) {
+                Ok(request) => reply($handler(ctx, request).await, encoding),
+                Err(e) => reply::<()>(Err(e), encoding),
+            }
+        };
+    }
+    match operation {
+        "submit" => route!(submit),
+        "sync" => route!(sync),
+        "get" => route!(get),
+        "list" => route!(list),
+        "cancel" => route!(cancel),
+        "nodes" => reply(nodes(ctx).await, encoding),
+        other => reply::<()>(
+            Err(ApiError::new(
+                ApiErrorCode::UnknownSubject,
+                format!("unknown API operation '{}'", other.escape_debug()),
+            )),
+            encoding,
+        ),
+    }
+}
+
+/// Node ids with a live heartbeat, sorted.
+pub async fn live_nodes(nodes: &kv::Store) -> Result<Vec<String>, ApiError> {
+    let keys = nodes.keys().await.map_err(unavailable)?;
+    let mut ids: Vec<String> = keys.try_collect().await.map_err(unavailable)?;
+    ids.sort();
+    Ok(ids)
+}
+
+/// A repository as the cluster sees it: id, display URL and path below any root.
+struct Target {
+    id: String,
+    url: String,
+    path: PathBuf,
+}
+
+fn target(input: &str, operation: Operation, policy: &Policy) -> Result<Target, ApiError> {
+    let rejected = |code: ErrorCode, message: String| ApiError {
+        code: ApiErrorCode::Rejected,
+        message,
+        task_error: Some(code),
+    };
+    if operation == Operation::Init {
+        let name = InitName::parse(input).map_err(|e| rejected(e.code, e.message))?;
+        let path = PathBuf::from("_local").join(format!("{}.git", name.as_str()));
+        return Ok(Target {
+            id: task_id(&path),
+            url: name.as_str(),
+            path,
+        });
+    }
+    let url = RepoUrl::parse(input).map_err(|e| rejected(e.code, e.message))?;
+    policy
+        .check(&url)
+        .map_err(|e| rejected(e.code, e.message))?;
+    let path = relative_repo_path(&url, operation);
+    Ok(Target {
+        id: task_id(&path),
+        url: url.display(),
+        path,
+    })
+}
+
+/// A relative path from the wire, checked to stay below the root.
+pub fn safe_relative(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    (!path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_))))
+        .then(|| p.to_path_buf())
+}
+
+async fn enqueue(
+    ctx: &ApiContext,
+    input: &str,
+    target: Target,
+    operation: Operation,
+    nodes: &[String],
+    idempotency_key: Option<&str>,
+) -> Submitted {
+    let mut out = Submitted {
+        input: input.to_string(),
+        task_id: Some(target.id.clone()),
+        duplicate: false,
+        error: None,
+    };
+    let Some(owner) = placement::owner(&target.id, nodes) else {
+        out.error = Some(ApiError::new(
+            ApiErrorCode::NoNodes,
+            "no live gitfleet node",
+        ));
+        return out;
+    };
+    let mut revision = None;
+    for _ in 0..8 {
+        let current = match ctx.store.get(&target.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                out.error = Some(unavailable(e));
+                return out;
+            }
+        };
+        let (mut task, rev) = match current {
+            Some((task, _)) if !task.status.status_type.is_final() => {
+                out.duplicate = true;
+                return out;
+            }
+            Some((task, rev)) => (task, rev),
+            None => {
+                let path = target.path.to_string_lossy().into_owned();
+                (
+                    CloneTask::new(
+                        target.id.clone(),
+                        target.url.clone(),
+                        operation,
+                        path,
+                        jiff::Timestamp::now(),
+                    ),
+                    0,
+                )
+            }
+        };
+        task.operation = operation;
+        task.status = CloneStatus::queued();
+        task.error_code = None;
+        task.phase = None;
+        task.attempts = 0;
+        task.node = Some(owner.clone());
+        task.updated_at = jiff::Timestamp::now();
+        match ctx.store.compare_and_set(&task, rev).await {
+            Ok(true) => {
+                revision = Some(rev);
+                break;
+            }
+            // Someone else queued it at the same moment: one task.
+            Ok(false) => continue,
+            Err(e) => {
+                out.error = Some(unavailable(e));
+                return out;
+            }
+        }
+    }
+    let Some(revision) = revision else {
+        out.duplicate = true;
+        return out;
+    };
+    let job = JobMessage {
+        task_id: target.id.clone(),
+        url: target.url,
+        operation,
+        path: target.path.to_string_lossy().into_owned(),
+    };
+    let mut headers = HeaderMap::new();
+    let msg_id = match idempotency_key {
+        Some(key) => format!("{key}:{}", target.id),
+        None => format!("{}:{revision}", target.id),
+    };
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    let subject = ctx.nats.subjects.jobs(owner);
+    let published = ctx
+        .nats
+        .jetstream
+        .publish_with_headers(subject, headers, gitfleet_proto::to_json(&job).into())
+        .await;
+    let acked = match published {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = acked {
+        out.error = Some(unavailable(format!("cannot dispatch the job: {e}")));
+    }
+    out
+}
+
+async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply, ApiError> {
+    if request.repositories.len() > MAX_REPOSITORIES {
+        return Err(ApiError::new(
+            ApiErrorCode::TooLarge,
+            format!("more than {MAX_REPOSITORIES} repositories"),
+        ));
+    }
+    if request.operation == Operation::Sync {
+        return Err(ApiError::new(
+            ApiErrorCode::BadRequest,
+            "use the sync subject to sync",
+        ));
+    }
+    let nodes = live_nodes(&ctx.nodes).await?;
+    let mut tasks = Vec::with_capacity(request.repositories.len());
+    for input in &request.repositories {
+        match target(input, request.operation, &ctx.policy) {
+            Ok(t) => tasks.push(
+                enqueue(
+                    ctx,
+                    input,
+                    t,
+                    request.operation,
+                    &nodes,
+                    request.idempotency_key.as_deref(),
+                )
+                .await,
+            ),
+            Err(e) => tasks.push(Submitted {
+                input: input.clone(),
+                task_id: None,
+                duplicate: false,
+                error: Some(e),
+            }),
+        }
+    }
+    Ok(SubmitReply { tasks })
+}
+
+async fn find(ctx: &ApiContext, input: &str) -> Result<Option<(CloneTask, u64)>, ApiError> {
+    let mut ids = vec![input.to_string()];
+    for op in [Operation::Mirror, Operation::Checkout, Operation::Init] {
+        if let Ok(t) = target(input, op, &Policy::permissive()) {
+            ids.push(t.id);
+        }
+    }
+    for id in ids {
+        if let Some(found) = ctx.store.get(&id).await.map_err(unavailable)? {
+            return Ok(Some(found));
+        }
+    }
+    Ok(None)
+}
+
+async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, ApiError> {
+    if request.repositories.len() > MAX_REPOSITORIES {
+        return Err(ApiError::new(
+            ApiErrorCode::TooLarge,
+            format!("more than {MAX_REPOSITORIES} repositories"),
+        ));
+    }
+    let nodes = live_nodes(&ctx.nodes).await?;
+    let mut known = Vec::new();
+    if request.repositories.is_empty() {
+        for id in ctx.store.ids().await.map_err(unavailable)? {
+            if let Some((task, _)) = ctx.store.get(&id).await.map_err(unavailable)? {
+                known.push((task.id.clone(), Some(task)));
+            }
+        }
+    } else {
+        for input in &request.repositories {
+            known.push((input.clone(), find(ctx, input).await?.map(|(t, _)| t)));
+        }
+    }
+    let mut tasks = Vec::new();
+    for (input, task) in known {
+        let Some(task) = task else {
+            let e = ApiError::new(
+                ApiErrorCode::NotFound,
+                format!("{input} is not a known repository"),
+            );
+            tasks.push(Submitted {
+                input,
+                task_id: None,
+                duplicate: false,
+                error: Some(e),
+            });
+            continue;
+        };
+        let operation = if task.status.status_type == StatusType::Completed {
+            Operation::Sync
+        } else {
+            task.operation
+        };
+        let target = Target {
+            id: task.id.clone(),
+            url: task.url.clone(),
+            path: PathBuf::from(&task.path),
+        };
+        tasks.push(enqueue(ctx, &input, target, operation, &nodes, None).await);
+    }
+    Ok(SubmitReply { tasks })
+}
+
+async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiError> {
+    find(ctx, &request.task)
+        .await?
+        .map(|(t, _)| t)
+        .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, format!("no task {}", request.task)))
+}
+
+async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiError> {
+    let limit = request.limit.unwrap_or(100).clamp(1, 1000);
+    let ids = ctx.store.ids().await.map_err(unavailable)?;
+    let mut tasks = Vec::new();
+    let mut next = None;
+    for id in ids
+        .iter()
+        .filter(|id| request.after.as_ref().is_none_or(|a| *id > a))
+    {
+        let Some((task, _)) = ctx.store.get(id).await.map_err(unavailable)? else {
+            continue;
+        };
+        if request.status.is_some_and(|s| s != task.status.status_type) {
+            continue;
+        }
+        if tasks.len() == limit {
+            next = tasks.last().map(|t: &CloneTask| t.id.clone());
+            break;
+        }
+        tasks.push(task);
+    }
+    Ok(ListReply { tasks, next })
+}
+
+async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply, ApiError> {
+    let mut cancelled = Vec::new();
+    for input in &request.tasks {
+        let Some((mut task, revision)) = find(ctx, input).await? else {
+            continue;
+        };
+        if task.status.status_type.is_final() {
+            continue;
+        }
+        if task.status.status_type == StatusType::Queued {
+            // Not started: the owner skips a job whose task is already final.
+            task.status = CloneStatus::failed("cancelled on request");
+            task.error_code = Some(ErrorCode::Cancelled);
+            task.updated_at = jiff::Timestamp::now();
+            let _ = ctx.store.compare_and_set(&task, revision).await;
+        }
+        ctx.nats
+            .client
+            .publish(ctx.nats.subjects.cancel(), task.id.clone().into())
+            .await
+            .map_err(unavailable)?;
+        cancelled.push(task.id);
+    }
+    Ok(CancelReply { cancelled })
+}
+
+async fn nodes(ctx: &ApiContext) -> Result<NodesReply, ApiError> {
+    let ids = live_nodes(&ctx.nodes).await?;
+    let mut nodes: Vec<NodeInfo> = Vec::new();
+    for id in &ids {
+        if let Some(bytes) = ctx.nodes.get(id).await.map_err(unavailable)?
+            && let Ok(info) = gitfleet_proto::from_json::<NodeInfo>(&bytes)
+        {
+            nodes.push(info);
+        }
+    }
+    for task_id in ctx.store.ids().await.map_err(unavailable)? {
+        if let Some(owner) = placement::owner(&task_id, &ids)
+            && let Some(node) = nodes.iter_mut().find(|n| &n.node_id == owner)
+        {
+            node.repositories_owned += 1;
+        }
+    }
+    Ok(NodesReply { nodes })
+}

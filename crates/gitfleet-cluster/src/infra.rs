@@ -1,0 +1,154 @@
+//! Connecting to NATS and making sure the stream and buckets exist.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::subjects::Subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("JetStream is not available or refused the setup ({what}): {message}")]
+    Setup { what: String, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error("NATS request failed: {0}")]
+    Request(String),
+}
+
+/// Everything a node or a client holds on to.
+#[derive(Debug, Clone)]
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub subjects: Subjects,
+}
+
+/// How JetStream resources are created.
+#[derive(Debug, Clone, Copy)]
+pub struct Durability {
+    /// Replicas of the stream and buckets (3 in a three-server cluster).
+    pub replicas: usize,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability { replicas: 1 }
+    }
+}
+
+/// How long a node's heartbeat lives in the nodes bucket: a node that has not refreshed it for
+/// this long is gone.
+pub const NODE_TTL: Duration = Duration::from_secs(6);
+/// How often a node refreshes its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Nats {
+    pub async fn connect(url: &str, subjects: Subjects, name: &str) -> Result<Nats, ClusterError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        Ok(Nats {
+            client,
+            jetstream,
+            subjects,
+        })
+    }
+
+    /// Creates the jobs stream and the task and node buckets if they do not exist.
+    pub async fn ensure_resources(&self, durability: Durability) -> Result<(), ClusterError> {
+        let setup = |what: &str, e: &dyn std::fmt::Display| ClusterError::Setup {
+            what: what.to_string(),
+            message: e.to_string(),
+        };
+        self.jetstream
+            .get_or_create_stream(stream::Config {
+                name: self.subjects.jobs_stream(),
+                subjects: vec![self.subjects.jobs_all()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: durability.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup("jobs stream", &e))?;
+        self.tasks_bucket_or_create(durability).await?;
+        if self
+            .jetstream
+            .get_key_value(self.subjects.nodes_bucket())
+            .await
+            .is_err()
+        {
+            self.jetstream
+                .create_key_value(kv::Config {
+                    bucket: self.subjects.nodes_bucket(),
+                    history: 1,
+                    max_age: NODE_TTL,
+                    storage: stream::StorageType::Memory,
+                    num_replicas: durability.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| setup("nodes bucket", &e))?;
+        }
+        Ok(())
+    }
+
+    async fn tasks_bucket_or_create(
+        &self,
+        durability: Durability,
+    ) -> Result<kv::Store, ClusterError> {
+        if let Ok(kv) = self
+            .jetstream
+            .get_key_value(self.subjects.tasks_bucket())
+            .await
+        {
+            return Ok(kv);
+        }
+        self.jetstream
+            .create_key_value(kv::Config {
+                bucket: self.subjects.tasks_bucket(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: durability.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "tasks bucket".into(),
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn tasks(&self) -> Result<kv::Store, ClusterError> {
+        self.jetstream
+            .get_key_value(self.subjects.tasks_bucket())
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "tasks bucket".into(),
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn nodes(&self) -> Result<kv::Store, ClusterError> {
+        self.jetstream
+            .get_key_value(self.subjects.nodes_bucket())
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "nodes bucket".into(),
+                message: e.to_string(),
+            })
+    }
+}

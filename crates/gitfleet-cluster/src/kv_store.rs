@@ -1,0 +1,115 @@
+//! CloneTask state in a JetStream key-value bucket (key: task id), written with
+//! compare-and-set on the entry's revision.
+
+use async_nats::jetstream::kv;
+use futures_util::TryStreamExt;
+use gitfleet_actors::{StoreFuture, TaskStore};
+use gitfleet_proto::CloneTask;
+
+#[derive(Debug, Clone)]
+pub struct KvStore {
+    kv: kv::Store,
+}
+
+fn io(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl KvStore {
+    pub fn new(kv: kv::Store) -> Self {
+        KvStore { kv }
+    }
+
+    pub async fn get(&self, id: &str) -> std::io::Result<Option<(CloneTask, u64)>> {
+        let Some(entry) = self.kv.entry(id).await.map_err(io)? else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        match gitfleet_proto::from_json::<CloneTask>(&entry.value) {
+            Ok(task) => Ok(Some((task, entry.revision))),
+            Err(e) => {
+                tracing::warn!(task = id, error = %e, "unreadable task record");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `task` if the stored revision is still `revision` (0: the key must not exist).
+    pub async fn compare_and_set(&self, task: &CloneTask, revision: u64) -> std::io::Result<bool> {
+        let bytes = bytes::Bytes::from(gitfleet_proto::to_json(task));
+        let result = if revision == 0 {
+            self.kv
+                .create(&task.id, bytes)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        } else {
+            self.kv
+                .update(&task.id, bytes, revision)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => Ok(true),
+            Err(e)
+                if e.contains("wrong last sequence")
+                    || e.contains("key exists")
+                    || e.contains("already exists") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub async fn ids(&self) -> std::io::Result<Vec<String>> {
+        let keys = self.kv.keys().await.map_err(io)?;
+        let mut ids: Vec<String> = keys.try_collect().await.map_err(io)?;
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+impl TaskStore for KvStore {
+    fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
+        Box::pin(async move {
+            let mut tasks = Vec::new();
+            for id in self.ids().await? {
+                if let Some((task, _)) = self.get(&id).await? {
+                    tasks.push(task);
+                }
+            }
+            Ok(tasks)
+        })
+    }
+
+    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            // Compare-and-set on the revision, fenced by attempt: a result from an attempt that
+            // was taken over (a node presumed dead) never overwrites the newer attempt's state.
+            for _ in 0..16 {
+                let (current, revision) = match self.get(&task.id).await? {
+                    Some((current, revision)) => (Some(current), revision),
+                    None => (None, 0),
+                };
+                if let Some(current) = &current
+                    && current.attempts > task.attempts
+                    && current.node != task.node
+                {
+                    tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
+                    return Ok(());
+                }
+                if self.compare_and_set(task, revision).await? {
+                    return Ok(());
+                }
+            }
+            Err(io(format!(
+                "task {} is being updated concurrently",
+                task.id
+            )))
+        })
+    }
+}

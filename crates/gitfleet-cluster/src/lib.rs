@@ -1,0 +1,17 @@
+//! gitfleet over NATS: the embedded actors on every node, JetStream for what must survive a
+//! crash (the jobs stream, the task bucket), core NATS for what is frequent and ephemeral
+//! (progress events, cancel requests), and a request/reply API any NATS client can use.
+
+pub mod api;
+pub mod client;
+mod infra;
+mod kv_store;
+mod node;
+pub mod placement;
+pub mod subjects;
+
+pub use client::{Client, ClientError};
+pub use infra::{ClusterError, Durability, Nats};
+pub use kv_store::KvStore;
+pub use node::{NodeOptions, run_node};
+pub use subjects::Subjects;

@@ -1,0 +1,264 @@
+//! A gitfleet node: the embedded actors plus NATS around them. Pulls the jobs placed on it,
+//! acknowledges each only when its result is durable, publishes status events, answers the API,
+//! and announces itself with a heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message, consumer};
+use futures_util::StreamExt;
+use gitfleet_actors::{Fleet, FleetConfig, TaskStore, plan, plan_init};
+use gitfleet_git::Policy;
+use gitfleet_proto::{CloneStatus, JobMessage, NodeInfo, Operation, TaskUpdate};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::api::{self, ApiContext};
+use crate::infra::{ClusterError, Durability, HEARTBEAT_INTERVAL, Nats};
+use crate::kv_store::KvStore;
+
+/// A job is redelivered when its node has not acknowledged it (or said it is still working) for
+/// this long.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+const PROGRESS_ACK_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node_id: String,
+    pub durability: Durability,
+    /// Applied to every URL of the API and of jobs: strict unless configured otherwise.
+    pub policy: Policy,
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run_node(
+    nats: Nats,
+    options: NodeOptions,
+    fleet_config: FleetConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ClusterError> {
+    crate::subjects::validate_node_id(&options.node_id).map_err(ClusterError::Config)?;
+    nats.ensure_resources(options.durability).await?;
+    let store = KvStore::new(nats.tasks().await?);
+    let nodes = nats.nodes().await?;
+    let layout = fleet_config.layout.clone();
+    let concurrency = fleet_config.concurrency;
+    let fleet = Fleet::start(fleet_config, Arc::new(store.clone()))
+        .await
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+    let started_at = jiff::Timestamp::now();
+
+    let mut background = tokio::task::JoinSet::new();
+    // Status events: every transition and progress sample of this node's tasks.
+    {
+        let mut updates = fleet.subscribe();
+        let nats = nats.clone();
+        background.spawn(async move {
+            loop {
+                match updates.recv().await {
+                    Ok(update) => {
+                        let id = match &update {
+                            TaskUpdate::State { task } => task.id.clone(),
+                            TaskUpdate::Progress(p) => p.task_id.clone(),
+                        };
+                        let _ = nats
+                            .client
+                            .publish(
+                                nats.subjects.status(&id),
+                                gitfleet_proto::to_json(&update).into(),
+                            )
+                            .await;
+                    }
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+    // The API, answered by whichever node the queue group picks.
+    {
+        let context = ApiContext {
+            nats: nats.clone(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            policy: options.policy.clone(),
+        };
+        background.spawn(async move {
+            if let Err(e) = api::serve(context).await {
+                tracing::error!(error = %e, "the API stopped");
+            }
+        });
+    }
+
+    let mut cancels = nats
+        .client
+        .subscribe(nats.subjects.cancel())
+        .await
+        .map_err(|e| ClusterError::Request(e.to_string()))?;
+    let stream = nats
+        .jetstream
+        .get_stream(nats.subjects.jobs_stream())
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "jobs stream".into(),
+            message: e.to_string(),
+        })?;
+    let consumer = stream
+        .get_or_create_consumer(
+            &nats.subjects.node_consumer(&options.node_id),
+            consumer::pull::Config {
+                durable_name: Some(nats.subjects.node_consumer(&options.node_id)),
+                filter_subject: nats.subjects.jobs(&options.node_id),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: i64::try_from(concurrency.saturating_mul(4).max(16)).unwrap_or(64),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ClusterError::Setup {
+            what: "node consumer".into(),
+            message: e.to_string(),
+        })?;
+    let mut jobs = consumer.messages().await.map_err(|e| ClusterError::Setup {
+        what: "node consumer".into(),
+        message: e.to_string(),
+    })?;
+
+    let mut updates = fleet.subscribe();
+    let mut held: HashMap<String, Message> = HashMap::new();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut progress = tokio::time::interval(PROGRESS_ACK_INTERVAL);
+    tokio::pin!(shutdown);
+    tracing::info!(node = %options.node_id, "node running");
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = heartbeat.tick() => {
+                let info = NodeInfo {
+                    node_id: options.node_id.clone(),
+                    running: u32::try_from(held.len()).unwrap_or(u32::MAX),
+                    concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
+                    repositories_owned: 0,
+                    started_at,
+                    last_seen: jiff::Timestamp::now(),
+                };
+                if let Err(e) = nodes.put(&options.node_id, gitfleet_proto::to_json(&info).into()).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            _ = progress.tick() => {
+                // Long clones: tell JetStream we are still at it, so it does not redeliver.
+                for message in held.values() {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            }
+            Some(cancel) = cancels.next() => {
+                let id = String::from_utf8_lossy(&cancel.payload).into_owned();
+                let _ = fleet.cancel(&id).await;
+            }
+            message = jobs.next() => {
+                let Some(message) = message else { break };
+                match message {
+                    Ok(message) => accept(&fleet, &store, &layout, &options.policy, &mut held, message).await,
+                    Err(e) => tracing::warn!(error = %e, "job stream error"),
+                }
+            }
+            update = updates.recv() => match update {
+                Ok(TaskUpdate::State { task }) if task.status.status_type.is_final() => {
+                    // The result is in the task bucket (the Registry persists before it
+                    // broadcasts): now the job may go.
+                    if let Some(message) = held.remove(&task.id)
+                        && let Err(e) = message.double_ack().await
+                    {
+                        tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
+                    }
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
+        }
+    }
+    let _ = nodes.delete(&options.node_id).await;
+    background.abort_all();
+    fleet.shutdown().await;
+    let _ = nats.client.flush().await;
+    Ok(())
+}
+
+async fn accept(
+    fleet: &Fleet,
+    store: &KvStore,
+    layout: &gitfleet_git::Layout,
+    policy: &Policy,
+    held: &mut HashMap<String, Message>,
+    message: Message,
+) {
+    let job: JobMessage = match gitfleet_proto::from_json(&message.payload) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::warn!(error = %e, "dropping a malformed job");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    if held.contains_key(&job.task_id) {
+        // A redelivery of a job we are running.
+        let _ = message.ack_with(AckKind::Progress).await;
+        return;
+    }
+    // Cancelled (or finished) before it reached us: nothing to do, and running it again would
+    // be harmless but wasteful.
+    if let Ok(Some((task, _))) = store.get(&job.task_id).await
+        && task.status.status_type.is_final()
+    {
+        let _ = message.double_ack().await;
+        return;
+    }
+    let Some(relative) = api::safe_relative(&job.path) else {
+        tracing::warn!(task = %job.task_id, "dropping a job with an unsafe path");
+        let _ = message.ack_with(AckKind::Term).await;
+        return;
+    };
+    let dest = layout.root().join(&relative);
+    let mut operation = job.operation;
+    if operation == Operation::Sync && !dest.exists() {
+        // This node was not the owner when the repository was cloned: clone it here.
+        operation = if job.path.ends_with(".git") {
+            Operation::Mirror
+        } else {
+            Operation::Checkout
+        };
+    }
+    let planned = if operation == Operation::Init {
+        plan_init(layout, &job.url, !job.path.ends_with(".git"))
+    } else {
+        plan(layout, policy, &job.url, operation)
+    };
+    let mut planned = match planned {
+        Ok(planned) => planned,
+        Err(error) => {
+            if let Ok(Some((mut task, _))) = store.get(&job.task_id).await {
+                task.status = CloneStatus::failed(error.message.clone());
+                task.error_code = Some(error.code);
+                task.updated_at = jiff::Timestamp::now();
+                let _ = store.put(&task).await;
+            }
+            let _ = message.double_ack().await;
+            return;
+        }
+    };
+    planned.task_id = job.task_id.clone();
+    planned.dest = dest;
+    match fleet.submit(vec![planned]).await {
+        Ok(_) => {
+            held.insert(job.task_id, message);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot hand a job to the actors");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The cluster's request/reply API: bodies of the `<prefix>.api.*` subjects and the events on
+//! `<prefix>.status.*`. JSON by default; MessagePack (named) when the request carries the header
+//! `Content-Type: application/msgpack`. Every reply is an [`ApiReply`]: a result or an error with
+//! a stable code.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::{CloneTask, ErrorCode, Operation, StatusType, Timestamp};
+
+/// `<prefix>.api.submit`: clone, mirror or initialise repositories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitRequest {
+    /// URLs (or, for `init`, `owner/name`).
+    pub repositories: Vec<String>,
+    /// `mirror` (default), `bare`, `checkout` or `init`.
+    #[serde(default = "default_operation")]
+    pub operation: Operation,
+    /// Requests with the same key while the first is pending are one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+fn default_operation() -> Operation {
+    Operation::Mirror
+}
+
+/// What became of one repository of a submit or sync request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Submitted {
+    /// The repository as given in the request.
+    pub input: String,
+    /// The task, when the input was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// True when the task was already pending and this request joined it.
+    #[serde(default)]
+    pub duplicate: bool,
+    /// Why the input was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitReply {
+    pub tasks: Vec<Submitted>,
+}
+
+/// `<prefix>.api.sync`: fetch into stored repositories; an empty list syncs all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SyncRequest {
+    /// Task ids or URLs.
+    #[serde(default)]
+    pub repositories: Vec<String>,
+}
+
+/// `<prefix>.api.get`: one task, by id or URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GetRequest {
+    pub task: String,
+}
+
+/// `<prefix>.api.list`: tasks, optionally of one status, a page at a time (ordered by id).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ListRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusType>,
+    /// Return tasks with ids greater than this (the previous page's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ListReply {
+    pub tasks: Vec<CloneTask>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `<prefix>.api.cancel`: cancel tasks by id or URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelRequest {
+    pub tasks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancelReply {
+    /// Ids of the tasks that were pending and are now being cancelled.
+    pub cancelled: Vec<String>,
+}
+
+/// A node of the cluster, as it announces itself (`<prefix>.api.nodes` lists them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// Tasks running now.
+    pub running: u32,
+    /// Tasks it runs at once at most.
+    pub concurrency: u32,
+    /// Repositories it owns among the stored tasks (filled in by `nodes`).
+    #[serde(default)]
+    pub repositories_owned: u64,
+    #[schemars(with = "String")]
+    pub started_at: Timestamp,
+    #[schemars(with = "String")]
+    pub last_seen: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodesReply {
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// The body could not be decoded or is missing fields.
+    BadRequest,
+    /// The body is larger than the API accepts.
+    TooLarge,
+    /// No such API subject.
+    UnknownSubject,
+    /// No task matches.
+    NotFound,
+    /// No live node can take the work.
+    NoNodes,
+    /// The cluster could not store or dispatch the request; try again.
+    Unavailable,
+    /// A repository was refused (see `task_error`).
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApiError {
+    pub code: ApiErrorCode,
+    pub message: String,
+    /// For `rejected`: the task error code (`invalid_url`, `policy_denied`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_error: Option<ErrorCode>,
+}
+
+impl ApiError {
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            message: message.into(),
+            task_error: None,
+        }
+    }
+}
+
+/// Every reply: `{"ok": ...}` or `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiReply<T> {
+    Ok(T),
+    Error(ApiError),
+}
+
+/// A job on `<prefix>.jobs.<node>`: what the owning node is asked to do. Carries no secret: nodes
+/// use their own credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobMessage {
+    pub task_id: String,
+    /// URL without credentials (for `init`: `owner/name`).
+    pub url: String,
+    pub operation: Operation,
+    /// Where the repository lives below the node's storage root.
+    pub path: String,
+}

@@ -1,0 +1,283 @@
+//! Cluster mode: `gitfleet node`, and the client side of mirror/clone/init/sync/status/cancel/
+//! nodes when `--nats` is given.
+
+use std::collections::{BTreeSet, HashSet};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use gitfleet_actors::{FleetConfig, GitExecutor, RetryPolicy};
+use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
+use gitfleet_git::{Credentials, CredentialsConfig, Layout, Limits, Policy, Secret};
+use gitfleet_proto::{
+    ApiError, ErrorCode, Operation, StatusType, SubmitReply, SubmitRequest, SyncRequest, TaskError,
+    TaskUpdate,
+};
+
+use crate::cli::{NodeArgs, RunArgs, Sources};
+use crate::display::Display;
+use crate::embedded::{hostname, print_tasks, read_sources};
+
+pub async fn node(
+    nats_url: &str,
+    prefix: &str,
+    root: &std::path::Path,
+    args: NodeArgs,
+) -> anyhow::Result<ExitCode> {
+    let node_id = args.node_id.clone().unwrap_or_else(hostname);
+    let layout = Layout::open(root)
+        .with_context(|| format!("cannot use {} as the storage root", root.display()))?;
+    let removed = layout
+        .clean_staging()
+        .context("cannot clean the staging directory")?;
+    if removed > 0 {
+        tracing::info!(removed, "removed staging directories of an interrupted run");
+    }
+    let mut policy = Policy::strict();
+    policy.allow_local = args.allow_local;
+    policy.allow_private = args.allow_private;
+    if args.allow_local {
+        policy.allowed_schemes.insert(gitfleet_git::Scheme::File);
+    }
+    policy.allowed_hosts = args.allow_hosts.clone();
+    let credentials = CredentialsConfig {
+        default: std::env::var("GITFLEET_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(|t| Credentials {
+                username: args.username.clone(),
+                token: Secret::new(t),
+            }),
+        per_host: Vec::new(),
+    };
+    let executor = GitExecutor {
+        layout: layout.clone(),
+        policy: policy.clone(),
+        credentials,
+        limits: Limits {
+            time_limit: Duration::from_secs(args.time_limit.max(1)),
+            stall_limit: Duration::from_secs(args.stall_limit.max(1)),
+            ..Limits::default()
+        },
+    };
+    let config = FleetConfig {
+        layout,
+        concurrency: usize::from(args.concurrency),
+        retry: RetryPolicy {
+            max_retries: args.retries,
+            base_delay: Duration::from_secs_f64(args.retry_delay.clamp(0.0, 86_400.0)),
+            ..RetryPolicy::default()
+        },
+        node: node_id.clone(),
+        executor: Arc::new(executor),
+    };
+    let subjects = Subjects::new(prefix).map_err(anyhow::Error::msg)?;
+    let nats = Nats::connect(nats_url, subjects, &format!("gitfleet-node-{node_id}")).await?;
+    eprintln!("gitfleet: node {node_id} joining the cluster at {nats_url}");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    run_node(
+        nats,
+        NodeOptions {
+            node_id,
+            durability: Durability {
+                replicas: args.replicas,
+            },
+            policy,
+        },
+        config,
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub enum RemoteWork {
+    Submit(Sources, Operation),
+    Init(Vec<String>),
+    Sync(Sources),
+}
+
+fn rejected_error(e: &ApiError) -> TaskError {
+    TaskError::new(
+        e.task_error.unwrap_or(ErrorCode::InvalidUrl),
+        e.message.clone(),
+    )
+}
+
+pub async fn work(
+    nats_url: &str,
+    prefix: &str,
+    work: RemoteWork,
+    run: &RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(nats_url, prefix).await?;
+    let mut display = Display::new(run.json);
+    let mut events = client.watch().await?;
+    let started = Instant::now();
+    let reply: SubmitReply = match work {
+        RemoteWork::Submit(sources, operation) => {
+            let repositories = read_sources(&sources)?;
+            if repositories.is_empty() {
+                bail!("no repositories given: name URLs or use --file LIST");
+            }
+            client
+                .submit(&SubmitRequest {
+                    repositories,
+                    operation,
+                    idempotency_key: None,
+                })
+                .await?
+        }
+        RemoteWork::Init(names) => {
+            client
+                .submit(&SubmitRequest {
+                    repositories: names,
+                    operation: Operation::Init,
+                    idempotency_key: None,
+                })
+                .await?
+        }
+        RemoteWork::Sync(sources) => {
+            client
+                .sync(&SyncRequest {
+                    repositories: read_sources(&sources)?,
+                })
+                .await?
+        }
+    };
+    let mut failed_inputs = 0usize;
+    let mut ids = BTreeSet::new();
+    for item in &reply.tasks {
+        match (&item.task_id, &item.error) {
+            (Some(id), None) => {
+                ids.insert(id.clone());
+            }
+            (_, Some(e)) => {
+                failed_inputs += 1;
+                display.rejected(&item.input, &rejected_error(e));
+            }
+            (None, None) => {}
+        }
+    }
+    display.track(ids.iter().cloned());
+    let mut pending: HashSet<String> = ids.iter().cloned().collect();
+    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    while !pending.is_empty() {
+        tokio::select! {
+            Some(message) = events.next() => {
+                if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
+                    if let TaskUpdate::State { task } = &update
+                        && task.status.status_type.is_final()
+                    {
+                        pending.remove(&task.id);
+                    }
+                    display.update(&update);
+                }
+            }
+            _ = poll.tick() => {
+                // Events are best effort (core NATS): the task bucket is the truth.
+                for id in pending.clone() {
+                    if let Ok(task) = client.get(&id).await
+                        && task.status.status_type.is_final()
+                    {
+                        pending.remove(&id);
+                        display.update(&TaskUpdate::State { task: Box::new(task) });
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => {
+                display.finish();
+                eprintln!("gitfleet: stopped watching; the cluster keeps working");
+                return Ok(ExitCode::from(130));
+            }
+        }
+    }
+    display.finish();
+    let mut completed = 0usize;
+    let mut failed = Vec::new();
+    for id in &ids {
+        let task = client.get(id).await?;
+        if task.status.status_type == StatusType::Completed {
+            completed += 1;
+        } else {
+            failed.push(task);
+        }
+    }
+    let failed_count = failed.len() + failed_inputs;
+    if !run.json {
+        eprintln!(
+            "gitfleet: {completed} completed, {failed_count} failed in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        for task in &failed {
+            let code = task.error_code.map_or("unknown", |c| c.as_str());
+            eprintln!(
+                "  {} [{code}]: {}",
+                task.url,
+                task.status.error.as_deref().unwrap_or("unfinished")
+            );
+        }
+    }
+    Ok(if failed_count == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+pub async fn status(
+    nats_url: &str,
+    prefix: &str,
+    filter: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(nats_url, prefix).await?;
+    let tasks = if filter.is_empty() {
+        client.list_all().await?
+    } else {
+        let mut tasks = Vec::new();
+        for input in filter {
+            tasks.push(client.get(input).await?);
+        }
+        tasks
+    };
+    print_tasks(&tasks, json, nats_url)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(nats_url: &str, prefix: &str, tasks: &[String]) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(nats_url, prefix).await?;
+    let reply = client.cancel(tasks.to_vec()).await?;
+    for id in &reply.cancelled {
+        println!("cancelling {id}");
+    }
+    Ok(if reply.cancelled.is_empty() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn nodes(nats_url: &str, prefix: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::connect(nats_url, prefix).await?;
+    let reply = client.nodes().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reply.nodes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<24}  {:>7}  {:>11}  {:>6}  LAST SEEN",
+        "NODE", "RUNNING", "CONCURRENCY", "OWNED"
+    );
+    for n in &reply.nodes {
+        println!(
+            "{:<24}  {:>7}  {:>11}  {:>6}  {}",
+            n.node_id, n.running, n.concurrency, n.repositories_owned, n.last_seen
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

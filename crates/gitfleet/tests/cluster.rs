@@ -1,0 +1,275 @@
+//! The cluster end to end: a real nats-server, several `gitfleet node` processes, script-built
+//! repositories served by git daemon on 127.0.0.1, and clients talking NATS.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gitfleet_cluster::Client;
+use gitfleet_proto::{ApiErrorCode, ApiReply, CloneTask, StatusType, SubmitRequest, TaskUpdate};
+use gitfleet_tests::{Fixtures, GitDaemon, NatsServer, fsck, refs};
+
+struct Node {
+    child: Child,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(nats: &NatsServer, id: &str) -> Node {
+    let root = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
+        .args(["--nats", &nats.url(), "--root"])
+        .arg(root.path())
+        .args([
+            "node",
+            "--node-id",
+            id,
+            "--allow-private",
+            "--concurrency",
+            "2",
+            "--retry-delay",
+            "0.2",
+        ])
+        .env_remove("GITFLEET_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gitfleet node");
+    Node { child, _root: root }
+}
+
+async fn wait_for_nodes(client: &Client, n: usize) {
+    for _ in 0..300 {
+        if client.nodes().await.is_ok_and(|r| r.nodes.len() == n) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} nodes did not join");
+}
+
+async fn wait_final(client: &Client, ids: &[String]) -> Vec<CloneTask> {
+    for _ in 0..1200 {
+        let mut done = Vec::new();
+        for id in ids {
+            match client.get(id).await {
+                Ok(t) if t.status.status_type.is_final() => done.push(t),
+                _ => break,
+            }
+        }
+        if done.len() == ids.len() {
+            return done;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tasks did not finish: {ids:?}");
+}
+
+const REPOS: [&str; 6] = [
+    "alpha.git",
+    "beta.git",
+    "big.git",
+    "empty.git",
+    "org-a/utils.git",
+    "org-b/utils.git",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_is_mirrored_across_three_nodes() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let _nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|id| start_node(&nats, id))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 3).await;
+
+    // An independent subscriber, as any NATS client would be.
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut events = raw.subscribe("gitfleet.status.>").await.expect("subscribe");
+
+    let mut repositories: Vec<String> = REPOS.iter().map(|r| daemon.url(r)).collect();
+    // Twenty more small repositories, so that placement has something to spread.
+    for i in 0..20 {
+        let dir = fixtures.root.join(format!("many/r{i}.git"));
+        gitfleet_tests::run_git(
+            &fixtures.root,
+            &["init", "-q", "--bare", dir.to_str().expect("utf-8")],
+        );
+        gitfleet_tests::run_git(
+            &fixtures.root,
+            &[
+                "--git-dir",
+                dir.to_str().expect("utf-8"),
+                "fetch",
+                "-q",
+                fixtures.repo("beta.git").to_str().expect("utf-8"),
+                "+refs/heads/*:refs/heads/*",
+            ],
+        );
+        repositories.push(daemon.url(&format!("many/r{i}.git")));
+    }
+    repositories.push("ext::sh -c true".into());
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: repositories.clone(),
+            operation: gitfleet_proto::Operation::Mirror,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let rejected = reply.tasks.iter().filter(|t| t.error.is_some()).count();
+    assert_eq!(rejected, 1, "{reply:#?}");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .filter_map(|t| t.task_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 26);
+
+    // The same repositories again while pending: one task each.
+    let again = client
+        .submit(&SubmitRequest {
+            repositories: repositories[..3].to_vec(),
+            operation: gitfleet_proto::Operation::Mirror,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit again");
+    let tasks = wait_final(&client, &ids).await;
+    assert!(again.tasks.iter().all(|t| t.task_id.is_some()));
+
+    let nodes_used: HashSet<String> = tasks.iter().filter_map(|t| t.node.clone()).collect();
+    assert!(nodes_used.len() >= 2, "work was not spread: {nodes_used:?}");
+    for task in &tasks {
+        assert_eq!(task.status.status_type, StatusType::Completed, "{task:#?}");
+        assert!(task.status.progress.is_none());
+        let path = Path::new(&task.path);
+        assert!(path.is_absolute() && path.exists(), "{task:#?}");
+        fsck(path).expect("fsck");
+    }
+    let alpha = tasks
+        .iter()
+        .find(|t| t.url.ends_with("/alpha.git"))
+        .expect("alpha");
+    assert_eq!(
+        refs(Path::new(&alpha.path)),
+        refs(&fixtures.repo("alpha.git"))
+    );
+
+    // The independent subscriber saw transitions and progress of these tasks.
+    let mut seen_completed = HashSet::new();
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(500), events.next()).await
+    {
+        if let Ok(TaskUpdate::State { task }) =
+            gitfleet_proto::from_json::<TaskUpdate>(&message.payload)
+            && task.status.status_type == StatusType::Completed
+        {
+            seen_completed.insert(task.id.clone());
+        }
+    }
+    assert_eq!(seen_completed.len(), ids.len(), "status events missing");
+
+    let nodes = client.nodes().await.expect("nodes");
+    let owned: u64 = nodes.nodes.iter().map(|n| n.repositories_owned).sum();
+    assert_eq!(owned, 26);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_unknown_requests_get_error_replies() {
+    let nats = NatsServer::start();
+    let _node = start_node(&nats, "solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+
+    let ask = |subject: &'static str, body: Vec<u8>| {
+        let raw = raw.clone();
+        async move {
+            let reply = raw
+                .request(subject, body.into())
+                .await
+                .expect("a reply, not silence");
+            gitfleet_proto::from_json::<ApiReply<serde_json::Value>>(&reply.payload)
+                .expect("structured reply")
+        }
+    };
+    let code = |reply: ApiReply<serde_json::Value>| match reply {
+        ApiReply::Error(e) => e.code,
+        ApiReply::Ok(v) => panic!("expected an error, got {v}"),
+    };
+    assert_eq!(
+        code(ask("gitfleet.api.submit", b"{not json".to_vec()).await),
+        ApiErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(ask("gitfleet.api.submit", b"{\"repositories\":".to_vec()).await),
+        ApiErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(ask("gitfleet.api.frobnicate", b"{}".to_vec()).await),
+        ApiErrorCode::UnknownSubject
+    );
+    assert_eq!(
+        code(
+            ask(
+                "gitfleet.api.get",
+                b"{\"task\":\"0000000000000000\"}".to_vec()
+            )
+            .await
+        ),
+        ApiErrorCode::NotFound
+    );
+    // Over the API's byte limit (below NATS' own), and over its repository limit.
+    let big = format!("{{\"repositories\":[\"{}\"]}}", "x".repeat(600 << 10));
+    assert_eq!(
+        code(ask("gitfleet.api.submit", big.into_bytes()).await),
+        ApiErrorCode::TooLarge
+    );
+    let many = format!("{{\"repositories\":[{}]}}", vec!["\"x\""; 12_000].join(","));
+    assert_eq!(
+        code(ask("gitfleet.api.submit", many.into_bytes()).await),
+        ApiErrorCode::TooLarge
+    );
+    // Private addresses are refused by default on nodes: URLs come from other people.
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: vec!["file:///etc".into()],
+            operation: gitfleet_proto::Operation::Mirror,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    assert!(reply.tasks[0].error.is_some(), "{reply:#?}");
+
+    // MessagePack when asked for.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/msgpack");
+    let body = gitfleet_proto::to_msgpack(&gitfleet_proto::ListRequest::default()).expect("encode");
+    let reply = raw
+        .request_with_headers("gitfleet.api.list", headers, body.into())
+        .await
+        .expect("reply");
+    let decoded: ApiReply<gitfleet_proto::ListReply> =
+        gitfleet_proto::from_msgpack(&reply.payload).expect("msgpack reply");
+    assert!(matches!(decoded, ApiReply::Ok(_)));
+
+    // And the node still serves.
+    assert_eq!(client.nodes().await.expect("nodes").nodes.len(), 1);
+}
