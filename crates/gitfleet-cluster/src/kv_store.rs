@@ -88,28 +88,52 @@ impl TaskStore for KvStore {
 
     fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            // Compare-and-set on the revision, fenced by attempt: a result from an attempt that
-            // was taken over (a node presumed dead) never overwrites the newer attempt's state.
-            for _ in 0..16 {
-                let (current, revision) = match self.get(&task.id).await? {
-                    Some((current, revision)) => (Some(current), revision),
-                    None => (None, 0),
-                };
-                if let Some(current) = &current
-                    && current.attempts > task.attempts
-                    && current.node != task.node
-                {
-                    tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
-                    return Ok(());
-                }
-                if self.compare_and_set(task, revision).await? {
-                    return Ok(());
+            // A state transition must not be lost to a NATS restart: the job is acknowledged
+            // once the state is stored, so keep trying (the actors wait; nothing can progress
+            // without NATS anyway).
+            let mut delay = std::time::Duration::from_millis(100);
+            let deadline = std::time::Instant::now() + PERSIST_TIMEOUT;
+            loop {
+                match self.put_once(task).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(task = %task.id, error = %e, "cannot store task state; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            Err(io(format!(
-                "task {} is being updated concurrently",
-                task.id
-            )))
         })
+    }
+}
+
+/// How long a state write is retried before the Registry gives up on it.
+const PERSIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl KvStore {
+    async fn put_once(&self, task: &CloneTask) -> std::io::Result<()> {
+        // Compare-and-set on the revision, fenced by attempt: a result from an attempt that was
+        // taken over (a node presumed dead) never overwrites the newer attempt's state.
+        for _ in 0..16 {
+            let (current, revision) = match self.get(&task.id).await? {
+                Some((current, revision)) => (Some(current), revision),
+                None => (None, 0),
+            };
+            if let Some(current) = &current
+                && current.attempts > task.attempts
+                && current.node != task.node
+            {
+                tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
+                return Ok(());
+            }
+            if self.compare_and_set(task, revision).await? {
+                return Ok(());
+            }
+        }
+        Err(io(format!(
+            "task {} is being updated concurrently",
+            task.id
+        )))
     }
 }

@@ -9,6 +9,7 @@ mod kv_store;
 mod node;
 pub mod placement;
 pub mod subjects;
+mod takeover;
 
 pub use client::{Client, ClientError};
 pub use infra::{ClusterError, Durability, Nats};

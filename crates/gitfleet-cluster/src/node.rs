@@ -95,6 +95,22 @@ pub async fn run_node(
         .subscribe(nats.subjects.cancel())
         .await
         .map_err(|e| ClusterError::Request(e.to_string()))?;
+    // Announce ourselves before our consumer exists: a consumer without a heartbeat is what
+    // the takeover looks for.
+    let _ = nodes
+        .put(
+            &options.node_id,
+            gitfleet_proto::to_json(&NodeInfo {
+                node_id: options.node_id.clone(),
+                running: 0,
+                concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
+                repositories_owned: 0,
+                started_at,
+                last_seen: started_at,
+            })
+            .into(),
+        )
+        .await;
     let stream = nats
         .jetstream
         .get_stream(nats.subjects.jobs_stream())
@@ -129,6 +145,7 @@ pub async fn run_node(
     let mut held: HashMap<String, Message> = HashMap::new();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut progress = tokio::time::interval(PROGRESS_ACK_INTERVAL);
+    let mut takeover: Option<tokio::task::JoinHandle<()>> = None;
     tokio::pin!(shutdown);
     tracing::info!(node = %options.node_id, "node running");
     loop {
@@ -145,6 +162,19 @@ pub async fn run_node(
                 };
                 if let Err(e) = nodes.put(&options.node_id, gitfleet_proto::to_json(&info).into()).await {
                     tracing::warn!(error = %e, "heartbeat failed");
+                }
+                if takeover.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let nats = nats.clone();
+                    let nodes = nodes.clone();
+                    let me = options.node_id.clone();
+                    takeover = Some(tokio::spawn(async move {
+                        let Ok(live) = api::live_nodes(&nodes).await else { return };
+                        match crate::takeover::take_over_dead_nodes(&nats, &me, &live).await {
+                            Ok(0) => {}
+                            Ok(moved) => tracing::warn!(moved, "took over jobs of departed nodes"),
+                            Err(e) => tracing::warn!(error = %e, "takeover failed"),
+                        }
+                    }));
                 }
             }
             _ = progress.tick() => {

@@ -9,11 +9,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use gitfleet_cluster::Client;
 use gitfleet_proto::{ApiErrorCode, ApiReply, CloneTask, StatusType, SubmitRequest, TaskUpdate};
-use gitfleet_tests::{Fixtures, GitDaemon, NatsServer, fsck, refs};
+use gitfleet_tests::{Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, fsck, refs};
 
 struct Node {
+    id: String,
     child: Child,
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
 }
 
 impl Drop for Node {
@@ -44,7 +45,11 @@ fn start_node(nats: &NatsServer, id: &str) -> Node {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn gitfleet node");
-    Node { child, _root: root }
+    Node {
+        id: id.to_string(),
+        child,
+        root,
+    }
 }
 
 async fn wait_for_nodes(client: &Client, n: usize) {
@@ -272,4 +277,152 @@ async fn malformed_oversized_and_unknown_requests_get_error_replies() {
 
     // And the node still serves.
     assert_eq!(client.nodes().await.expect("nodes").nodes.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_clone_has_its_work_taken_over() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(512 << 10),
+            ..HttpOptions::default()
+        },
+    );
+    let nats = NatsServer::start();
+    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|id| start_node(&nats, id))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 3).await;
+
+    let repositories: Vec<String> = REPOS.iter().map(|r| server.url(r)).collect();
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories,
+            operation: gitfleet_proto::Operation::Mirror,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .filter_map(|t| t.task_id.clone())
+        .collect();
+    let big_id = reply
+        .tasks
+        .iter()
+        .find(|t| t.input.ends_with("/big.git"))
+        .and_then(|t| t.task_id.clone())
+        .expect("big");
+
+    // Wait until big.git is being received (progress events are not stored: watch them), then
+    // kill the node doing it.
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut events = raw
+        .subscribe(format!("gitfleet.status.{big_id}"))
+        .await
+        .expect("subscribe");
+    let mut victim = None;
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(60), events.next()).await
+    {
+        if let Ok(TaskUpdate::Progress(p)) =
+            gitfleet_proto::from_json::<TaskUpdate>(&message.payload)
+            && p.progress >= 10
+        {
+            victim = client.get(&big_id).await.ok().and_then(|t| t.node);
+            break;
+        }
+    }
+    let victim = victim.expect("big.git started cloning");
+    let index = nodes
+        .iter()
+        .position(|n| n.id == victim)
+        .expect("victim is one of ours");
+    let mut dead = nodes.remove(index);
+    dead.child.kill().expect("SIGKILL");
+    dead.child.wait().expect("reap");
+
+    let tasks = wait_final(&client, &ids).await;
+    for task in &tasks {
+        assert_eq!(task.status.status_type, StatusType::Completed, "{task:#?}");
+        fsck(Path::new(&task.path)).expect("fsck");
+    }
+    let big = tasks.iter().find(|t| t.id == big_id).expect("big task");
+    assert_ne!(big.node.as_deref(), Some(victim.as_str()), "{big:#?}");
+    assert_eq!(refs(Path::new(&big.path)), refs(&fixtures.repo("big.git")));
+    // The killed node left no half-written mirror: only its private staging area has leftovers.
+    let rel = Path::new(&big.path)
+        .strip_prefix(
+            nodes
+                .iter()
+                .map(|n| n.root.path())
+                .find(|r| Path::new(&big.path).starts_with(r))
+                .expect("big is on a live node"),
+        )
+        .expect("relative");
+    assert!(
+        !dead.root.path().join(rel).exists(),
+        "half-written mirror on the killed node"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_run_loses_nothing() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(512 << 10),
+            ..HttpOptions::default()
+        },
+    );
+    let mut nats = NatsServer::start();
+    let _nodes: Vec<Node> = ["node-a", "node-b"]
+        .iter()
+        .map(|id| start_node(&nats, id))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 2).await;
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut events = raw.subscribe("gitfleet.status.>").await.expect("subscribe");
+
+    let repositories: Vec<String> = REPOS.iter().map(|r| server.url(r)).collect();
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories,
+            operation: gitfleet_proto::Operation::Mirror,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .filter_map(|t| t.task_id.clone())
+        .collect();
+    assert_eq!(ids.len(), REPOS.len());
+    // Restart the server while big.git is being received.
+    while let Ok(Some(message)) = tokio::time::timeout(Duration::from_secs(60), events.next()).await
+    {
+        if let Ok(TaskUpdate::Progress(p)) =
+            gitfleet_proto::from_json::<TaskUpdate>(&message.payload)
+            && p.progress >= 10
+        {
+            break;
+        }
+    }
+    nats.restart();
+
+    let tasks = wait_final(&client, &ids).await;
+    for task in &tasks {
+        assert_eq!(task.status.status_type, StatusType::Completed, "{task:#?}");
+        fsck(Path::new(&task.path)).expect("fsck");
+    }
 }

@@ -1,0 +1,128 @@
+//! Taking over the jobs of a node that is gone.
+//!
+//! A node's jobs wait on `<prefix>.jobs.<node>` for its durable consumer. When its heartbeat
+//! expires, the live node with the smallest id deletes that consumer (which releases the jobs the
+//! dead node held but never acknowledged), drains the subject, and republishes every job to the
+//! repository's new owner. Work is idempotent (a clone that finds its repository syncs it), so a
+//! node that was only slow, not dead, costs a repeated transfer, never a wrong result.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer;
+use futures_util::{StreamExt, TryStreamExt};
+use gitfleet_proto::JobMessage;
+
+use crate::infra::{ClusterError, Nats};
+use crate::placement;
+
+fn err(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Request(format!("takeover: {what}: {e}"))
+}
+
+/// If `me` is the smallest live node, moves the jobs of every node that has a consumer but no
+/// heartbeat to their new owners. Returns how many jobs moved.
+pub async fn take_over_dead_nodes(
+    nats: &Nats,
+    me: &str,
+    live: &[String],
+) -> Result<usize, ClusterError> {
+    if live.first().map(String::as_str) != Some(me) {
+        return Ok(0);
+    }
+    let stream = nats
+        .jetstream
+        .get_stream(nats.subjects.jobs_stream())
+        .await
+        .map_err(|e| err("stream", e))?;
+    let names: Vec<String> = stream
+        .consumer_names()
+        .try_collect()
+        .await
+        .map_err(|e| err("consumers", e))?;
+    let mut moved = 0;
+    for name in names {
+        let Some(node) = name.strip_prefix("node-") else {
+            continue;
+        };
+        if live.iter().any(|n| n == node) {
+            continue;
+        }
+        tracing::warn!(node, "node is gone; taking over its jobs");
+        stream
+            .delete_consumer(&name)
+            .await
+            .map_err(|e| err("delete consumer", e))?;
+        moved += drain(nats, &stream, node, live).await?;
+    }
+    Ok(moved)
+}
+
+async fn drain(
+    nats: &Nats,
+    stream: &async_nats::jetstream::stream::Stream,
+    dead: &str,
+    live: &[String],
+) -> Result<usize, ClusterError> {
+    let name = format!("takeover-{dead}");
+    let drainer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: nats.subjects.jobs(dead),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| err("drain consumer", e))?;
+    let mut moved = 0;
+    loop {
+        let mut batch = drainer
+            .fetch()
+            .max_messages(100)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .map_err(|e| err("fetch", e))?;
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(|e| err("fetch", e))?;
+            got += 1;
+            let Ok(job) = gitfleet_proto::from_json::<JobMessage>(&message.payload) else {
+                let _ = message.ack().await;
+                continue;
+            };
+            let Some(owner) = placement::owner(&job.task_id, live) else {
+                break;
+            };
+            let mut headers = HeaderMap::new();
+            let sequence = message
+                .info()
+                .map(|i| i.stream_sequence)
+                .unwrap_or_default();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}:takeover:{sequence}", job.task_id).as_str(),
+            );
+            let ack = nats
+                .jetstream
+                .publish_with_headers(nats.subjects.jobs(owner), headers, message.payload.clone())
+                .await
+                .map_err(|e| err("republish", e))?;
+            ack.await.map_err(|e| err("republish", e))?;
+            message.double_ack().await.map_err(|e| err("ack", e))?;
+            tracing::info!(task = %job.task_id, from = dead, to = %owner, "job moved");
+            moved += 1;
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    stream
+        .delete_consumer(&name)
+        .await
+        .map_err(|e| err("delete drain consumer", e))?;
+    Ok(moved)
+}
