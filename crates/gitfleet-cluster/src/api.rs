@@ -22,7 +22,10 @@ use crate::placement;
 /// the error reaches the client instead of the connection failing).
 pub const MAX_REQUEST_BYTES: usize = 512 << 10;
 /// Repositories per submit or sync request.
-pub const MAX_REPOSITORIES: usize = 10_000;
+pub const MAX_REPOSITORIES: usize = 2_000;
+/// Tasks per `list` page at most; pages also stop before their reply would pass this many bytes.
+pub const MAX_PAGE: usize = 200;
+const MAX_REPLY_BYTES: usize = 512 << 10;
 pub const MSGPACK: &str = "application/msgpack";
 const QUEUE_GROUP: &str = "gitfleet-api";
 
@@ -191,6 +194,32 @@ fn target(input: &str, operation: Operation, policy: &Policy) -> Result<Target, 
     })
 }
 
+/// Where a stored task's repository lives below any node's root. Nodes record absolute paths
+/// (useful to people); the part below the root is derived again from the URL, and must match the
+/// task id.
+fn relative_path_of(task: &CloneTask) -> Option<PathBuf> {
+    let bare = task.path.ends_with(".git");
+    let path = if task.operation == Operation::Init {
+        let name = InitName::parse(&task.url).ok()?;
+        PathBuf::from("_local").join(if bare {
+            format!("{}.git", name.as_str())
+        } else {
+            name.as_str()
+        })
+    } else {
+        let url = RepoUrl::parse(&task.url).ok()?;
+        relative_repo_path(
+            &url,
+            if bare {
+                Operation::Mirror
+            } else {
+                Operation::Checkout
+            },
+        )
+    };
+    (task_id(&path) == task.id).then_some(path)
+}
+
 /// A relative path from the wire, checked to stay below the root.
 pub fn safe_relative(path: &str) -> Option<PathBuf> {
     let p = Path::new(path);
@@ -229,7 +258,11 @@ async fn enqueue(
             }
         };
         let (mut task, rev) = match current {
-            Some((task, _)) if !task.status.status_type.is_final() => {
+            Some((task, _))
+                if !task.status.status_type.is_final()
+                    || (idempotency_key.is_some()
+                        && task.idempotency_key.as_deref() == idempotency_key) =>
+            {
                 out.duplicate = true;
                 return out;
             }
@@ -254,10 +287,14 @@ async fn enqueue(
         task.phase = None;
         task.attempts = 0;
         task.node = Some(owner.clone());
+        task.started_at = None;
+        task.finished_at = None;
         task.updated_at = jiff::Timestamp::now();
+        task.idempotency_key = idempotency_key.map(str::to_string);
         match ctx.store.compare_and_set(&task, rev).await {
             Ok(true) => {
                 revision = Some(rev);
+                publish_state(&ctx.nats, &task).await;
                 break;
             }
             // Someone else queued it at the same moment: one task.
@@ -279,11 +316,8 @@ async fn enqueue(
         path: target.path.to_string_lossy().into_owned(),
     };
     let mut headers = HeaderMap::new();
-    let msg_id = match idempotency_key {
-        Some(key) => format!("{key}:{}", target.id),
-        None => format!("{}:{revision}", target.id),
-    };
-    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    // One enqueue, one job, even if this publish is retried.
+    headers.insert("Nats-Msg-Id", format!("{}:{revision}", target.id).as_str());
     let subject = ctx.nats.subjects.jobs(owner);
     let published = ctx
         .nats
@@ -394,10 +428,23 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
         } else {
             task.operation
         };
+        let Some(path) = relative_path_of(&task) else {
+            let e = ApiError::new(
+                ApiErrorCode::BadRequest,
+                format!("{input}: the stored record names no usable path"),
+            );
+            tasks.push(Submitted {
+                input,
+                task_id: None,
+                duplicate: false,
+                error: Some(e),
+            });
+            continue;
+        };
         let target = Target {
             id: task.id.clone(),
             url: task.url.clone(),
-            path: PathBuf::from(&task.path),
+            path,
         };
         tasks.push(enqueue(ctx, &input, target, operation, &nodes, None).await);
     }
@@ -412,7 +459,8 @@ async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiErro
 }
 
 async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiError> {
-    let limit = request.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = request.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let mut bytes = 0usize;
     let ids = ctx.store.ids().await.map_err(unavailable)?;
     let mut tasks = Vec::new();
     let mut next = None;
@@ -426,10 +474,12 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
         if request.status.is_some_and(|s| s != task.status.status_type) {
             continue;
         }
-        if tasks.len() == limit {
+        let size = gitfleet_proto::to_json(&task).len();
+        if tasks.len() == limit || bytes + size > MAX_REPLY_BYTES {
             next = tasks.last().map(|t: &CloneTask| t.id.clone());
             break;
         }
+        bytes += size;
         tasks.push(task);
     }
     Ok(ListReply { tasks, next })
@@ -449,7 +499,14 @@ async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply,
             task.status = CloneStatus::failed("cancelled on request");
             task.error_code = Some(ErrorCode::Cancelled);
             task.updated_at = jiff::Timestamp::now();
-            let _ = ctx.store.compare_and_set(&task, revision).await;
+            if ctx
+                .store
+                .compare_and_set(&task, revision)
+                .await
+                .unwrap_or(false)
+            {
+                publish_state(&ctx.nats, &task).await;
+            }
         }
         ctx.nats
             .client
@@ -459,6 +516,20 @@ async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply,
         cancelled.push(task.id);
     }
     Ok(CancelReply { cancelled })
+}
+
+/// A state transition on the task's status subject (best effort: the bucket is the truth).
+pub async fn publish_state(nats: &Nats, task: &CloneTask) {
+    let update = gitfleet_proto::TaskUpdate::State {
+        task: Box::new(task.clone()),
+    };
+    let _ = nats
+        .client
+        .publish(
+            nats.subjects.status(&task.id),
+            gitfleet_proto::to_json(&update).into(),
+        )
+        .await;
 }
 
 async fn nodes(ctx: &ApiContext) -> Result<NodesReply, ApiError> {

@@ -52,7 +52,15 @@ impl Nats {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect(
+                url.split(',')
+                    .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ClusterError::Connect {
+                        url: url.to_string(),
+                        message: e.to_string(),
+                    })?,
+            )
             .await
             .map_err(|e| ClusterError::Connect {
                 url: url.to_string(),

@@ -15,12 +15,23 @@ fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+/// Task ids are 16 lowercase hex digits; anything else is not a key of the bucket.
+pub fn is_task_id(id: &str) -> bool {
+    id.len() == 16
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 impl KvStore {
     pub fn new(kv: kv::Store) -> Self {
         KvStore { kv }
     }
 
     pub async fn get(&self, id: &str) -> std::io::Result<Option<(CloneTask, u64)>> {
+        if !is_task_id(id) {
+            return Ok(None);
+        }
         let Some(entry) = self.kv.entry(id).await.map_err(io)? else {
             return Ok(None);
         };

@@ -119,27 +119,31 @@ pub async fn run_node(
             what: "jobs stream".into(),
             message: e.to_string(),
         })?;
-    let consumer = stream
-        .get_or_create_consumer(
-            &nats.subjects.node_consumer(&options.node_id),
-            consumer::pull::Config {
-                durable_name: Some(nats.subjects.node_consumer(&options.node_id)),
-                filter_subject: nats.subjects.jobs(&options.node_id),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: ACK_WAIT,
-                max_ack_pending: i64::try_from(concurrency.saturating_mul(4).max(16)).unwrap_or(64),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| ClusterError::Setup {
+    let consumer_config = consumer::pull::Config {
+        durable_name: Some(nats.subjects.node_consumer(&options.node_id)),
+        filter_subject: nats.subjects.jobs(&options.node_id),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: ACK_WAIT,
+        max_ack_pending: i64::try_from(concurrency.saturating_mul(4).max(16)).unwrap_or(64),
+        ..Default::default()
+    };
+    let open_jobs = || async {
+        let consumer = stream
+            .get_or_create_consumer(
+                &nats.subjects.node_consumer(&options.node_id),
+                consumer_config.clone(),
+            )
+            .await
+            .map_err(|e| ClusterError::Setup {
+                what: "node consumer".into(),
+                message: e.to_string(),
+            })?;
+        consumer.messages().await.map_err(|e| ClusterError::Setup {
             what: "node consumer".into(),
             message: e.to_string(),
-        })?;
-    let mut jobs = consumer.messages().await.map_err(|e| ClusterError::Setup {
-        what: "node consumer".into(),
-        message: e.to_string(),
-    })?;
+        })
+    };
+    let mut jobs = open_jobs().await?;
 
     let mut updates = fleet.subscribe();
     let mut held: HashMap<String, Message> = HashMap::new();
@@ -169,7 +173,7 @@ pub async fn run_node(
                     let me = options.node_id.clone();
                     takeover = Some(tokio::spawn(async move {
                         let Ok(live) = api::live_nodes(&nodes).await else { return };
-                        match crate::takeover::take_over_dead_nodes(&nats, &me, &live).await {
+                        match crate::takeover::take_over_dead_nodes(&nats, &nodes, &me, &live).await {
                             Ok(0) => {}
                             Ok(moved) => tracing::warn!(moved, "took over jobs of departed nodes"),
                             Err(e) => tracing::warn!(error = %e, "takeover failed"),
@@ -188,10 +192,18 @@ pub async fn run_node(
                 let _ = fleet.cancel(&id).await;
             }
             message = jobs.next() => {
-                let Some(message) = message else { break };
                 match message {
-                    Ok(message) => accept(&fleet, &store, &layout, &options.policy, &mut held, message).await,
-                    Err(e) => tracing::warn!(error = %e, "job stream error"),
+                    Some(Ok(message)) => accept(&fleet, &store, &nats, &layout, &options.policy, &mut held, message).await,
+                    Some(Err(e)) if !e.to_string().contains("consumer deleted") => {
+                        tracing::warn!(error = %e, "job stream error");
+                    }
+                    // Our consumer was removed (we were silent long enough to be taken for
+                    // dead, and our jobs were moved): start again with a fresh one.
+                    _ => {
+                        tracing::warn!("job consumer gone; recreating it");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        jobs = open_jobs().await?;
+                    }
                 }
             }
             update = updates.recv() => match update {
@@ -219,6 +231,7 @@ pub async fn run_node(
 async fn accept(
     fleet: &Fleet,
     store: &KvStore,
+    nats: &Nats,
     layout: &gitfleet_git::Layout,
     policy: &Policy,
     held: &mut HashMap<String, Message>,
@@ -272,7 +285,9 @@ async fn accept(
                 task.status = CloneStatus::failed(error.message.clone());
                 task.error_code = Some(error.code);
                 task.updated_at = jiff::Timestamp::now();
-                let _ = store.put(&task).await;
+                if store.put(&task).await.is_ok() {
+                    api::publish_state(nats, &task).await;
+                }
             }
             let _ = message.double_ack().await;
             return;

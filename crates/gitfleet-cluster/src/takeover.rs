@@ -24,6 +24,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> ClusterError {
 /// heartbeat to their new owners. Returns how many jobs moved.
 pub async fn take_over_dead_nodes(
     nats: &Nats,
+    nodes: &async_nats::jetstream::kv::Store,
     me: &str,
     live: &[String],
 ) -> Result<usize, ClusterError> {
@@ -46,6 +47,31 @@ pub async fn take_over_dead_nodes(
             continue;
         };
         if live.iter().any(|n| n == node) {
+            continue;
+        }
+        // A node announces itself before it creates its consumer, but our list of live nodes
+        // may predate that: only a consumer older than a heartbeat's lifetime whose node is
+        // still silent now is an orphan.
+        let mut candidate: consumer::PullConsumer = stream
+            .get_consumer(&name)
+            .await
+            .map_err(|e| err("consumer", e))?;
+        let created = candidate
+            .info()
+            .await
+            .map_err(|e| err("consumer info", e))?
+            .created
+            .unix_timestamp();
+        let age = jiff::Timestamp::now().as_second().saturating_sub(created);
+        if age < i64::try_from(crate::infra::NODE_TTL.as_secs() * 2).unwrap_or(i64::MAX) {
+            continue;
+        }
+        if nodes
+            .get(node)
+            .await
+            .map_err(|e| err("heartbeat", e))?
+            .is_some()
+        {
             continue;
         }
         tracing::warn!(node, "node is gone; taking over its jobs");

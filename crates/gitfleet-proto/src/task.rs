@@ -226,6 +226,9 @@ pub struct CloneTask {
     /// The node that ran the latest attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The idempotency key of the request that queued the task (cluster API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// The result of the latest successful clone or sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<SyncResult>,
@@ -254,6 +257,7 @@ impl CloneTask {
             started_at: None,
             finished_at: None,
             node: None,
+            idempotency_key: None,
             last_sync: None,
         }
     }

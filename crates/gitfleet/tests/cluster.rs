@@ -25,7 +25,10 @@ impl Drop for Node {
 }
 
 fn start_node(nats: &NatsServer, id: &str) -> Node {
-    let root = tempfile::tempdir().expect("tempdir");
+    start_node_in(nats, id, tempfile::tempdir().expect("tempdir"))
+}
+
+fn start_node_in(nats: &NatsServer, id: &str, root: tempfile::TempDir) -> Node {
     let child = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
         .args(["--nats", &nats.url(), "--root"])
         .arg(root.path())
@@ -145,17 +148,32 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
         .collect();
     assert_eq!(ids.len(), 26);
 
-    // The same repositories again while pending: one task each.
+    // The same repository twice in one request, and again while pending: one task.
     let again = client
         .submit(&SubmitRequest {
-            repositories: repositories[..3].to_vec(),
+            repositories: vec![
+                daemon.url("many/r0.git"),
+                daemon.url("many/r0"),
+                daemon.url("many/r0.git"),
+            ],
             operation: gitfleet_proto::Operation::Mirror,
             idempotency_key: None,
         })
         .await
         .expect("submit again");
+    let first = again.tasks[0].task_id.clone().expect("task");
+    assert!(
+        again
+            .tasks
+            .iter()
+            .all(|t| t.task_id.as_ref() == Some(&first)),
+        "{again:#?}"
+    );
+    assert!(
+        again.tasks[1].duplicate && again.tasks[2].duplicate,
+        "{again:#?}"
+    );
     let tasks = wait_final(&client, &ids).await;
-    assert!(again.tasks.iter().all(|t| t.task_id.is_some()));
 
     let nodes_used: HashSet<String> = tasks.iter().filter_map(|t| t.node.clone()).collect();
     assert!(nodes_used.len() >= 2, "work was not spread: {nodes_used:?}");
@@ -425,4 +443,155 @@ async fn a_nats_restart_mid_run_loses_nothing() {
         assert_eq!(task.status.status_type, StatusType::Completed, "{task:#?}");
         fsck(Path::new(&task.path)).expect("fsck");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|id| start_node(&nats, id))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 3).await;
+    let mut repositories = Vec::new();
+    for i in 0..24 {
+        let dir = fixtures.root.join(format!("p/r{i}.git"));
+        gitfleet_tests::run_git(
+            &fixtures.root,
+            &["init", "-q", "--bare", dir.to_str().expect("utf-8")],
+        );
+        repositories.push(daemon.url(&format!("p/r{i}.git")));
+    }
+    let submit = SubmitRequest {
+        repositories,
+        operation: gitfleet_proto::Operation::Mirror,
+        idempotency_key: None,
+    };
+    let reply = client.submit(&submit).await.expect("submit");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .filter_map(|t| t.task_id.clone())
+        .collect();
+    let before: Vec<Option<String>> = wait_final(&client, &ids)
+        .await
+        .into_iter()
+        .map(|t| t.node)
+        .collect();
+
+    // Every node restarts (same ids): every repository is synced where it lives.
+    for node in &mut nodes {
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+    let roots: Vec<tempfile::TempDir> = nodes
+        .drain(..)
+        .map(|mut n| {
+            let root = std::mem::replace(&mut n.root, tempfile::tempdir().expect("tempdir"));
+            drop(n);
+            root
+        })
+        .collect();
+    let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .zip(roots)
+        .map(|(id, root)| start_node_in(&nats, id, root))
+        .collect();
+    wait_for_nodes(&client, 3).await;
+    let reply = client
+        .sync(&gitfleet_proto::SyncRequest::default())
+        .await
+        .expect("sync");
+    assert!(reply.tasks.iter().all(|t| t.error.is_none()), "{reply:#?}");
+    let after: Vec<Option<String>> = wait_final(&client, &ids)
+        .await
+        .into_iter()
+        .map(|t| t.node)
+        .collect();
+    assert_eq!(before, after, "placement changed across a restart");
+
+    // A fourth node: the repositories that move, move to it, and only some move.
+    let _d = start_node(&nats, "node-d");
+    wait_for_nodes(&client, 4).await;
+    client
+        .sync(&gitfleet_proto::SyncRequest::default())
+        .await
+        .expect("sync");
+    let with_d: Vec<Option<String>> = wait_final(&client, &ids)
+        .await
+        .into_iter()
+        .map(|t| t.node)
+        .collect();
+    let moved: Vec<_> = before
+        .iter()
+        .zip(&with_d)
+        .filter(|(b, a)| b != a)
+        .map(|(_, a)| a.clone())
+        .collect();
+    assert!(
+        moved.iter().all(|n| n.as_deref() == Some("node-d")),
+        "{moved:?}"
+    );
+    assert!(
+        !moved.is_empty() && moved.len() < ids.len() / 2,
+        "{} of {} moved",
+        moved.len(),
+        ids.len()
+    );
+    drop(nodes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_talks_to_the_cluster() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let _node = start_node(&nats, "solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
+            .args(["--nats", &nats.url()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gitfleet");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = cli(&[
+        "mirror",
+        "--json",
+        &daemon.url("alpha.git"),
+        &daemon.url("nope.git"),
+    ]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.lines().any(|l| l.contains("\"completed\"")),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&["status", "--json"]);
+    assert_eq!(code, Some(0));
+    let tasks: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(tasks.len(), 2);
+    assert!(
+        tasks.iter().any(|t| t["error_code"] == "not_found"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = cli(&["nodes"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("solo"), "{stdout}");
+    let (code, _, stderr) = cli(&["sync", &daemon.url("alpha.git")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("1 completed, 0 failed"), "{stderr}");
 }
