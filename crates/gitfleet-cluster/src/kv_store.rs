@@ -138,7 +138,19 @@ impl KvStore {
                 tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
                 return Ok(());
             }
-            if self.compare_and_set(task, revision).await? {
+            // The API owns what the request said (its idempotency key, when the task was first
+            // created); a node's record of the same task keeps them.
+            let mut merged = task.clone();
+            if let Some(current) = &current {
+                merged.idempotency_key = merged
+                    .idempotency_key
+                    .or_else(|| current.idempotency_key.clone());
+                merged.created_at = merged.created_at.min(current.created_at);
+                if merged.last_sync.is_none() {
+                    merged.last_sync = current.last_sync.clone();
+                }
+            }
+            if self.compare_and_set(&merged, revision).await? {
                 return Ok(());
             }
         }

@@ -594,4 +594,21 @@ async fn the_command_line_talks_to_the_cluster() {
     let (code, _, stderr) = cli(&["sync", &daemon.url("alpha.git")]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("1 completed, 0 failed"), "{stderr}");
+
+    // An idempotency key makes a retried request harmless, even after the task finished.
+    let keyed = |key: Option<&str>| SubmitRequest {
+        repositories: vec![daemon.url("beta.git")],
+        operation: gitfleet_proto::Operation::Mirror,
+        idempotency_key: key.map(str::to_string),
+    };
+    let first = client.submit(&keyed(Some("req-1"))).await.expect("submit");
+    let id = first.tasks[0].task_id.clone().expect("task");
+    assert!(!first.tasks[0].duplicate);
+    wait_final(&client, std::slice::from_ref(&id)).await;
+    let retried = client.submit(&keyed(Some("req-1"))).await.expect("submit");
+    assert!(retried.tasks[0].duplicate, "{retried:#?}");
+    let fresh = client.submit(&keyed(Some("req-2"))).await.expect("submit");
+    assert!(!fresh.tasks[0].duplicate, "{fresh:#?}");
+    let task = wait_final(&client, &[id]).await.remove(0);
+    assert_eq!(task.status.status_type, StatusType::Completed);
 }
