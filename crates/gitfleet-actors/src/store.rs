@@ -14,6 +14,7 @@ pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = std::io::Result<T>> + 
 
 /// Where task state survives the process. The cluster puts a JetStream key-value bucket here.
 pub trait TaskStore: Send + Sync + 'static {
+    /// The tasks the Registry starts with (and resumes from).
     fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>>;
     /// Stores `task`, unless the store holds a newer attempt of it (a late result of an attempt
     /// that was superseded must not overwrite newer state).
