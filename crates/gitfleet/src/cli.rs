@@ -125,17 +125,8 @@ pub struct NodeArgs {
     /// Allow only these hosts (repeatable; `*.example.com` matches subdomains).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub time_limit: u64,
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub stall_limit: u64,
-    #[arg(long, default_value_t = 3)]
-    pub retries: u32,
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    pub retry_delay: f64,
-    /// Username sent with GITFLEET_TOKEN.
-    #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
-    pub username: String,
+    #[command(flatten)]
+    pub work: WorkArgs,
 }
 
 #[derive(Debug, Args)]
@@ -156,18 +147,8 @@ pub struct RunArgs {
     /// Print task updates as JSON lines on standard output instead of progress bars.
     #[arg(long)]
     pub json: bool,
-    /// Abort one attempt after this many seconds.
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub time_limit: u64,
-    /// Abort one attempt when nothing moved for this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub stall_limit: u64,
-    /// Retries of transient failures (network, timeout, server errors).
-    #[arg(long, default_value_t = 3)]
-    pub retries: u32,
-    /// Delay before the first retry; it doubles for each further one (with jitter).
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    pub retry_delay: f64,
+    #[command(flatten)]
+    pub work: WorkArgs,
     /// Allow only these schemes (repeatable): file, git, http, https, ssh.
     #[arg(long = "allow-scheme", value_name = "SCHEME")]
     pub allow_schemes: Vec<String>,
@@ -180,7 +161,69 @@ pub struct RunArgs {
     /// Refuse loopback and private network addresses.
     #[arg(long)]
     pub deny_private: bool,
+}
+
+/// How each repository is worked on, in the embedded mode and on cluster nodes alike.
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Abort one attempt after this many seconds.
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub time_limit: u64,
+    /// Abort one attempt when nothing moved for this many seconds.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    pub stall_limit: u64,
+    /// Retries of transient failures (network, timeout, server errors).
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Delay before the first retry; it doubles for each further one (with jitter).
+    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
+    pub retry_delay: f64,
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
+}
+
+impl WorkArgs {
+    /// The actors' configuration: a pool of `concurrency` workers running git with these limits.
+    pub fn fleet_config(
+        &self,
+        layout: &gitfleet_git::Layout,
+        policy: gitfleet_git::Policy,
+        concurrency: u16,
+        node: String,
+    ) -> gitfleet_actors::FleetConfig {
+        use std::time::Duration;
+        // The token comes from the environment only: flags show up in process listings.
+        let credentials = gitfleet_git::CredentialsConfig {
+            default: std::env::var("GITFLEET_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(|token| gitfleet_git::Credentials {
+                    username: self.username.clone(),
+                    token: gitfleet_git::Secret::new(token),
+                }),
+            per_host: Vec::new(),
+        };
+        let executor = gitfleet_actors::GitExecutor {
+            layout: layout.clone(),
+            policy,
+            credentials,
+            limits: gitfleet_git::Limits {
+                time_limit: Duration::from_secs(self.time_limit.max(1)),
+                stall_limit: Duration::from_secs(self.stall_limit.max(1)),
+                ..gitfleet_git::Limits::default()
+            },
+        };
+        gitfleet_actors::FleetConfig {
+            layout: layout.clone(),
+            concurrency: usize::from(concurrency),
+            retry: gitfleet_actors::RetryPolicy {
+                max_retries: self.retries,
+                base_delay: Duration::from_secs_f64(self.retry_delay.clamp(0.0, 86_400.0)),
+                ..gitfleet_actors::RetryPolicy::default()
+            },
+            node,
+            executor: std::sync::Arc::new(executor),
+        }
+    }
 }

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gitfleet_actors::{
-    CancelRequests, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, RootLock,
-    Submitted, plan, plan_from_task, plan_init,
+    CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan, plan_from_task, plan_init,
 };
-use gitfleet_git::{Credentials, CredentialsConfig, Layout, Limits, Policy, Scheme, Secret};
+use gitfleet_git::{Layout, Policy, Scheme};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
 
 use crate::cli::{Cli, Command, RunArgs, Sources};
@@ -138,20 +137,6 @@ fn policy(run: &RunArgs) -> anyhow::Result<Policy> {
     Ok(policy)
 }
 
-fn credentials(run: &RunArgs) -> CredentialsConfig {
-    let default = std::env::var("GITFLEET_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .map(|token| Credentials {
-            username: run.username.clone(),
-            token: Secret::new(token),
-        });
-    CredentialsConfig {
-        default,
-        per_host: Vec::new(),
-    }
-}
-
 fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
     Layout::open(root).with_context(|| format!("cannot use {} as the storage root", root.display()))
 }
@@ -172,27 +157,9 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
     }
     let policy = policy(&run)?;
     let store = Arc::new(FileStore::open(&layout.state_dir())?);
-    let executor = GitExecutor {
-        layout: layout.clone(),
-        policy: policy.clone(),
-        credentials: credentials(&run),
-        limits: Limits {
-            time_limit: Duration::from_secs(run.time_limit.max(1)),
-            stall_limit: Duration::from_secs(run.stall_limit.max(1)),
-            ..Limits::default()
-        },
-    };
-    let config = FleetConfig {
-        layout: layout.clone(),
-        concurrency: usize::from(run.concurrency),
-        retry: RetryPolicy {
-            max_retries: run.retries,
-            base_delay: Duration::from_secs_f64(run.retry_delay.clamp(0.0, 86_400.0)),
-            ..RetryPolicy::default()
-        },
-        node: hostname(),
-        executor: Arc::new(executor),
-    };
+    let config = run
+        .work
+        .fleet_config(&layout, policy.clone(), run.concurrency, hostname());
     let fleet = Fleet::start(config, store.clone()).await?;
     let mut display = Display::new(run.json);
     let mut updates = fleet.subscribe();

@@ -3,14 +3,12 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use gitfleet_actors::{FleetConfig, GitExecutor, RetryPolicy};
 use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
-use gitfleet_git::{Credentials, CredentialsConfig, Layout, Limits, Policy, Secret};
+use gitfleet_git::{Layout, Policy};
 use gitfleet_proto::{
     ApiError, ErrorCode, Operation, StatusType, SubmitReply, SubmitRequest, SyncRequest, TaskError,
     TaskUpdate,
@@ -42,37 +40,9 @@ pub async fn node(
         policy.allowed_schemes.insert(gitfleet_git::Scheme::File);
     }
     policy.allowed_hosts = args.allow_hosts.clone();
-    let credentials = CredentialsConfig {
-        default: std::env::var("GITFLEET_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-            .map(|t| Credentials {
-                username: args.username.clone(),
-                token: Secret::new(t),
-            }),
-        per_host: Vec::new(),
-    };
-    let executor = GitExecutor {
-        layout: layout.clone(),
-        policy: policy.clone(),
-        credentials,
-        limits: Limits {
-            time_limit: Duration::from_secs(args.time_limit.max(1)),
-            stall_limit: Duration::from_secs(args.stall_limit.max(1)),
-            ..Limits::default()
-        },
-    };
-    let config = FleetConfig {
-        layout,
-        concurrency: usize::from(args.concurrency),
-        retry: RetryPolicy {
-            max_retries: args.retries,
-            base_delay: Duration::from_secs_f64(args.retry_delay.clamp(0.0, 86_400.0)),
-            ..RetryPolicy::default()
-        },
-        node: node_id.clone(),
-        executor: Arc::new(executor),
-    };
+    let config = args
+        .work
+        .fleet_config(&layout, policy.clone(), args.concurrency, node_id.clone());
     let subjects = Subjects::new(prefix).map_err(anyhow::Error::msg)?;
     let nats = Nats::connect(nats_url, subjects, &format!("gitfleet-node-{node_id}")).await?;
     eprintln!("gitfleet: node {node_id} joining the cluster at {nats_url}");
