@@ -668,18 +668,31 @@ fn summarize(
     after: &BTreeMap<String, gix::ObjectId>,
 ) -> Result<SyncResult, TaskError> {
     let mut result = SyncResult::default();
+    let listed = SyncResult::MAX_LISTED;
     for (name, id) in after {
         match before.get(name) {
-            None => result.refs_created.push(name.clone()),
-            Some(old) if old != id => result.refs_updated.push(name.clone()),
+            None => {
+                result.num_refs_created += 1;
+                if result.refs_created.len() < listed {
+                    result.refs_created.push(name.clone());
+                }
+            }
+            Some(old) if old != id => {
+                result.num_refs_updated += 1;
+                if result.refs_updated.len() < listed {
+                    result.refs_updated.push(name.clone());
+                }
+            }
             Some(_) => {}
         }
     }
-    result.refs_deleted = before
-        .keys()
-        .filter(|n| !after.contains_key(*n))
-        .cloned()
-        .collect();
+    for name in before.keys().filter(|n| !after.contains_key(*n)) {
+        result.num_refs_deleted += 1;
+        if result.refs_deleted.len() < listed {
+            result.refs_deleted.push(name.clone());
+        }
+    }
+    let changed = result.num_refs_created + result.num_refs_updated > 0;
 
     let commits_of = |refs: &BTreeMap<String, gix::ObjectId>| -> BTreeSet<gix::ObjectId> {
         refs.values()
@@ -693,7 +706,11 @@ fn summarize(
             .collect()
     };
     let new_tips = commits_of(after);
-    let old_tips = commits_of(before);
+    let old_tips = if changed {
+        commits_of(before)
+    } else {
+        BTreeSet::new()
+    };
     let walk_err = |e: &dyn std::fmt::Display| {
         TaskError::new(
             ErrorCode::Protocol,
@@ -707,7 +724,9 @@ fn summarize(
             .all()
             .map_err(|e| walk_err(&e))?;
         result.total_commits = all.count() as u64;
-        result.new_commits = if old_tips.is_empty() {
+        result.new_commits = if !changed {
+            0
+        } else if old_tips.is_empty() {
             result.total_commits
         } else {
             let walk = repo
@@ -724,16 +743,19 @@ fn summarize(
     } else {
         "refs/remotes/origin/"
     };
-    result.branches = after
-        .iter()
-        .filter_map(|(name, id)| {
-            let short = name.strip_prefix(branch_prefix)?;
-            (short != "HEAD").then(|| Branch {
+    let branches = after.iter().filter_map(|(name, id)| {
+        let short = name.strip_prefix(branch_prefix)?;
+        (short != "HEAD").then_some((short, id))
+    });
+    for (short, id) in branches {
+        result.num_branches += 1;
+        if result.branches.len() < listed {
+            result.branches.push(Branch {
                 name: short.to_string(),
                 commit: id.to_string(),
-            })
-        })
-        .collect();
+            });
+        }
+    }
     if let Ok(Some(head)) = repo.head_name() {
         result.default_branch = Some(head.shorten().to_string());
     }

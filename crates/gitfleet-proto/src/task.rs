@@ -157,9 +157,20 @@ pub struct Branch {
     pub commit: String,
 }
 
-/// What a clone or sync changed, and what the repository looks like afterwards.
+/// What a clone or sync changed, and what the repository looks like afterwards. The ref and
+/// branch lists hold at most [`SyncResult::MAX_LISTED`] names each (a repository with tens of
+/// thousands of refs must not make every record and message megabytes long); the `num_*` fields
+/// count them all.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SyncResult {
+    #[serde(default)]
+    pub num_refs_created: u64,
+    #[serde(default)]
+    pub num_refs_updated: u64,
+    #[serde(default)]
+    pub num_refs_deleted: u64,
+    #[serde(default)]
+    pub num_branches: u64,
     /// Full names of refs that did not exist before.
     #[serde(default)]
     pub refs_created: Vec<String>,
@@ -190,6 +201,11 @@ pub struct SyncResult {
     /// Wall-clock duration of the operation.
     #[serde(default)]
     pub duration_ms: u64,
+}
+
+impl SyncResult {
+    /// Names kept in each list.
+    pub const MAX_LISTED: usize = 100;
 }
 
 /// One repository and what gitfleet last did to it. The id is derived from where the repository

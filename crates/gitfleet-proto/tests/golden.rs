@@ -26,6 +26,10 @@ fn sample_task() -> CloneTask {
     task.finished_at = Some(updated);
     task.node = Some("node-a".into());
     task.last_sync = Some(SyncResult {
+        num_refs_created: 2,
+        num_refs_updated: 0,
+        num_refs_deleted: 0,
+        num_branches: 1,
         refs_created: vec!["refs/heads/main".into(), "refs/tags/v1.0".into()],
         refs_updated: vec![],
         refs_deleted: vec![],
