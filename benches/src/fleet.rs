@@ -1,0 +1,190 @@
+//! The benchmark fleet: built by `fleet/make_fleet.py`, cached under the target directory keyed
+//! by a hash of the script and the sizes, and copied for each run (the run mutates its copy).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::procs::run_ok;
+
+const SCRIPT: &[u8] = include_bytes!("../fleet/make_fleet.py");
+
+pub fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet/make_fleet.py")
+}
+
+/// How big a fleet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FleetSpec {
+    pub small: usize,
+    pub medium: usize,
+    pub medium_commits: usize,
+    pub refs: usize,
+}
+
+impl FleetSpec {
+    pub fn full() -> Self {
+        FleetSpec {
+            small: 200,
+            medium: 5,
+            medium_commits: 300,
+            refs: 20_000,
+        }
+    }
+
+    pub fn quick() -> Self {
+        FleetSpec {
+            small: 20,
+            medium: 2,
+            medium_commits: 300,
+            refs: 2_000,
+        }
+    }
+
+    pub fn smoke() -> Self {
+        FleetSpec {
+            small: 5,
+            medium: 1,
+            medium_commits: 60,
+            refs: 200,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--small".into(),
+            self.small.to_string(),
+            "--medium".into(),
+            self.medium.to_string(),
+            "--medium-commits".into(),
+            self.medium_commits.to_string(),
+            "--refs".into(),
+            self.refs.to_string(),
+            "--seed".into(),
+            SEED.into(),
+        ]
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} small, {} medium ({} commits each), 1 with {} refs, 1 empty",
+            self.small, self.medium, self.medium_commits, self.refs
+        )
+    }
+}
+
+const SEED: &str = "gitfleet-bench-1";
+
+/// One repository of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repo {
+    /// Relative path below the fleet directory, e.g. `small/s001.git`.
+    pub name: String,
+    /// small, medium, refs, empty, private
+    pub kind: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// The directory the servers serve (a private copy: the run mutates it).
+    pub dir: PathBuf,
+    pub repos: Vec<Repo>,
+    pub cache_key: String,
+}
+
+impl Fleet {
+    pub fn of_kind(&self, kinds: &[&str]) -> Vec<&Repo> {
+        self.repos
+            .iter()
+            .filter(|r| kinds.contains(&r.kind.as_str()))
+            .collect()
+    }
+
+    /// One new commit on main of each repository named (relative paths).
+    pub fn mutate(&self, names: &[String]) -> anyhow::Result<()> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        run_ok(
+            Command::new("python3")
+                .arg(script_path())
+                .arg("mutate")
+                .arg(&self.dir)
+                .args(names),
+        )?;
+        Ok(())
+    }
+}
+
+/// FNV-1a, stable across Rust versions (the std hasher is not).
+pub fn fnv64(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain(std::iter::once(&0xffu8)) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The cached pristine fleet for `spec`, built on first use.
+fn cached(cache_root: &Path, spec: FleetSpec) -> anyhow::Result<(PathBuf, String)> {
+    let args = spec.args().join(" ");
+    let key = format!("{:016x}", fnv64(&[SCRIPT, args.as_bytes()]));
+    let dest = cache_root.join(&key);
+    if dest.join("manifest.json").is_file() {
+        return Ok((dest, key));
+    }
+    std::fs::create_dir_all(cache_root)
+        .with_context(|| format!("creating {}", cache_root.display()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(&format!("{key}.building-"))
+        .tempdir_in(cache_root)
+        .context("creating a staging directory for the fleet")?;
+    let built = staging.path().join("fleet");
+    eprintln!("bench: generating the fleet ({}) ...", spec.describe());
+    let started = std::time::Instant::now();
+    run_ok(
+        Command::new("python3")
+            .arg(script_path())
+            .arg("init")
+            .arg(&built)
+            .args(spec.args()),
+    )
+    .context("the fleet generator failed (needs python3 and git)")?;
+    eprintln!(
+        "bench: fleet generated in {:.1}s, cached in {}",
+        started.elapsed().as_secs_f64(),
+        dest.display()
+    );
+    if std::fs::rename(&built, &dest).is_err() && !dest.join("manifest.json").is_file() {
+        bail!("could not move the fleet into {}", dest.display());
+    }
+    Ok((dest, key))
+}
+
+/// A private copy of the fleet in `work` (served, and mutated by the run).
+pub fn prepare(cache_root: &Path, work: &Path, spec: FleetSpec) -> anyhow::Result<Fleet> {
+    let (pristine, cache_key) = cached(cache_root, spec)?;
+    let dir = work.join("served");
+    run_ok(Command::new("cp").arg("-a").arg(&pristine).arg(&dir))?;
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("manifest.json")).context("reading the fleet manifest")?,
+    )?;
+    let repos = manifest["repos"]
+        .as_array()
+        .context("manifest without repos")?
+        .iter()
+        .map(|r| Repo {
+            name: r["name"].as_str().unwrap_or_default().to_string(),
+            kind: r["kind"].as_str().unwrap_or_default().to_string(),
+        })
+        .collect();
+    Ok(Fleet {
+        dir,
+        repos,
+        cache_key,
+    })
+}

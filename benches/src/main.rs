@@ -1,0 +1,163 @@
+//! `gitfleet-bench`: gitfleet against `git clone --mirror`, embedded and as a cluster, on a
+//! generated fleet served from 127.0.0.1; plus the control plane alone. See benches/README.md.
+//!
+//! ```text
+//! cargo run --release -p gitfleet-benches -- [--quick] [--smoke] [--out DIR] [-j N]
+//!     [--gitfleet PATH] [--skip-netns]
+//! ```
+
+mod control;
+mod fleet;
+mod natscount;
+mod netns;
+mod procs;
+mod report;
+mod runs;
+mod servers;
+mod suite;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+
+const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|--concurrency N] \
+                     [--gitfleet PATH] [--skip-netns]
+
+  --quick        a few minutes: 20 small repositories, 2 medium, 2,000 refs (CI smoke run)
+  --smoke        smaller still (5 small, 1 medium, 200 refs; no cluster-2/3, no namespaces)
+  --out DIR      where report.json, report.md and command.txt go (default target/bench)
+  -j N           repositories at once, for git and gitfleet alike (default 8)
+  --gitfleet P   the gitfleet binary to measure (default: built with cargo, same profile)
+  --skip-netns   do not try network namespaces";
+
+fn parse(args: &[String]) -> anyhow::Result<suite::Options> {
+    let mut opts = suite::Options {
+        quick: false,
+        smoke: false,
+        out: None,
+        concurrency: 8,
+        gitfleet: None,
+        skip_netns: false,
+        command_line: String::new(),
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => opts.quick = true,
+            "--smoke" => opts.smoke = true,
+            "--skip-netns" => opts.skip_netns = true,
+            "--out" => opts.out = Some(PathBuf::from(it.next().context("--out needs a DIR")?)),
+            "--gitfleet" => {
+                opts.gitfleet = Some(PathBuf::from(it.next().context("--gitfleet needs a PATH")?))
+            }
+            "-j" | "--concurrency" => {
+                opts.concurrency = it
+                    .next()
+                    .context("-j needs a number")?
+                    .parse()
+                    .context("-j needs a number")?;
+                if opts.concurrency == 0 {
+                    bail!("-j must be at least 1");
+                }
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}'\n{USAGE}"),
+        }
+    }
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    opts.command_line = format!(
+        "cargo run{profile} -p gitfleet-benches --{}{}",
+        if shown.is_empty() { "" } else { " " },
+        shown.join(" ")
+    );
+    Ok(opts)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+/// Ctrl-C or SIGTERM: every wait loop bails out and the drops stop what was started.
+fn watch_signals(rt: &tokio::runtime::Runtime) {
+    rt.spawn(async {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("bench: interrupted; stopping servers, nodes and namespaces ...");
+        procs::set_interrupted();
+    });
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        // Internal: the git servers, in a process of their own.
+        Some("serve") => {
+            let dir = args.get(1).context("serve DIR")?;
+            return servers::serve_main(std::path::Path::new(dir));
+        }
+        // Internal: the registry's memory, in a fresh process.
+        Some("registry-memory") => {
+            let n: usize = args
+                .get(1)
+                .context("registry-memory N")?
+                .parse()
+                .context("registry-memory N")?;
+            let rt = runtime()?;
+            let result = rt.block_on(control::registry_memory(n))?;
+            println!("{result}");
+            return Ok(());
+        }
+        // Internal: can this namespace reach HOST:PORT?
+        Some("probe") => return netns::probe_main(args.get(1).context("probe HOST:PORT")?),
+        // Internal: the cluster runs inside the server namespace.
+        Some("netns-child") => {
+            let rt = runtime()?;
+            watch_signals(&rt);
+            let config = args.get(1).context("netns-child CONFIG")?;
+            return netns::child_main(rt.handle(), std::path::Path::new(config));
+        }
+        _ => {}
+    }
+    let opts = parse(&args)?;
+    let rt = runtime()?;
+    watch_signals(&rt);
+    suite::run(&opts, rt.handle())
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gitfleet-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
