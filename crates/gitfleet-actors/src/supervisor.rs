@@ -24,7 +24,7 @@ pub enum SupervisorMsg {
     JobDone {
         worker: ActorId,
         job: Job,
-        result: Result<SyncResult, TaskError>,
+        result: Box<Result<SyncResult, TaskError>>,
     },
     Retry(Job),
     /// Cancel a task; replies whether it was queued, running or waiting for a retry.
@@ -204,7 +204,7 @@ impl Actor for Supervisor {
                 if let Some(w) = state.workers.get(&worker) {
                     state.idle.push(w.clone());
                 }
-                Self::finish(&myself, state, job, result);
+                Self::finish(&myself, state, job, *result);
             }
             SupervisorMsg::Retry(job) => {
                 if state.pending.get(&job.task_id) == Some(&job.generation) {

@@ -17,7 +17,7 @@ pub enum WorkerMsg {
     /// Cancel the running job if it is this task.
     Cancel(String),
     /// The blocking thread finished (internal).
-    Finished(Job, Result<Result<SyncResult, TaskError>, String>),
+    Finished(Job, Box<Result<Result<SyncResult, TaskError>, String>>),
 }
 
 pub struct CloneWorker;
@@ -101,7 +101,7 @@ impl Actor for CloneWorker {
                         Ok(panic) => panic_message(&panic),
                         Err(e) => e.to_string(),
                     });
-                    let _ = myself.cast(WorkerMsg::Finished(job, outcome));
+                    let _ = myself.cast(WorkerMsg::Finished(job, Box::new(outcome)));
                 });
             }
             WorkerMsg::Cancel(task_id) => {
@@ -113,12 +113,12 @@ impl Actor for CloneWorker {
             }
             WorkerMsg::Finished(job, outcome) => {
                 state.running = None;
-                match outcome {
+                match *outcome {
                     Ok(result) => {
                         let _ = state.args.supervisor.cast(SupervisorMsg::JobDone {
                             worker: myself.get_id(),
                             job,
-                            result,
+                            result: Box::new(result),
                         });
                     }
                     // The git work panicked: crash this actor so that its supervisor sees the

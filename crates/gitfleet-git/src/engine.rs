@@ -158,7 +158,7 @@ impl Commit {
 
 enum Event {
     Phase(Phase),
-    Done(Result<SyncResult, TaskError>),
+    Done(Box<Result<SyncResult, TaskError>>),
 }
 
 /// Runs `req` to completion, calling `on_progress` whenever the percent or phase changes.
@@ -184,7 +184,7 @@ pub fn execute(
             .spawn(move || {
                 let progress = root.add_child("gitfleet");
                 let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
-                let _ = tx.send(Event::Done(result));
+                let _ = tx.send(Event::Done(Box::new(result)));
             });
         if let Err(e) = spawned {
             return Err(TaskError::new(
@@ -201,7 +201,7 @@ pub fn execute(
     let outcome = loop {
         match rx.recv_timeout(tick) {
             Ok(Event::Phase(phase)) => tracker.enter(phase),
-            Ok(Event::Done(result)) => break result,
+            Ok(Event::Done(result)) => break *result,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break Err(TaskError::new(
