@@ -599,6 +599,91 @@ fn stalled_transfer_aborts_with_stalled() {
     );
 }
 
+/// A git:// server that accepts connections and never says a word.
+#[test]
+fn silent_git_daemon_is_stalled_and_frees_the_thread() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a silent server");
+    let port = listener.local_addr().expect("its address").port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                held.lock().expect("the held connections").push(stream);
+            }
+        });
+    }
+    let store = Store::new();
+    let mut req = store.request(
+        &format!("git://127.0.0.1:{port}/silent.git"),
+        Operation::Mirror,
+    );
+    req.limits = Limits {
+        time_limit: Duration::from_secs(300),
+        stall_limit: Duration::from_secs(1),
+        // Far longer than the test takes unless the git thread is stuck: if the read had no
+        // timeout, execute() would return only after giving the thread up, with its staging
+        // directory still there.
+        grace: Duration::from_secs(120),
+    };
+    let err = expect_err(store.run(&req), "a clone from a silent server");
+    assert_eq!(err.code, ErrorCode::Stalled, "{err}");
+    assert!(err.message.contains(&req.url.display()), "{err}");
+    assert!(
+        store.staging().is_empty(),
+        "the git thread ended (its staging directory is gone) before execute returned"
+    );
+    assert!(!req.dest.exists());
+    assert!(!held.lock().expect("the held connections").is_empty());
+}
+
+/// Every file and directory of a repository with its size and modification time (a directory's
+/// changes when a file, a lock file say, is created or removed in it).
+fn file_stamps(dir: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("reading a repository directory") {
+            let entry = entry.expect("a directory entry");
+            let meta = entry.metadata().expect("its metadata");
+            let modified = meta.modified().expect("its modification time");
+            let len = if meta.is_dir() {
+                stack.push(entry.path());
+                0
+            } else {
+                meta.len()
+            };
+            out.insert(entry.path(), (len, modified));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_op_sync_writes_nothing() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let store = Store::new();
+    for url in [daemon.url("alpha.git"), server.url("alpha.git")] {
+        let mirror = store.request(&url, Operation::Mirror);
+        let first = store.run(&mirror).expect("the first mirror");
+        let before = file_stamps(&mirror.dest);
+        // Coarse file-system clocks would hide a rewrite done within the same tick.
+        std::thread::sleep(Duration::from_millis(50));
+        let sync = Request {
+            operation: Operation::Sync,
+            ..mirror.clone()
+        };
+        let again = store.run(&sync).expect("a no-op sync");
+        assert_no_changes(&again);
+        assert_eq!(again.head_commit, first.head_commit, "{url}");
+        assert_eq!(again.num_branches, first.num_branches, "{url}");
+        assert_eq!(again.total_commits, first.total_commits, "{url}");
+        assert_eq!(file_stamps(&mirror.dest), before, "{url}: the sync wrote files");
+    }
+}
+
 #[test]
 fn unknown_repository_is_not_found() {
     let fx = Fixtures::new();

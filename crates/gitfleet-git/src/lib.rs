@@ -4,6 +4,7 @@
 //! repository. It runs on the calling thread (no tokio, no actors): callers put it on a blocking
 //! thread and talk to it through [`Control`] (interrupt) and a progress callback.
 
+mod daemon;
 mod engine;
 mod error;
 mod layout;
