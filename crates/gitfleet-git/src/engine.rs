@@ -443,16 +443,32 @@ fn clone(
         path: layout.new_staging_path(),
         keep: false,
     };
-    let kind = if req.operation == Operation::Checkout {
-        gix::create::Kind::WithWorktree
+    let (repo, pack_bytes) = if req.operation == Operation::Checkout {
+        checkout_clone(req, &staging.path, &mut progress, interrupt, events)?
     } else {
-        gix::create::Kind::Bare
+        bare_clone(req, &staging.path, &mut progress, interrupt)?
     };
-    let operation = req.operation;
+    let _ = events.send(Event::Phase(Phase::Finishing));
+    let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
+    let mut result = summarize(req, &repo, &BTreeMap::new(), &after)?;
+    result.bytes_received = pack_bytes;
+    drop(repo);
+    publish(req, &mut staging, commit)?;
+    Ok(result)
+}
+
+/// A clone with a working tree, by gix's `PrepareFetch` (which also checks it out).
+fn checkout_clone(
+    req: &Request,
+    path: &Path,
+    progress: &mut ProgressItem,
+    interrupt: &AtomicBool,
+    events: &mpsc::Sender<Event>,
+) -> Result<(gix::Repository, u64), TaskError> {
     let mut prepare = gix::clone::PrepareFetch::new(
         req.url.fetch_url().clone(),
-        &staging.path,
-        kind,
+        path,
+        gix::create::Kind::WithWorktree,
         gix::create::Options::default(),
         gix::open::Options::isolated(),
     )
@@ -462,8 +478,8 @@ fn clone(
         let credentials = req.credentials.clone();
         let mut daemon = daemon_transport(req)?;
         move |connection| {
-            // gix has already connected by now; its transport is dropped unused (one extra TCP
-            // connect per clone), which costs far less than its Nagle stalls (daemon.rs).
+            // gix has connected by now; its transport is dropped unused (one extra TCP connect
+            // per checkout clone), which costs less than its Nagle stalls (daemon.rs).
             if let Some(transport) = daemon.take() {
                 *connection.transport_mut() = transport;
             }
@@ -471,67 +487,161 @@ fn clone(
             Ok(())
         }
     });
-    prepare = match operation {
-        Operation::Mirror => prepare.configure_remote(|remote| {
-            Ok(remote
-                .with_refspecs(Some("+refs/*:refs/*"), Direction::Fetch)?
-                .with_fetch_tags(gix::remote::fetch::Tags::None))
-        }),
-        Operation::Bare => prepare.configure_remote(|remote| {
-            Ok(remote
-                .with_refspecs(
-                    ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
-                    Direction::Fetch,
-                )?
-                .with_fetch_tags(gix::remote::fetch::Tags::None))
-        }),
-        _ => prepare,
-    };
-
-    let (repo, pack_bytes) = if operation == Operation::Checkout {
-        let (mut checkout, fetched) = prepare
-            .fetch_then_checkout(progress.add_child("fetch"), interrupt)
-            .map_err(|e| git_error(req, "clone of", &e))?;
-        let _ = events.send(Event::Phase(Phase::CheckingOut));
-        let (repo, _) = checkout
-            .main_worktree(progress.add_child("checkout"), interrupt)
-            .map_err(|e| git_error(req, "checkout of", &e))?;
-        if interrupt.load(Ordering::SeqCst) {
-            return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
-        }
-        (repo, pack_size(&fetched.status))
-    } else {
-        let (repo, fetched) = prepare
-            .fetch_only(progress.add_child("fetch"), interrupt)
-            .map_err(|e| git_error(req, "clone of", &e))?;
-        (repo, pack_size(&fetched.status))
-    };
-    let _ = events.send(Event::Phase(Phase::Finishing));
-    if operation == Operation::Mirror {
-        set_mirror_flag(req, repo.git_dir())?;
+    let (mut checkout, fetched) = prepare
+        .fetch_then_checkout(progress.add_child("fetch"), interrupt)
+        .map_err(|e| git_error(req, "clone of", &e))?;
+    let _ = events.send(Event::Phase(Phase::CheckingOut));
+    let (repo, _) = checkout
+        .main_worktree(progress.add_child("checkout"), interrupt)
+        .map_err(|e| git_error(req, "checkout of", &e))?;
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
-    let after = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
-    let mut result = summarize(req, &repo, &BTreeMap::new(), &after)?;
-    result.bytes_received = pack_bytes;
-    drop(repo);
-    publish(req, &mut staging, commit)?;
-    Ok(result)
+    Ok((repo, pack_size(&fetched.status)))
 }
 
-/// `remote.origin.mirror = true`, as `git clone --mirror` writes it.
-fn set_mirror_flag(req: &Request, git_dir: &Path) -> Result<(), TaskError> {
+/// A bare or mirror clone, done here rather than by gix's `PrepareFetch` so that it runs over
+/// one connection of our choosing (daemon.rs): init, write the remote, fetch into packed refs,
+/// point HEAD where the remote's HEAD points — what `git clone --bare/--mirror` does.
+fn bare_clone(
+    req: &Request,
+    path: &Path,
+    progress: &mut ProgressItem,
+    interrupt: &AtomicBool,
+) -> Result<(gix::Repository, u64), TaskError> {
+    let mut repo = gix::ThreadSafeRepository::init_opts(
+        path,
+        gix::create::Kind::Bare,
+        gix::create::Options {
+            destination_must_be_empty: Some(true),
+            ..Default::default()
+        },
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| git_error(req, "initialising the clone of", &e))?
+    .to_thread_local();
+    repo.committer_or_set_generic_fallback()
+        .map_err(|e| git_error(req, "clone of", &e))?;
+    let specs: &[&str] = if req.operation == Operation::Mirror {
+        &["+refs/*:refs/*"]
+    } else {
+        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+    };
+    let mut remote = repo
+        .remote_at(req.url.fetch_url().clone())
+        .and_then(|r| r.with_refspecs(specs.iter().copied(), Direction::Fetch))
+        .map_err(|e| git_error(req, "clone of", &e))?
+        .with_fetch_tags(gix::remote::fetch::Tags::None);
+    write_remote_config(req, &mut remote, repo.git_dir())?;
+
+    let mut connection = match daemon_transport(req)? {
+        Some(transport) => remote.to_connection_with_transport(transport),
+        None => remote
+            .connect(Direction::Fetch)
+            .map_err(|e| git_error(req, "clone of", &e))?,
+    };
+    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    let mut fetch_progress = progress.add_child("fetch");
+    let mut options = ref_map_options();
+    // HEAD's object even when HEAD is detached; no local ref is written for it.
+    options.extra_refspecs.push(
+        gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
+            .expect("a valid refspec")
+            .to_owned(),
+    );
+    let message = format!("clone: from {}", req.url.display());
+    let fetched = connection
+        .prepare_fetch(&mut fetch_progress, options)
+        .and_then(|prepare| {
+            prepare
+                .with_write_packed_refs_only(true)
+                .with_reflog_message(gix::remote::fetch::RefLogMessage::Override {
+                    message: message.clone().into(),
+                })
+                .receive(&mut fetch_progress, interrupt)
+        });
+    let outcome = match fetched {
+        Ok(outcome) => outcome,
+        // An empty repository: nothing to fetch; HEAD stays what init made it.
+        Err(e) if describe(&e, &req.redactor).contains("matched any of the") => {
+            return Ok((repo, 0));
+        }
+        Err(e) => return Err(git_error(req, "clone of", &e)),
+    };
+    if interrupt.load(Ordering::SeqCst) {
+        return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
+    }
+    set_head_like_remote(req, &repo, &outcome.ref_map.remote_refs)?;
+    Ok((repo, pack_size(&outcome.status)))
+}
+
+/// `[remote "origin"]` with the URL and refspecs (and `mirror = true` for a mirror), as `git clone`
+/// writes it. The URL is the one without credentials: a token is never stored.
+fn write_remote_config(
+    req: &Request,
+    remote: &mut gix::Remote<'_>,
+    git_dir: &Path,
+) -> Result<(), TaskError> {
     let path = git_dir.join("config");
     let mut config =
         gix::config::File::from_path_no_includes(path.clone(), gix::config::Source::Local)
             .map_err(|e| git_error(req, "configuring", &e))?;
-    config
-        .set_raw_value_by("remote", Some("origin".into()), "mirror", "true")
+    remote
+        .save_as_to("origin", &mut config)
         .map_err(|e| git_error(req, "configuring", &e))?;
+    if req.operation == Operation::Mirror {
+        config
+            .set_raw_value_by("remote", Some("origin".into()), "mirror", "true")
+            .map_err(|e| git_error(req, "configuring", &e))?;
+    }
     let mut out = Vec::new();
     config
         .write_to(&mut out)
         .map_err(|e| storage_error(req, "cannot write config", &e))?;
     std::fs::write(&path, out).map_err(|e| storage_error(req, "cannot write config", &e))
+}
+
+/// Points HEAD where the remote's does: to the same branch (even an unborn one), or detached at
+/// the same commit.
+fn set_head_like_remote(
+    req: &Request,
+    repo: &gix::Repository,
+    remote_refs: &[gix::protocol::handshake::Ref],
+) -> Result<(), TaskError> {
+    use gix::protocol::handshake::Ref;
+    use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit};
+    let new = remote_refs.iter().find_map(|r| match r {
+        Ref::Symbolic {
+            full_ref_name,
+            target,
+            ..
+        }
+        | Ref::Unborn {
+            full_ref_name,
+            target,
+        } if full_ref_name == "HEAD" => gix::refs::FullName::try_from(target.clone())
+            .ok()
+            .map(gix::refs::Target::Symbolic),
+        Ref::Direct {
+            full_ref_name,
+            object,
+        } if full_ref_name == "HEAD" => Some(gix::refs::Target::Object(*object)),
+        _ => None,
+    });
+    let Some(new) = new else {
+        return Ok(());
+    };
+    repo.edit_reference(RefEdit {
+        change: Change::Update {
+            log: LogChange::default(),
+            expected: PreviousValue::Any,
+            new,
+        },
+        name: "HEAD".try_into().expect("a valid ref name"),
+        deref: false,
+    })
+    .map_err(|e| git_error(req, "setting HEAD of", &e))?;
+    Ok(())
 }
 
 fn sync(
