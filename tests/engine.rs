@@ -680,7 +680,11 @@ fn no_op_sync_writes_nothing() {
         assert_eq!(again.head_commit, first.head_commit, "{url}");
         assert_eq!(again.num_branches, first.num_branches, "{url}");
         assert_eq!(again.total_commits, first.total_commits, "{url}");
-        assert_eq!(file_stamps(&mirror.dest), before, "{url}: the sync wrote files");
+        assert_eq!(
+            file_stamps(&mirror.dest),
+            before,
+            "{url}: the sync wrote files"
+        );
     }
 }
 

@@ -234,6 +234,7 @@ async fn enqueue(
     operation: Operation,
     nodes: &[String],
     idempotency_key: Option<&str>,
+    known: Option<(CloneTask, u64)>,
 ) -> Submitted {
     let mut out = Submitted {
         input: input.to_string(),
@@ -249,12 +250,19 @@ async fn enqueue(
         return out;
     };
     let mut revision = None;
+    // The first try starts from what the caller read (`None`: a new task, one create and no
+    // read); only a conflict costs a read.
+    let mut first = Some(known);
     for _ in 0..8 {
-        let current = match ctx.store.get(&target.id).await {
-            Ok(c) => c,
-            Err(e) => {
-                out.error = Some(unavailable(e));
-                return out;
+        let current = if let Some(known) = first.take() {
+            known
+        } else {
+            match ctx.store.get(&target.id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    out.error = Some(unavailable(e));
+                    return out;
+                }
             }
         };
         let (mut task, rev) = match current {
@@ -359,6 +367,7 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
                     request.operation,
                     &nodes,
                     request.idempotency_key.as_deref(),
+                    None,
                 )
                 .await,
             ),
@@ -399,18 +408,18 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
     let mut known = Vec::new();
     if request.repositories.is_empty() {
         for id in ctx.store.ids().await.map_err(unavailable)? {
-            if let Some((task, _)) = ctx.store.get(&id).await.map_err(unavailable)? {
-                known.push((task.id.clone(), Some(task)));
+            if let Some(found) = ctx.store.get(&id).await.map_err(unavailable)? {
+                known.push((found.0.id.clone(), Some(found)));
             }
         }
     } else {
         for input in &request.repositories {
-            known.push((input.clone(), find(ctx, input).await?.map(|(t, _)| t)));
+            known.push((input.clone(), find(ctx, input).await?));
         }
     }
     let mut tasks = Vec::new();
-    for (input, task) in known {
-        let Some(task) = task else {
+    for (input, found) in known {
+        let Some((task, revision)) = found else {
             let e = ApiError::new(
                 ApiErrorCode::NotFound,
                 format!("{input} is not a known repository"),
@@ -446,7 +455,8 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
             url: task.url.clone(),
             path,
         };
-        tasks.push(enqueue(ctx, &input, target, operation, &nodes, None).await);
+        let known = Some((task, revision));
+        tasks.push(enqueue(ctx, &input, target, operation, &nodes, None, known).await);
     }
     Ok(SubmitReply { tasks })
 }

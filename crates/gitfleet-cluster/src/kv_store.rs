@@ -1,14 +1,23 @@
 //! CloneTask state in a JetStream key-value bucket (key: task id), written with
 //! compare-and-set on the entry's revision.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 use gitfleet_actors::{StoreFuture, TaskStore};
 use gitfleet_proto::CloneTask;
 
+/// Task records in the bucket. Clones share one cache of the records this process last read
+/// (for an update) or wrote, with their revisions, so that a state transition is one
+/// compare-and-set instead of a read and a compare-and-set (two NATS round trips saved per
+/// transition). A stale cache costs one failed write and a read; it is never trusted over the
+/// bucket.
 #[derive(Debug, Clone)]
 pub struct KvStore {
     kv: kv::Store,
+    known: Arc<Mutex<HashMap<String, (CloneTask, u64)>>>,
 }
 
 fn io(e: impl std::fmt::Display) -> std::io::Error {
@@ -25,7 +34,36 @@ pub fn is_task_id(id: &str) -> bool {
 
 impl KvStore {
     pub fn new(kv: kv::Store) -> Self {
-        KvStore { kv }
+        KvStore {
+            kv,
+            known: Arc::default(),
+        }
+    }
+
+    /// Remembers `task` at `revision` as the base of this process's next write of it (only
+    /// unfinished tasks: a finished one is not written again by a node).
+    pub fn remember(&self, task: &CloneTask, revision: u64) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.status.status_type.is_final() {
+            known.remove(&task.id);
+        } else {
+            known.insert(task.id.clone(), (task.clone(), revision));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    fn known(&self, id: &str) -> Option<(CloneTask, u64)> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 
     pub async fn get(&self, id: &str) -> std::io::Result<Option<(CloneTask, u64)>> {
@@ -49,28 +87,31 @@ impl KvStore {
 
     /// Writes `task` if the stored revision is still `revision` (0: the key must not exist).
     pub async fn compare_and_set(&self, task: &CloneTask, revision: u64) -> std::io::Result<bool> {
+        Ok(self.write(task, revision).await?.is_some())
+    }
+
+    /// [`Self::compare_and_set`], returning the new revision on success.
+    async fn write(&self, task: &CloneTask, revision: u64) -> std::io::Result<Option<u64>> {
         let bytes = bytes::Bytes::from(gitfleet_proto::to_json(task));
         let result = if revision == 0 {
             self.kv
                 .create(&task.id, bytes)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         } else {
             self.kv
                 .update(&task.id, bytes, revision)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string())
         };
         match result {
-            Ok(()) => Ok(true),
+            Ok(revision) => Ok(Some(revision)),
             Err(e)
                 if e.contains("wrong last sequence")
                     || e.contains("key exists")
                     || e.contains("already exists") =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(io(e)),
         }
@@ -103,11 +144,15 @@ impl TaskStore for KvStore {
                 match self.put_once(task).await {
                     Ok(()) => return Ok(()),
                     Err(e) if std::time::Instant::now() < deadline => {
+                        self.forget(&task.id);
                         tracing::warn!(task = %task.id, error = %e, "cannot store task state; retrying");
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(std::time::Duration::from_secs(2));
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        self.forget(&task.id);
+                        return Err(e);
+                    }
                 }
             }
         })
@@ -121,10 +166,18 @@ impl KvStore {
     async fn put_once(&self, task: &CloneTask) -> std::io::Result<()> {
         // Compare-and-set on the revision, fenced by attempt: a result from an attempt that was
         // taken over (a node presumed dead) never overwrites the newer attempt's state.
+        // The first try writes from what this process knows: the revision it last read or
+        // wrote, or, knowing nothing, that the task is new (a create). Only a conflict costs a
+        // read.
+        let mut base = Some(self.known(&task.id));
         for _ in 0..16 {
-            let (current, revision) = match self.get(&task.id).await? {
-                Some((current, revision)) => (Some(current), revision),
-                None => (None, 0),
+            let (current, revision) = match base.take() {
+                Some(Some((current, revision))) => (Some(current), revision),
+                Some(None) => (None, 0),
+                None => match self.get(&task.id).await? {
+                    Some((current, revision)) => (Some(current), revision),
+                    None => (None, 0),
+                },
             };
             if let Some(current) = &current
                 && current.attempts > task.attempts
@@ -145,13 +198,28 @@ impl KvStore {
                     merged.last_sync = current.last_sync.clone();
                 }
             }
-            if self.compare_and_set(&merged, revision).await? {
+            if let Some(current) = &current
+                && same_but_for_time(current, &merged)
+            {
+                // Nothing a reader could tell apart (the node's `queued` after the API's).
                 return Ok(());
             }
+            if let Some(revision) = self.write(&merged, revision).await? {
+                self.remember(&merged, revision);
+                return Ok(());
+            }
+            // Someone else wrote it since: read it and decide again.
         }
         Err(io(format!(
             "task {} is being updated concurrently",
             task.id
         )))
     }
+}
+
+/// Whether two records of a task differ at most in when they were last written.
+fn same_but_for_time(a: &CloneTask, b: &CloneTask) -> bool {
+    let mut b = b.clone();
+    b.updated_at = a.updated_at;
+    *a == b
 }

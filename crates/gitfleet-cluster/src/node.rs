@@ -10,7 +10,7 @@ use async_nats::jetstream::{AckKind, Message, consumer};
 use futures_util::StreamExt;
 use gitfleet_actors::{Fleet, FleetConfig, TaskStore, plan, plan_init};
 use gitfleet_git::Policy;
-use gitfleet_proto::{CloneStatus, JobMessage, NodeInfo, Operation, TaskUpdate};
+use gitfleet_proto::{CloneStatus, JobMessage, NodeInfo, Operation, StatusType, TaskUpdate};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::{self, ApiContext};
@@ -21,6 +21,8 @@ use crate::kv_store::KvStore;
 /// this long.
 const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_ACK_INTERVAL: Duration = Duration::from_secs(10);
+/// Progress events of a task go out at most this often; a state transition goes out at once.
+const PROGRESS_EVENT_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -49,31 +51,11 @@ pub async fn run_node(
     let started_at = jiff::Timestamp::now();
 
     let mut background = tokio::task::JoinSet::new();
-    // Status events: every transition and progress sample of this node's tasks.
+    // Status events: every transition of this node's tasks, and their progress.
     {
-        let mut updates = fleet.subscribe();
+        let updates = fleet.subscribe();
         let nats = nats.clone();
-        background.spawn(async move {
-            loop {
-                match updates.recv().await {
-                    Ok(update) => {
-                        let id = match &update {
-                            TaskUpdate::State { task } => task.id.clone(),
-                            TaskUpdate::Progress(p) => p.task_id.clone(),
-                        };
-                        let _ = nats
-                            .client
-                            .publish(
-                                nats.subjects.status(&id),
-                                gitfleet_proto::to_json(&update).into(),
-                            )
-                            .await;
-                    }
-                    Err(RecvError::Lagged(_)) => continue,
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        background.spawn(publish_status(nats, updates));
     }
     // The API, answered by whichever node the queue group picks.
     {
@@ -252,11 +234,14 @@ async fn accept(
     }
     // Cancelled (or finished) before it reached us: nothing to do, and running it again would
     // be harmless but wasteful.
-    if let Ok(Some((task, _))) = store.get(&job.task_id).await
-        && task.status.status_type.is_final()
-    {
-        let _ = message.double_ack().await;
-        return;
+    match store.get(&job.task_id).await {
+        Ok(Some((task, _))) if task.status.status_type.is_final() => {
+            let _ = message.double_ack().await;
+            return;
+        }
+        // The base of this node's first write of the task: no read before it.
+        Ok(Some((task, revision))) => store.remember(&task, revision),
+        _ => {}
     }
     let Some(relative) = api::safe_relative(&job.path) else {
         tracing::warn!(task = %job.task_id, "dropping a job with an unsafe path");
@@ -304,6 +289,50 @@ async fn accept(
             let _ = message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
                 .await;
+        }
+    }
+}
+
+/// Publishes the actors' updates on the status subjects. A state transition goes out at once; of
+/// a task's progress samples only the latest goes out, every [`PROGRESS_EVENT_INTERVAL`], and none
+/// that a transition has overtaken. A small repository then costs its transitions alone, and a
+/// long clone a few events a second, whatever its sampling rate.
+async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receiver<TaskUpdate>) {
+    let publish = |id: &str, update: &TaskUpdate| {
+        let subject = nats.subjects.status(id);
+        let payload = gitfleet_proto::to_json(update);
+        let client = nats.client.clone();
+        async move {
+            let _ = client.publish(subject, payload.into()).await;
+        }
+    };
+    let mut pending: HashMap<String, TaskUpdate> = HashMap::new();
+    let mut flush = tokio::time::interval(PROGRESS_EVENT_INTERVAL);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                Ok(TaskUpdate::Progress(p)) => {
+                    pending.insert(p.task_id.clone(), TaskUpdate::Progress(p));
+                }
+                Ok(update @ TaskUpdate::State { .. }) => {
+                    let TaskUpdate::State { task } = &update else { continue };
+                    pending.remove(&task.id);
+                    // The API published `queued` when it accepted the request; the node's first
+                    // `queued` says nothing new (a retry's `queued` does: attempts, last error).
+                    if task.status.status_type == StatusType::Queued && task.attempts == 0 {
+                        continue;
+                    }
+                    publish(&task.id, &update).await;
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            },
+            _ = flush.tick(), if !pending.is_empty() => {
+                for (id, update) in pending.drain() {
+                    publish(&id, &update).await;
+                }
+            }
         }
     }
 }

@@ -193,18 +193,36 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
         refs(&fixtures.repo("alpha.git"))
     );
 
-    // The independent subscriber saw transitions and progress of these tasks.
+    // The independent subscriber saw every task queued and completed, each completion once,
+    // and nothing of a task after its completion (a late progress sample would say it is still
+    // cloning).
+    let mut seen_queued = HashSet::new();
     let mut seen_completed = HashSet::new();
     while let Ok(Some(message)) =
         tokio::time::timeout(Duration::from_millis(500), events.next()).await
     {
-        if let Ok(TaskUpdate::State { task }) =
-            gitfleet_proto::from_json::<TaskUpdate>(&message.payload)
-            && task.status.status_type == StatusType::Completed
-        {
-            seen_completed.insert(task.id.clone());
+        let update = gitfleet_proto::from_json::<TaskUpdate>(&message.payload).expect("an update");
+        let id = match &update {
+            TaskUpdate::State { task } => task.id.clone(),
+            TaskUpdate::Progress(p) => p.task_id.clone(),
+        };
+        assert!(
+            !seen_completed.contains(&id),
+            "an event after the completion of {id}: {update:?}"
+        );
+        if let TaskUpdate::State { task } = &update {
+            match task.status.status_type {
+                StatusType::Queued => {
+                    seen_queued.insert(id);
+                }
+                StatusType::Completed => {
+                    seen_completed.insert(id);
+                }
+                _ => {}
+            }
         }
     }
+    assert_eq!(seen_queued.len(), ids.len(), "queued events missing");
     assert_eq!(seen_completed.len(), ids.len(), "status events missing");
 
     let nodes = client.nodes().await.expect("nodes");

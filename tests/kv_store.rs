@@ -1,0 +1,135 @@
+//! The cluster's task store (JetStream key-value, compare-and-set on revisions) against a real
+//! nats-server: what a write costs on the wire, and that a stale cached revision never wins.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gitfleet_actors::TaskStore;
+use gitfleet_cluster::{Durability, KvStore, Nats, Subjects};
+use gitfleet_proto::{CloneStatus, CloneTask, Operation};
+use gitfleet_tests::NatsServer;
+
+const WAIT: Duration = Duration::from_secs(30);
+const ID: &str = "00112233445566aa";
+
+async fn connect(server: &NatsServer) -> (Nats, KvStore) {
+    let subjects = Subjects::new("kvtest").expect("a valid prefix");
+    let nats = Nats::connect(&server.url(), subjects, "kv-store-test")
+        .await
+        .expect("connecting to nats-server");
+    nats.ensure_resources(Durability::default())
+        .await
+        .expect("creating the bucket");
+    let store = KvStore::new(nats.tasks().await.expect("the task bucket"));
+    (nats, store)
+}
+
+fn task() -> CloneTask {
+    CloneTask::new(
+        ID.to_string(),
+        "git://127.0.0.1/alpha.git".to_string(),
+        Operation::Mirror,
+        "127.0.0.1/alpha.git".to_string(),
+        jiff::Timestamp::now(),
+    )
+}
+
+/// Counts every message on the server while `f` runs, as the benchmark does.
+async fn messages_during<F: std::future::Future<Output = ()>>(nats: &Nats, f: F) -> usize {
+    let mut all = nats.client.subscribe(">").await.expect("subscribing to >");
+    nats.client
+        .flush()
+        .await
+        .expect("flushing the subscription");
+    f.await;
+    // A marker on a subject of our own: once it arrives, everything before it has.
+    nats.client
+        .publish("kvtest-marker", "end".into())
+        .await
+        .expect("publishing the marker");
+    let mut count = 0;
+    while let Some(message) = tokio::time::timeout(WAIT, all.next())
+        .await
+        .expect("the marker arrives")
+    {
+        if message.subject.as_str() == "kvtest-marker" {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+async fn stored(store: &KvStore) -> (CloneTask, u64) {
+    store
+        .get(ID)
+        .await
+        .expect("reading the bucket")
+        .expect("the task is stored")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
+    let server = NatsServer::start();
+    let (nats, api) = connect(&server).await;
+    let (_, node) = connect(&server).await;
+
+    // A new task: nothing is read first.
+    let mut t = task();
+    let n = messages_during(&nats, async { api.put(&t).await.expect("creating") }).await;
+    assert_eq!(n, 2, "a create is one request and its reply");
+
+    // The node reads it once, then each of its transitions is one compare-and-set.
+    let (current, revision) = stored(&node).await;
+    node.remember(&current, revision);
+    t.status = CloneStatus::cloning(0);
+    t.attempts = 1;
+    t.node = Some("n1".into());
+    let n = messages_during(&nats, async { node.put(&t).await.expect("cloning") }).await;
+    assert_eq!(
+        n, 2,
+        "an update from a known revision is one request and its reply"
+    );
+    assert_eq!(
+        stored(&node).await.0.status.status_type,
+        t.status.status_type
+    );
+
+    // The same record again, only later: nothing to write.
+    let before = stored(&node).await.1;
+    t.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let n = messages_during(&nats, async { node.put(&t).await.expect("the same state") }).await;
+    assert_eq!(n, 0, "a write that changes nothing is not sent");
+    assert_eq!(stored(&node).await.1, before);
+
+    // Another writer (a takeover: a newer attempt on another node) moves the revision on.
+    let mut newer = stored(&api).await.0;
+    newer.attempts = 2;
+    newer.node = Some("n2".into());
+    api.put(&newer).await.expect("the newer attempt");
+    // The first node's cached revision is stale: its late result must not win.
+    let mut late = t.clone();
+    late.status = CloneStatus::completed();
+    node.put(&late)
+        .await
+        .expect("a late write is dropped, not an error");
+    let (now, _) = stored(&node).await;
+    assert_eq!(now.attempts, 2);
+    assert_eq!(now.node.as_deref(), Some("n2"));
+    assert!(!now.status.status_type.is_final(), "{now:?}");
+
+    // A stale revision of the same attempt is re-read and written.
+    let (current, revision) = stored(&node).await;
+    node.remember(&current, revision);
+    let mut progressed = current.clone();
+    progressed.status = CloneStatus::cloning(50);
+    api.put(&progressed)
+        .await
+        .expect("another write of the same attempt");
+    let mut finished = current;
+    finished.status = CloneStatus::completed();
+    node.put(&finished).await.expect("a write after a conflict");
+    let (now, _) = stored(&node).await;
+    assert!(now.status.status_type.is_final(), "{now:?}");
+    assert_eq!(now.attempts, 2);
+}
