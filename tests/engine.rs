@@ -421,6 +421,91 @@ fn sync_reports_upstream_changes_and_converges() {
     assert_eq!(refs(&mirror.dest), refs(&fresh));
 }
 
+/// Loose ref files under `refs/` of a bare repository.
+fn loose_refs(repo: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![repo.join("refs")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("reading refs/") {
+            let entry = entry.expect("an entry of refs/");
+            if entry.file_type().expect("its type").is_dir() {
+                stack.push(entry.path());
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// A repository with hundreds of refs of which a few change (the engine then fetches just those,
+/// over a second connection): the sync converges like git's and leaves only the changed refs
+/// loose.
+#[test]
+fn sync_of_a_few_changes_among_many_refs() {
+    let fx = Fixtures::new();
+    let many = fx.repo("many.git");
+    let copied = std::process::Command::new("cp")
+        .args([
+            "-r".as_ref(),
+            fx.repo("alpha.git").as_os_str(),
+            many.as_os_str(),
+        ])
+        .status()
+        .expect("running cp");
+    assert!(copied.success());
+    let main = run_git(&many, &["rev-parse", "refs/heads/main"]);
+    let mut stdin = String::new();
+    for i in 0..300 {
+        stdin.push_str(&format!("create refs/heads/many/{i:03} {}\n", main.trim()));
+        stdin.push_str(&format!("create refs/tags/many-{i:03} {}\n", main.trim()));
+    }
+    let file = many.join("many-refs.txt");
+    std::fs::write(&file, stdin).expect("writing the ref list");
+    let script = format!("git update-ref --stdin < '{}'", file.display());
+    let status = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .current_dir(&many)
+        .status()
+        .expect("running git update-ref");
+    assert!(status.success());
+    std::fs::remove_file(&file).expect("removing the ref list");
+
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let url = daemon.url("many.git");
+    let mirror = store.request(&url, Operation::Mirror);
+    let first = store.run(&mirror).expect("the first mirror");
+    assert!(first.num_refs_created > 600, "{first:?}");
+
+    fx.mutate("many.git");
+    let sync = Request {
+        operation: Operation::Sync,
+        ..mirror.clone()
+    };
+    let result = store.run(&sync).expect("the sync");
+    assert_eq!(
+        set(&result.refs_created),
+        BTreeSet::from(["refs/heads/hotfix", "refs/tags/v2.0"])
+    );
+    assert_eq!(
+        set(&result.refs_updated),
+        BTreeSet::from(["refs/heads/feature", "refs/heads/main"])
+    );
+    assert_eq!(
+        set(&result.refs_deleted),
+        BTreeSet::from(["refs/heads/release/1.0", "refs/tags/v0.1"])
+    );
+    let (_ref_dir, fresh) = reference_mirror(&url);
+    assert_eq!(refs(&mirror.dest), refs(&fresh));
+    fsck(&mirror.dest).expect("the synced mirror passes fsck");
+    assert!(
+        loose_refs(&mirror.dest) <= 4,
+        "only the changed refs were written: {} loose refs",
+        loose_refs(&mirror.dest)
+    );
+}
+
 #[test]
 fn progress_never_goes_backwards() {
     let fx = Fixtures::new();
