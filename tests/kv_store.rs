@@ -34,28 +34,45 @@ fn task() -> CloneTask {
     )
 }
 
-/// Counts every message on the server while `f` runs, as the benchmark does.
-async fn messages_during<F: std::future::Future<Output = ()>>(nats: &Nats, f: F) -> usize {
-    let mut all = nats.client.subscribe(">").await.expect("subscribing to >");
-    nats.client
+/// Counts every message on the server while `f` runs, as the benchmark does. `writers` are the
+/// connections `f` uses: a marker from each, once seen, means everything they sent before it has
+/// been seen too.
+async fn messages_during<F: std::future::Future<Output = ()>>(
+    watcher: &Nats,
+    writers: &[&Nats],
+    f: F,
+) -> usize {
+    let mut all = watcher
+        .client
+        .subscribe(">")
+        .await
+        .expect("subscribing to >");
+    watcher
+        .client
         .flush()
         .await
         .expect("flushing the subscription");
     f.await;
-    // A marker on a subject of our own: once it arrives, everything before it has.
-    nats.client
-        .publish("kvtest-marker", "end".into())
-        .await
-        .expect("publishing the marker");
+    for (i, writer) in writers.iter().enumerate() {
+        writer
+            .client
+            .publish(format!("kvtest-marker.{i}"), "end".into())
+            .await
+            .expect("publishing a marker");
+        writer.client.flush().await.expect("flushing the marker");
+    }
+    let mut markers = 0;
     let mut count = 0;
-    while let Some(message) = tokio::time::timeout(WAIT, all.next())
-        .await
-        .expect("the marker arrives")
-    {
-        if message.subject.as_str() == "kvtest-marker" {
-            break;
+    while markers < writers.len() {
+        let message = tokio::time::timeout(WAIT, all.next())
+            .await
+            .expect("the markers arrive")
+            .expect("the subscription is open");
+        if message.subject.as_str().starts_with("kvtest-marker.") {
+            markers += 1;
+        } else {
+            count += 1;
         }
-        count += 1;
     }
     count
 }
@@ -72,20 +89,36 @@ async fn stored(store: &KvStore) -> (CloneTask, u64) {
 async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     let server = NatsServer::start();
     let (nats, api) = connect(&server).await;
-    let (_, node) = connect(&server).await;
+    let (node_nats, node) = connect(&server).await;
 
     // A new task: nothing is read first.
     let mut t = task();
-    let n = messages_during(&nats, async { api.put(&t).await.expect("creating") }).await;
+    let n = messages_during(&nats, &[&nats, &node_nats], async {
+        api.put(&t).await.expect("creating")
+    })
+    .await;
     assert_eq!(n, 2, "a create is one request and its reply");
 
     // The node reads it once, then each of its transitions is one compare-and-set.
     let (current, revision) = stored(&node).await;
     node.remember(&current, revision);
+    // Its own `queued` (its absolute path, a later time) says nothing new: not sent.
+    let mut queued = current.clone();
+    queued.path = "/srv/gitfleet/127.0.0.1/alpha.git".into();
+    queued.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
+    let n = messages_during(&nats, &[&nats, &node_nats], async {
+        node.put(&queued).await.expect("queued")
+    })
+    .await;
+    assert_eq!(n, 0, "the node's queued after the API's is not written");
+    assert_eq!(stored(&node).await.1, revision);
     t.status = CloneStatus::cloning(0);
     t.attempts = 1;
     t.node = Some("n1".into());
-    let n = messages_during(&nats, async { node.put(&t).await.expect("cloning") }).await;
+    let n = messages_during(&nats, &[&nats, &node_nats], async {
+        node.put(&t).await.expect("cloning")
+    })
+    .await;
     assert_eq!(
         n, 2,
         "an update from a known revision is one request and its reply"
@@ -98,7 +131,10 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     // The same record again, only later: nothing to write.
     let before = stored(&node).await.1;
     t.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
-    let n = messages_during(&nats, async { node.put(&t).await.expect("the same state") }).await;
+    let n = messages_during(&nats, &[&nats, &node_nats], async {
+        node.put(&t).await.expect("the same state")
+    })
+    .await;
     assert_eq!(n, 0, "a write that changes nothing is not sent");
     assert_eq!(stored(&node).await.1, before);
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
 use gitfleet_actors::{StoreFuture, TaskStore};
-use gitfleet_proto::CloneTask;
+use gitfleet_proto::{CloneTask, StatusType};
 
 /// Task records in the bucket. Clones share one cache of the records this process last read
 /// (for an update) or wrote, with their revisions, so that a state transition is one
@@ -199,9 +199,9 @@ impl KvStore {
                 }
             }
             if let Some(current) = &current
-                && same_but_for_time(current, &merged)
+                && (same_but_for_time(current, &merged) || still_queued(current, &merged))
             {
-                // Nothing a reader could tell apart (the node's `queued` after the API's).
+                // Nothing a reader needs: the node's `queued` after the API's says the same.
                 return Ok(());
             }
             if let Some(revision) = self.write(&merged, revision).await? {
@@ -215,6 +215,17 @@ impl KvStore {
             task.id
         )))
     }
+}
+
+/// A `queued` record over a `queued` one of the same attempt and error: what changes (the node's
+/// absolute path, the time) is written with the next transition anyway.
+fn still_queued(current: &CloneTask, new: &CloneTask) -> bool {
+    current.status.status_type == StatusType::Queued
+        && new.status.status_type == StatusType::Queued
+        && current.attempts == new.attempts
+        && current.error_code == new.error_code
+        && current.operation == new.operation
+        && current.node == new.node
 }
 
 /// Whether two records of a task differ at most in when they were last written.

@@ -1,7 +1,7 @@
 //! Cluster mode: `gitfleet node`, and the client side of mirror/clone/init/sync/status/cancel/
 //! nodes when `--nats` is given.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -10,13 +10,16 @@ use futures_util::StreamExt;
 use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
 use gitfleet_git::{Layout, Policy};
 use gitfleet_proto::{
-    ApiError, ErrorCode, Operation, StatusType, SubmitReply, SubmitRequest, SyncRequest, TaskError,
-    TaskUpdate,
+    ApiError, CloneTask, ErrorCode, Operation, StatusType, SubmitReply, SubmitRequest, SyncRequest,
+    TaskError, TaskUpdate,
 };
 
 use crate::cli::{NodeArgs, RunArgs, Sources};
 use crate::display::Display;
 use crate::embedded::{hostname, print_tasks, read_sources};
+
+/// How often a waiting client reads the tasks no event has reported finished.
+const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn node(
     nats_url: &str,
@@ -135,26 +138,32 @@ pub async fn work(
     }
     display.track(ids.iter().cloned());
     let mut pending: HashSet<String> = ids.iter().cloned().collect();
-    let mut poll = tokio::time::interval(Duration::from_secs(2));
+    // The final record of each task, from its event or a poll: no read per task at the end.
+    let mut finished: HashMap<String, CloneTask> = HashMap::new();
+    // Events are best effort (core NATS): the task bucket is the truth, read for the tasks no
+    // event has finished yet, first after one period (not at once: events are usually enough).
+    let mut poll =
+        tokio::time::interval_at(tokio::time::Instant::now() + POLL_INTERVAL, POLL_INTERVAL);
     while !pending.is_empty() {
         tokio::select! {
             Some(message) = events.next() => {
                 if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
                     if let TaskUpdate::State { task } = &update
                         && task.status.status_type.is_final()
+                        && pending.remove(&task.id)
                     {
-                        pending.remove(&task.id);
+                        finished.insert(task.id.clone(), (**task).clone());
                     }
                     display.update(&update);
                 }
             }
             _ = poll.tick() => {
-                // Events are best effort (core NATS): the task bucket is the truth.
                 for id in pending.clone() {
                     if let Ok(task) = client.get(&id).await
                         && task.status.status_type.is_final()
                     {
                         pending.remove(&id);
+                        finished.insert(id, task.clone());
                         display.update(&TaskUpdate::State { task: Box::new(task) });
                     }
                 }
@@ -170,7 +179,10 @@ pub async fn work(
     let mut completed = 0usize;
     let mut failed = Vec::new();
     for id in &ids {
-        let task = client.get(id).await?;
+        let task = match finished.remove(id) {
+            Some(task) => task,
+            None => client.get(id).await?,
+        };
         if task.status.status_type == StatusType::Completed {
             completed += 1;
         } else {
