@@ -275,20 +275,41 @@ pub async fn progress_rate(
     }))
 }
 
+/// The result of mirroring one of the fleet's small repositories (benches/fleet/make_fleet.py),
+/// as the engine reports it: a few commits on `main`, a second branch and a tag, every ref
+/// new, counts and lists both filled. Each task gets its own object ids.
 fn small_result(i: usize) -> SyncResult {
-    let commit = format!("{:040x}", i as u128 * 0x1234_5678_9abc_def1);
+    let commit = |k: u128| {
+        let x = (i as u128 * 4 + k).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        format!("{x:032x}{:08x}", (x >> 96) as u32 ^ 0x5bd1_e995)
+    };
+    let main = commit(1);
+    let dev = commit(2);
+    let commits = 1 + (i % 8) as u64;
     SyncResult {
-        refs_created: vec!["refs/heads/main".into(), "refs/tags/v1.0".into()],
-        new_commits: 5,
-        total_commits: 5,
+        num_refs_created: 3,
+        num_branches: 2,
+        refs_created: vec![
+            "refs/heads/dev".into(),
+            "refs/heads/main".into(),
+            "refs/tags/v1.0".into(),
+        ],
+        new_commits: commits,
+        total_commits: commits,
         default_branch: Some("main".into()),
-        head_commit: Some(commit.clone()),
-        branches: vec![Branch {
-            name: "main".into(),
-            commit,
-        }],
-        bytes_received: 12_345,
-        duration_ms: 40,
+        head_commit: Some(main.clone()),
+        branches: vec![
+            Branch {
+                name: "dev".into(),
+                commit: dev,
+            },
+            Branch {
+                name: "main".into(),
+                commit: main,
+            },
+        ],
+        bytes_received: 2_000 + 1_500 * commits + (i % 997) as u64,
+        duration_ms: 40 + (i % 200) as u64,
         ..SyncResult::default()
     }
 }
@@ -366,6 +387,68 @@ pub struct ControlSpec {
     pub dispatch_file: usize,
     pub progress_events: usize,
     pub memory_tasks: Vec<usize>,
+}
+
+impl ControlSpec {
+    // The same sizes as the suite's plans (suite.rs), for `--only control`.
+    pub fn smoke() -> ControlSpec {
+        ControlSpec {
+            dispatch_mem: 1_000,
+            dispatch_file: 200,
+            progress_events: 50_000,
+            memory_tasks: vec![10_000],
+        }
+    }
+
+    pub fn quick() -> ControlSpec {
+        ControlSpec {
+            dispatch_mem: 10_000,
+            dispatch_file: 1_000,
+            progress_events: 200_000,
+            memory_tasks: vec![100_000],
+        }
+    }
+
+    pub fn full() -> ControlSpec {
+        ControlSpec {
+            dispatch_mem: 50_000,
+            dispatch_file: 5_000,
+            progress_events: 1_000_000,
+            memory_tasks: vec![100_000, 1_000_000],
+        }
+    }
+}
+
+/// The headline numbers of `run_all`'s result, one per line on stderr.
+pub fn print_summary(control: &Value) {
+    for d in control["dispatch"].as_array().into_iter().flatten() {
+        eprintln!(
+            "control: Fleet dispatch, {} store, {} tasks: {:.0} tasks/s ({} completed)",
+            d["store"].as_str().unwrap_or("?"),
+            d["tasks"],
+            d["tasks_per_s"].as_f64().unwrap_or(0.0),
+            d["completed"],
+        );
+    }
+    for p in control["progress"].as_array().into_iter().flatten() {
+        eprintln!(
+            "control: Registry progress events ({} senders, {}): {:.0} events/s",
+            p["senders"],
+            if p["watched"] == json!(true) {
+                "one watcher"
+            } else {
+                "no watcher"
+            },
+            p["events_per_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for m in control["memory"].as_array().into_iter().flatten() {
+        eprintln!(
+            "control: Registry memory at {} completed tasks: {:.0} bytes/task",
+            m["tasks"],
+            m["bytes_per_task"].as_f64().unwrap_or(0.0)
+        );
+    }
 }
 
 pub fn run_all(

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p gitfleet-benches -- [--quick] [--smoke] [--out DIR] [-j N]
-//!     [--gitfleet PATH] [--skip-netns]
+//!     [--gitfleet PATH] [--skip-netns] [--only control]
 //! ```
 
 mod control;
@@ -22,14 +22,16 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|--concurrency N] \
-                     [--gitfleet PATH] [--skip-netns]
+                     [--gitfleet PATH] [--skip-netns] [--only control]
 
   --quick        a few minutes: 20 small repositories, 2 medium, 2,000 refs (CI smoke run)
   --smoke        smaller still (5 small, 1 medium, 200 refs; no cluster-2/3, no namespaces)
   --out DIR      where report.json, report.md and command.txt go (default target/bench)
   -j N           repositories at once, for git and gitfleet alike (default 8)
   --gitfleet P   the gitfleet binary to measure (default: built with cargo, same profile)
-  --skip-netns   do not try network namespaces";
+  --skip-netns   do not try network namespaces
+  --only control the control plane alone (no git, nats-server or root needed): prints its
+                 JSON to stdout; sizes follow --quick/--smoke, -j is the worker count";
 
 fn parse(args: &[String]) -> anyhow::Result<suite::Options> {
     let mut opts = suite::Options {
@@ -146,10 +148,59 @@ fn real_main() -> anyhow::Result<()> {
         }
         _ => {}
     }
+    let (only, args) = only(&args)?;
     let opts = parse(&args)?;
     let rt = runtime()?;
     watch_signals(&rt);
-    suite::run(&opts, rt.handle())
+    match only {
+        Some(Only::Control) => run_control(&opts, rt.handle()),
+        None => suite::run(&opts, rt.handle()),
+    }
+}
+
+/// A part of the suite run on its own (`--only PART`).
+enum Only {
+    Control,
+}
+
+/// Takes `--only PART` out of `args`.
+fn only(args: &[String]) -> anyhow::Result<(Option<Only>, Vec<String>)> {
+    let mut rest = Vec::new();
+    let mut only = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--only" {
+            only = match it.next().map(String::as_str) {
+                Some("control") => Some(Only::Control),
+                other => bail!(
+                    "--only needs a part: control (got {})\n{USAGE}",
+                    other.unwrap_or("nothing")
+                ),
+            };
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    Ok((only, rest))
+}
+
+/// The control-plane benchmark alone, in a temporary directory; its JSON goes to stdout.
+fn run_control(opts: &suite::Options, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
+    let spec = if opts.smoke {
+        control::ControlSpec::smoke()
+    } else if opts.quick {
+        control::ControlSpec::quick()
+    } else {
+        control::ControlSpec::full()
+    };
+    let work = tempfile::Builder::new()
+        .prefix("gitfleet-bench-control-")
+        .tempdir()
+        .context("creating the work directory")?;
+    let result = control::run_all(rt, &spec, work.path(), opts.concurrency)?;
+    control::print_summary(&result);
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -2,6 +2,7 @@
 //! Registry, wired together by [`Fleet`]. The cluster runs the same actors with other stores
 //! and event sinks.
 
+mod compact;
 mod job;
 mod lock;
 mod registry;

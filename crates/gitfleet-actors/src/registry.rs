@@ -1,17 +1,20 @@
-//! The Registry actor: aggregates worker events into CloneTask state, persists transitions, and
-//! broadcasts every change to watchers.
+//! The Registry actor: aggregates worker events into task state, persists transitions, and
+//! broadcasts every change to watchers. It keeps its tasks compactly (see `compact.rs`) and
+//! builds a `CloneTask` only to store, broadcast or answer one.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use gitfleet_proto::{
     CloneStatus, CloneTask, ErrorCode, ProgressEvent, StatusType, SyncResult, TaskError, TaskUpdate,
 };
 use jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, mpsc};
 
-use crate::store::TaskStore;
+use crate::compact::{Slot, TaskTable, Time};
+use crate::store::{StoreFuture, TaskStore};
 
 pub enum RegistryMsg {
     /// A new request for a task: queued (replacing any earlier state of the same task).
@@ -50,30 +53,189 @@ pub struct RegistryArgs {
 }
 
 pub struct RegistryState {
-    tasks: HashMap<String, CloneTask>,
+    tasks: TaskTable,
     store: Arc<dyn TaskStore>,
     updates: broadcast::Sender<TaskUpdate>,
+    outbox: Outbox,
+}
+
+/// Items in the outbox at most (with a store that takes writes in hand): beyond this the
+/// Registry waits for the store, so that memory stays bounded when the disk is slow.
+const MAX_IN_FLIGHT: usize = 65_536;
+
+/// What goes out after the writes before it: with a store that takes writes in hand
+/// ([`TaskStore::put_queued`]) the Registry goes on with its next message while a write is in
+/// flight, and this keeps what watchers and callers see in order: a transition is broadcast
+/// once the store has it (a final state: once it is durable), a progress sample after the
+/// transitions before it, a `Get` or `List` answered once everything before it is stored
+/// ([`TaskStore::flush`]).
+enum Outgoing {
+    State {
+        stored: StoreFuture<'static, ()>,
+        task: Box<CloneTask>,
+    },
+    Progress(ProgressEvent),
+    Reply {
+        /// The store's flush, if it has one.
+        after: Option<StoreFuture<'static, ()>>,
+        reply: Box<dyn FnOnce() + Send>,
+    },
+}
+
+struct Outbox {
+    tx: Option<mpsc::UnboundedSender<Outgoing>>,
+    /// Items sent to the delivering task and not yet delivered.
+    in_flight: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            tx: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            drained: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Whether something sent earlier is not delivered yet.
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Hands `item` to the delivering task (started on first use), which delivers it after
+    /// everything sent before.
+    async fn send(&mut self, item: Outgoing, updates: &broadcast::Sender<TaskUpdate>) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) < MAX_IN_FLIGHT {
+                break;
+            }
+            drained.await;
+        }
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(deliver(
+                rx,
+                updates.clone(),
+                Arc::clone(&self.in_flight),
+                Arc::clone(&self.drained),
+            ));
+            tx
+        });
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(item)) = tx.send(item) {
+            // The delivering task is gone (it panicked): deliver here rather than lose it.
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            deliver_one(item, updates).await;
+        }
+    }
+}
+
+/// Delivers what the Registry sent, in order, each after its write is done.
+async fn deliver(
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    updates: broadcast::Sender<TaskUpdate>,
+    in_flight: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+) {
+    while let Some(item) = rx.recv().await {
+        deliver_one(item, &updates).await;
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        drained.notify_waiters();
+    }
+}
+
+async fn deliver_one(item: Outgoing, updates: &broadcast::Sender<TaskUpdate>) {
+    match item {
+        Outgoing::State { stored, task } => {
+            if let Err(e) = stored.await {
+                tracing::error!(task = %task.id, error = %e, "cannot persist task state");
+            }
+            let _ = updates.send(TaskUpdate::State { task });
+        }
+        Outgoing::Progress(event) => {
+            let _ = updates.send(TaskUpdate::Progress(event));
+        }
+        Outgoing::Reply { after, reply } => {
+            if let Some(flushed) = after
+                && let Err(e) = flushed.await
+            {
+                tracing::error!(error = %e, "cannot persist task state");
+            }
+            reply();
+        }
+    }
 }
 
 impl RegistryState {
     /// Applies `change` to task `id` if `attempt` is still its current attempt: a late event
     /// from an attempt that was superseded must not overwrite newer state.
-    async fn transition(&mut self, id: &str, attempt: u32, change: impl FnOnce(&mut CloneTask)) {
-        let Some(task) = self.tasks.get_mut(id) else {
+    async fn transition(
+        &mut self,
+        id: &str,
+        attempt: u32,
+        change: impl FnOnce(&mut TaskTable, Slot),
+    ) {
+        let Some(slot) = self.tasks.find(id) else {
             return;
         };
-        if attempt != 0 && attempt < task.attempts {
+        if attempt != 0 && attempt < self.tasks.record(slot).attempts() {
             return;
         }
-        change(task);
-        task.updated_at = Timestamp::now();
-        let task = task.clone();
+        change(&mut self.tasks, slot);
+        self.tasks
+            .record_mut(slot)
+            .set_time(Time::Updated, Some(Timestamp::now()));
+        let task = self.tasks.task(slot);
+        if let Some(mut stored) = self.store.put_queued(&task) {
+            // Already done (a state the store writes later): no need to go through the outbox.
+            if !self.outbox.busy()
+                && let Poll::Ready(result) = stored
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()))
+            {
+                if let Err(e) = result {
+                    tracing::error!(task = %task.id, error = %e, "cannot persist task state");
+                }
+                let _ = self.updates.send(TaskUpdate::State {
+                    task: Box::new(task),
+                });
+                return;
+            }
+            let task = Box::new(task);
+            self.outbox
+                .send(Outgoing::State { stored, task }, &self.updates)
+                .await;
+            return;
+        }
         if let Err(e) = self.store.put(&task).await {
             tracing::error!(task = %task.id, error = %e, "cannot persist task state");
         }
-        let _ = self.updates.send(TaskUpdate::State {
-            task: Box::new(task),
-        });
+        let task = Box::new(task);
+        if self.outbox.busy() {
+            let stored: StoreFuture<'static, ()> = Box::pin(std::future::ready(Ok(())));
+            self.outbox
+                .send(Outgoing::State { stored, task }, &self.updates)
+                .await;
+        } else {
+            let _ = self.updates.send(TaskUpdate::State { task });
+        }
+    }
+
+    /// Answers once everything before is stored and broadcast.
+    async fn reply(&mut self, reply: impl FnOnce() + Send + 'static) {
+        let after = self.store.flush();
+        if after.is_some() || self.outbox.busy() {
+            let reply = Box::new(reply);
+            self.outbox
+                .send(Outgoing::Reply { after, reply }, &self.updates)
+                .await;
+        } else {
+            reply();
+        }
     }
 }
 
@@ -87,17 +249,15 @@ impl Actor for Registry {
         _myself: ActorRef<Self::Msg>,
         args: RegistryArgs,
     ) -> Result<RegistryState, ActorProcessingErr> {
-        let tasks = args
-            .store
-            .load_all()
-            .await?
-            .into_iter()
-            .map(|t| (t.id.clone(), t))
-            .collect();
+        let mut tasks = TaskTable::default();
+        for task in args.store.load_all().await? {
+            tasks.insert(task);
+        }
         Ok(RegistryState {
             tasks,
             store: args.store,
             updates: args.updates,
+            outbox: Outbox::new(),
         })
     }
 
@@ -110,78 +270,378 @@ impl Actor for Registry {
         match message {
             RegistryMsg::Queued(task) => {
                 let id = task.id.clone();
-                let mut task = *task;
-                if let Some(old) = state.tasks.get(&id) {
-                    task.created_at = old.created_at;
-                    task.last_sync = old.last_sync.clone();
-                }
-                state.tasks.insert(id.clone(), task);
-                state.transition(&id, 0, |_| {}).await;
+                state.tasks.requeue(*task);
+                state.transition(&id, 0, |_, _| {}).await;
             }
-            RegistryMsg::Started { id, attempt, node } => state.transition(&id, attempt, |t| {
-                t.attempts = attempt;
-                t.status = CloneStatus::cloning(0);
-                t.phase = None;
-                t.error_code = None;
-                t.node = Some(node);
-                t.started_at = Some(Timestamp::now());
-                t.finished_at = None;
-            }).await,
+            RegistryMsg::Started { id, attempt, node } => {
+                state
+                    .transition(&id, attempt, |tasks, slot| {
+                        tasks.set_node(slot, Some(&node));
+                        let t = tasks.record_mut(slot);
+                        t.set_attempts(attempt);
+                        t.set_status(CloneStatus::cloning(0));
+                        t.set_phase(None);
+                        t.set_error_code(None);
+                        t.set_time(Time::Started, Some(Timestamp::now()));
+                        t.set_time(Time::Finished, None);
+                    })
+                    .await
+            }
             RegistryMsg::Progress(event) => {
-                let Some(task) = state.tasks.get_mut(&event.task_id) else {
+                let Some(slot) = state.tasks.find(&event.task_id) else {
                     return Ok(());
                 };
-                if task.status.status_type != StatusType::Cloning || event.attempt != task.attempts
-                {
+                let task = state.tasks.record_mut(slot);
+                if task.status_type() != StatusType::Cloning || event.attempt != task.attempts() {
                     return Ok(());
                 }
-                let percent = event.progress.max(task.status.progress.unwrap_or(0));
-                task.status = CloneStatus::cloning(percent);
-                task.phase = Some(event.phase);
-                let _ = state.updates.send(TaskUpdate::Progress(ProgressEvent {
+                let percent = event.progress.max(task.progress().unwrap_or(0));
+                task.set_status(CloneStatus::cloning(percent));
+                task.set_phase(Some(event.phase));
+                let event = ProgressEvent {
                     progress: percent,
                     ..event
-                }));
+                };
+                if state.outbox.busy() {
+                    state
+                        .outbox
+                        .send(Outgoing::Progress(event), &state.updates)
+                        .await;
+                } else {
+                    let _ = state.updates.send(TaskUpdate::Progress(event));
+                }
             }
             RegistryMsg::Completed {
                 id,
                 attempt,
                 result,
-            } => state.transition(&id, attempt, |t| {
-                t.status = CloneStatus::completed();
-                t.phase = None;
-                t.error_code = None;
-                t.finished_at = Some(Timestamp::now());
-                t.last_sync = Some(*result);
-            }).await,
-            RegistryMsg::Retrying { id, attempt, error } => state.transition(&id, attempt, |t| {
-                tracing::info!(task = %t.id, url = %t.url, attempt, error = %error, "will retry");
-                t.status = CloneStatus::queued();
-                t.phase = None;
-                t.error_code = Some(error.code);
-            }).await,
-            RegistryMsg::Failed { id, attempt, error } => state.transition(&id, attempt, |t| {
-                t.status = CloneStatus::failed(error.message.clone());
-                t.phase = None;
-                t.error_code = Some(error.code);
-                t.finished_at = Some(Timestamp::now());
-                if error.code == ErrorCode::Cancelled {
-                    t.attempts = t.attempts.max(attempt);
-                }
-            }).await,
+            } => {
+                state
+                    .transition(&id, attempt, |tasks, slot| {
+                        let t = tasks.record_mut(slot);
+                        t.set_status(CloneStatus::completed());
+                        t.set_phase(None);
+                        t.set_error_code(None);
+                        t.set_time(Time::Finished, Some(Timestamp::now()));
+                        t.set_last_sync(Some(&result));
+                    })
+                    .await
+            }
+            RegistryMsg::Retrying { id, attempt, error } => {
+                state
+                    .transition(&id, attempt, |tasks, slot| {
+                        let t = tasks.record_mut(slot);
+                        tracing::info!(task = %id, url = %t.url(), attempt, error = %error, "will retry");
+                        t.set_status(CloneStatus::queued());
+                        t.set_phase(None);
+                        t.set_error_code(Some(error.code));
+                    })
+                    .await
+            }
+            RegistryMsg::Failed { id, attempt, error } => {
+                state
+                    .transition(&id, attempt, |tasks, slot| {
+                        let t = tasks.record_mut(slot);
+                        t.set_status(CloneStatus::failed(error.message.clone()));
+                        t.set_phase(None);
+                        t.set_error_code(Some(error.code));
+                        t.set_time(Time::Finished, Some(Timestamp::now()));
+                        if error.code == ErrorCode::Cancelled {
+                            t.set_attempts(t.attempts().max(attempt));
+                        }
+                    })
+                    .await
+            }
             RegistryMsg::Get(id, reply) => {
-                let _ = reply.send(state.tasks.get(&id).cloned());
+                let task = state.tasks.find(&id).map(|slot| state.tasks.task(slot));
+                state
+                    .reply(move || {
+                        let _ = reply.send(task);
+                    })
+                    .await;
             }
             RegistryMsg::List(reply) => {
-                let mut tasks: Vec<CloneTask> = state.tasks.values().cloned().collect();
-                tasks.sort_by(|a, b| {
-                    a.created_at
-                        .cmp(&b.created_at)
-                        .then_with(|| a.id.cmp(&b.id))
-                });
-                let _ = reply.send(tasks);
+                let tasks = state.tasks.tasks();
+                state
+                    .reply(move || {
+                        let _ = reply.send(tasks);
+                    })
+                    .await;
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use gitfleet_proto::{Operation, Phase};
+
+    use super::*;
+
+    /// Keeps every write; with `delay`, takes writes in hand and finishes each after a while
+    /// (later writes sooner), as a store committing in groups may.
+    #[derive(Default)]
+    struct Recorder {
+        delay: Option<Duration>,
+        stored: Arc<Mutex<HashMap<String, Vec<CloneTask>>>>,
+        calls: AtomicUsize,
+    }
+
+    impl Recorder {
+        fn has(&self, task: &CloneTask) -> bool {
+            self.stored
+                .lock()
+                .expect("lock")
+                .get(&task.id)
+                .is_some_and(|all| all.contains(task))
+        }
+
+        fn record(stored: &Mutex<HashMap<String, Vec<CloneTask>>>, task: CloneTask) {
+            stored
+                .lock()
+                .expect("lock")
+                .entry(task.id.clone())
+                .or_default()
+                .push(task);
+        }
+    }
+
+    impl TaskStore for Recorder {
+        fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
+            Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+
+        fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+            Recorder::record(&self.stored, task.clone());
+            Box::pin(std::future::ready(Ok(())))
+        }
+
+        fn put_queued(&self, task: &CloneTask) -> Option<StoreFuture<'static, ()>> {
+            let delay = self.delay?;
+            let n = self.calls.fetch_add(1, Ordering::Relaxed) as u32;
+            let delay = delay.saturating_sub(Duration::from_micros(50) * n);
+            let stored = Arc::clone(&self.stored);
+            let task = task.clone();
+            let done = tokio::time::Instant::now() + delay;
+            Some(Box::pin(async move {
+                tokio::time::sleep_until(done).await;
+                Recorder::record(&stored, task);
+                Ok(())
+            }))
+        }
+    }
+
+    fn queued(n: usize) -> CloneTask {
+        CloneTask::new(
+            format!("{n:016x}"),
+            format!("git://h/o/r{n}"),
+            Operation::Mirror,
+            format!("/x/r{n}.git"),
+            Timestamp::now(),
+        )
+    }
+
+    fn progress(n: usize, percent: u8) -> ProgressEvent {
+        ProgressEvent {
+            task_id: format!("{n:016x}"),
+            attempt: 2,
+            phase: Phase::Receiving,
+            progress: percent,
+            bytes_received: 0,
+            bytes_per_sec: 0,
+            objects_received: 0,
+            objects_total: 0,
+        }
+    }
+
+    /// Runs a few tasks through a Registry on `store`; checks what watchers and callers see.
+    async fn lifecycle(store: Arc<Recorder>) {
+        const TASKS: usize = 20;
+        const EVENTS: usize = 500;
+        let (updates, mut rx) = broadcast::channel(100_000);
+        let (registry, handle) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store: store.clone(),
+                updates,
+            },
+        )
+        .await
+        .expect("spawning a registry");
+        for n in 0..TASKS {
+            registry
+                .cast(RegistryMsg::Queued(Box::new(queued(n))))
+                .expect("cast");
+            registry
+                .cast(RegistryMsg::Started {
+                    id: format!("{n:016x}"),
+                    attempt: 2,
+                    node: "node".into(),
+                })
+                .expect("cast");
+            for k in 0..EVENTS {
+                let percent = (k * 100 / EVENTS) as u8;
+                registry
+                    .cast(RegistryMsg::Progress(progress(n, percent)))
+                    .expect("cast");
+            }
+            // A late event of an older attempt changes nothing.
+            registry
+                .cast(RegistryMsg::Failed {
+                    id: format!("{n:016x}"),
+                    attempt: 1,
+                    error: TaskError::new(ErrorCode::Network, "late"),
+                })
+                .expect("cast");
+            registry
+                .cast(RegistryMsg::Completed {
+                    id: format!("{n:016x}"),
+                    attempt: 2,
+                    result: Box::new(SyncResult {
+                        total_commits: n as u64,
+                        ..SyncResult::default()
+                    }),
+                })
+                .expect("cast");
+        }
+        let listed = ractor::call!(registry, RegistryMsg::List).expect("list");
+        // Everything before the answer is stored and broadcast.
+        let mut seen: HashMap<String, Vec<TaskUpdate>> = HashMap::new();
+        while let Ok(update) = rx.try_recv() {
+            let id = match &update {
+                TaskUpdate::State { task } => {
+                    assert!(store.has(task), "broadcast before it was stored: {task:?}");
+                    task.id.clone()
+                }
+                TaskUpdate::Progress(p) => p.task_id.clone(),
+            };
+            seen.entry(id).or_default().push(update);
+        }
+        assert_eq!(listed.len(), TASKS);
+        for task in &listed {
+            assert_eq!(task.status.status_type, StatusType::Completed, "{task:?}");
+            assert_eq!(task.attempts, 2);
+            assert_eq!(task.node.as_deref(), Some("node"));
+            assert!(task.started_at.is_some() && task.finished_at.is_some());
+            assert!(store.has(task), "listed before it was stored: {task:?}");
+            let updates = &seen[&task.id];
+            let kinds: Vec<&str> = updates
+                .iter()
+                .map(|u| match u {
+                    TaskUpdate::State { task } => task.status.status_type.as_str(),
+                    TaskUpdate::Progress(_) => "progress",
+                })
+                .collect();
+            let mut want = vec!["queued", "cloning"];
+            want.extend(std::iter::repeat_n("progress", EVENTS));
+            want.push("completed");
+            assert!(
+                kinds == want,
+                "{}: {:?}",
+                task.id,
+                kinds
+                    .iter()
+                    .filter(|k| **k != "progress")
+                    .collect::<Vec<_>>()
+            );
+            let percents: Vec<u8> = updates
+                .iter()
+                .filter_map(|u| match u {
+                    TaskUpdate::Progress(p) => Some(p.progress),
+                    TaskUpdate::State { .. } => None,
+                })
+                .collect();
+            assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{percents:?}");
+            let Some(TaskUpdate::State { task: last }) = updates.last() else {
+                unreachable!("checked above");
+            };
+            assert_eq!(**last, *task);
+        }
+        let got = ractor::call!(registry, RegistryMsg::Get, format!("{:016x}", 3))
+            .expect("get")
+            .expect("known");
+        assert_eq!(got.last_sync.map(|r| r.total_commits), Some(3));
+        registry.stop(None);
+        handle.await.expect("registry stopped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_awaits_each_write() {
+        lifecycle(Arc::new(Recorder::default())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_with_writes_in_flight() {
+        // 20 x 500 progress samples behind slow writes: more than MAX_IN_FLIGHT wait at once.
+        lifecycle(Arc::new(Recorder {
+            delay: Some(Duration::from_millis(200)),
+            ..Recorder::default()
+        }))
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_store_holds_every_state_when_the_registry_answers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(crate::FileStore::open(dir.path()).expect("open"));
+        let (updates, _) = broadcast::channel(16);
+        let (registry, handle) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store: store.clone(),
+                updates,
+            },
+        )
+        .await
+        .expect("spawning a registry");
+        for n in 0..300 {
+            let id = format!("{n:016x}");
+            registry
+                .cast(RegistryMsg::Queued(Box::new(queued(n))))
+                .expect("cast");
+            if n % 10 == 9 {
+                // Still waiting: its queued state is on disk after the answer too.
+                continue;
+            }
+            registry
+                .cast(RegistryMsg::Started {
+                    id: id.clone(),
+                    attempt: 1,
+                    node: "node".into(),
+                })
+                .expect("cast");
+            let done = if n % 2 == 0 {
+                RegistryMsg::Completed {
+                    id,
+                    attempt: 1,
+                    result: Box::default(),
+                }
+            } else {
+                RegistryMsg::Failed {
+                    id,
+                    attempt: 1,
+                    error: TaskError::new(ErrorCode::NotFound, "not found"),
+                }
+            };
+            registry.cast(done).expect("cast");
+        }
+        let listed = ractor::call!(registry, RegistryMsg::List).expect("list");
+        let mut stored = store.load_all_sync().expect("load");
+        stored.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        assert_eq!(stored, listed);
+        let waiting = stored
+            .iter()
+            .filter(|t| !t.status.status_type.is_final())
+            .count();
+        assert_eq!(waiting, 30);
+        registry.stop(None);
+        handle.await.expect("registry stopped");
     }
 }

@@ -1,0 +1,825 @@
+//! The Registry's in-memory form of its tasks. A `CloneTask` with its last `SyncResult` takes
+//! well over a kilobyte of heap (a 448-byte struct, a dozen small strings, three lists); the
+//! Registry of a node with a million repositories keeps one per repository. Here a task is a
+//! fixed-size [`Record`] in one vector (small enums, timestamps as integers, URL and path in one
+//! allocation, the node interned) indexed by its id (the usual 16 hex digits as a `u64`), and its
+//! last result is one byte string (see [`encode_sync`]). A `CloneTask` is built only when one is
+//! asked for, and converting one into a record and back gives the same task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gitfleet_proto::{
+    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult,
+};
+use jiff::Timestamp;
+
+/// Which timestamp of a record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Time {
+    Created = 0,
+    Updated = 1,
+    Started = 2,
+    Finished = 3,
+}
+
+/// `nanos` of a timestamp that is not set (a real one is within ±999,999,999).
+const UNSET: i32 = i32::MIN;
+
+/// One task, compactly. The setters mirror the fields of `CloneTask`.
+#[derive(Debug)]
+pub(crate) struct Record {
+    /// The id, when it is 16 lowercase hex digits (otherwise it is in `extra`).
+    hex_id: u64,
+    /// The URL followed by the path.
+    text: Box<str>,
+    url_len: usize,
+    /// The last result, encoded by [`encode_sync`].
+    last_sync: Option<Box<[u8]>>,
+    /// What most tasks do not have.
+    extra: Option<Box<Extra>>,
+    seconds: [i64; 4],
+    nanos: [i32; 4],
+    attempts: u32,
+    /// 0: none; otherwise 1 + the node's index in the table's interned names.
+    node: u32,
+    operation: Operation,
+    status: StatusType,
+    progress: Option<u8>,
+    phase: Option<Phase>,
+    error_code: Option<ErrorCode>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
+    /// An id that is not 16 lowercase hex digits.
+    id: Option<Box<str>>,
+    /// `status.error`.
+    error: Option<Box<str>>,
+    idempotency_key: Option<Box<str>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.id.is_none() && self.error.is_none() && self.idempotency_key.is_none()
+    }
+}
+
+/// The `u64` of an id of exactly 16 lowercase hex digits (so that formatting it with `{:016x}`
+/// gives the same id back).
+fn hex_id(id: &str) -> Option<u64> {
+    if id.len() != 16 || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    u64::from_str_radix(id, 16).ok()
+}
+
+impl Record {
+    pub(crate) fn url(&self) -> &str {
+        &self.text[..self.url_len]
+    }
+
+    fn path(&self) -> &str {
+        &self.text[self.url_len..]
+    }
+
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    pub(crate) fn set_attempts(&mut self, attempts: u32) {
+        self.attempts = attempts;
+    }
+
+    pub(crate) fn status_type(&self) -> StatusType {
+        self.status
+    }
+
+    pub(crate) fn progress(&self) -> Option<u8> {
+        self.progress
+    }
+
+    pub(crate) fn set_status(&mut self, status: CloneStatus) {
+        self.status = status.status_type;
+        self.progress = status.progress;
+        let error = status.error.map(String::into_boxed_str);
+        if let Some(extra) = self.extra.as_mut() {
+            extra.error = error;
+            if extra.is_empty() {
+                self.extra = None;
+            }
+        } else if error.is_some() {
+            self.extra = Some(Box::new(Extra {
+                error,
+                ..Extra::default()
+            }));
+        }
+    }
+
+    pub(crate) fn set_phase(&mut self, phase: Option<Phase>) {
+        self.phase = phase;
+    }
+
+    pub(crate) fn set_error_code(&mut self, code: Option<ErrorCode>) {
+        self.error_code = code;
+    }
+
+    pub(crate) fn set_time(&mut self, which: Time, at: Option<Timestamp>) {
+        let (seconds, nanos) = at.map_or((0, UNSET), |t| (t.as_second(), t.subsec_nanosecond()));
+        self.seconds[which as usize] = seconds;
+        self.nanos[which as usize] = nanos;
+    }
+
+    fn time(&self, which: Time) -> Option<Timestamp> {
+        let nanos = self.nanos[which as usize];
+        if nanos == UNSET {
+            return None;
+        }
+        // Both parts came from a valid timestamp.
+        Timestamp::new(self.seconds[which as usize], nanos).ok()
+    }
+
+    pub(crate) fn set_last_sync(&mut self, result: Option<&SyncResult>) {
+        self.last_sync = result.map(encode_sync);
+    }
+}
+
+/// Every task of a Registry.
+#[derive(Debug, Default)]
+pub(crate) struct TaskTable {
+    records: Vec<Record>,
+    /// Slots of records by hex id.
+    by_hex: HashMap<u64, u32>,
+    /// Slots of records whose id is not 16 lowercase hex digits.
+    by_name: HashMap<Box<str>, u32>,
+    /// Node names (a few per cluster, shared by every task they ran).
+    nodes: Vec<Arc<str>>,
+    node_index: HashMap<Arc<str>, u32>,
+}
+
+/// Where a task is in a [`TaskTable`].
+pub(crate) type Slot = usize;
+
+impl TaskTable {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn find(&self, id: &str) -> Option<Slot> {
+        let slot = match hex_id(id) {
+            Some(hex) => self.by_hex.get(&hex),
+            None => self.by_name.get(id),
+        };
+        slot.map(|&s| s as Slot)
+    }
+
+    pub(crate) fn record(&self, slot: Slot) -> &Record {
+        &self.records[slot]
+    }
+
+    pub(crate) fn record_mut(&mut self, slot: Slot) -> &mut Record {
+        &mut self.records[slot]
+    }
+
+    /// Adds `task`, or replaces the task with its id.
+    pub(crate) fn insert(&mut self, task: CloneTask) -> Slot {
+        let slot = self.find(&task.id);
+        let record = self.make_record(task);
+        self.put_record(slot, record)
+    }
+
+    /// A new request for `task`: replaces any task with its id, but keeps when that one was
+    /// created and its last result.
+    pub(crate) fn requeue(&mut self, task: CloneTask) -> Slot {
+        let Some(slot) = self.find(&task.id) else {
+            return self.insert(task);
+        };
+        let mut record = self.make_record(task);
+        let old = &mut self.records[slot];
+        let created = Time::Created as usize;
+        record.seconds[created] = old.seconds[created];
+        record.nanos[created] = old.nanos[created];
+        record.last_sync = old.last_sync.take();
+        self.put_record(Some(slot), record)
+    }
+
+    fn put_record(&mut self, slot: Option<Slot>, record: Record) -> Slot {
+        if let Some(slot) = slot {
+            self.records[slot] = record;
+            return slot;
+        }
+        let slot = self.records.len();
+        // More than 4 billion tasks do not fit in memory anyway.
+        let key = u32::try_from(slot).unwrap_or(u32::MAX);
+        match record.extra.as_ref().and_then(|e| e.id.as_ref()) {
+            Some(name) => self.by_name.insert(name.clone(), key),
+            None => self.by_hex.insert(record.hex_id, key),
+        };
+        self.records.push(record);
+        slot
+    }
+
+    pub(crate) fn set_node(&mut self, slot: Slot, node: Option<&str>) {
+        let node = node.map_or(0, |n| self.intern(n) + 1);
+        self.records[slot].node = node;
+    }
+
+    fn intern(&mut self, node: &str) -> u32 {
+        if let Some(&i) = self.node_index.get(node) {
+            return i;
+        }
+        let i = u32::try_from(self.nodes.len()).unwrap_or(u32::MAX);
+        let name: Arc<str> = node.into();
+        self.nodes.push(name.clone());
+        self.node_index.insert(name, i);
+        i
+    }
+
+    fn make_record(&mut self, task: CloneTask) -> Record {
+        let node = task.node.as_deref().map_or(0, |n| self.intern(n) + 1);
+        let hex = hex_id(&task.id);
+        let url_len = task.url.len();
+        let mut text = task.url;
+        text.push_str(&task.path);
+        let mut record = Record {
+            hex_id: hex.unwrap_or(0),
+            text: text.into_boxed_str(),
+            url_len,
+            last_sync: None,
+            extra: None,
+            seconds: [0; 4],
+            nanos: [UNSET; 4],
+            attempts: task.attempts,
+            node,
+            operation: task.operation,
+            status: task.status.status_type,
+            progress: task.status.progress,
+            phase: task.phase,
+            error_code: task.error_code,
+        };
+        record.set_last_sync(task.last_sync.as_ref());
+        record.set_time(Time::Created, Some(task.created_at));
+        record.set_time(Time::Updated, Some(task.updated_at));
+        record.set_time(Time::Started, task.started_at);
+        record.set_time(Time::Finished, task.finished_at);
+        let extra = Extra {
+            id: hex.is_none().then(|| task.id.into_boxed_str()),
+            error: task.status.error.map(String::into_boxed_str),
+            idempotency_key: task.idempotency_key.map(String::into_boxed_str),
+        };
+        if !extra.is_empty() {
+            record.extra = Some(Box::new(extra));
+        }
+        record
+    }
+
+    /// The task in `slot`, as a `CloneTask`.
+    pub(crate) fn task(&self, slot: Slot) -> CloneTask {
+        let r = &self.records[slot];
+        let extra = r.extra.as_deref();
+        let text = |f: fn(&Extra) -> &Option<Box<str>>| {
+            extra.and_then(|e| f(e).as_deref()).map(str::to_string)
+        };
+        let epoch = Timestamp::UNIX_EPOCH;
+        CloneTask {
+            id: text(|e| &e.id).unwrap_or_else(|| format!("{:016x}", r.hex_id)),
+            url: r.url().to_string(),
+            operation: r.operation,
+            status: CloneStatus {
+                status_type: r.status,
+                progress: r.progress,
+                error: text(|e| &e.error),
+            },
+            phase: r.phase,
+            error_code: r.error_code,
+            path: r.path().to_string(),
+            attempts: r.attempts,
+            created_at: r.time(Time::Created).unwrap_or(epoch),
+            updated_at: r.time(Time::Updated).unwrap_or(epoch),
+            started_at: r.time(Time::Started),
+            finished_at: r.time(Time::Finished),
+            node: r
+                .node
+                .checked_sub(1)
+                .and_then(|i| self.nodes.get(i as usize))
+                .map(|n| n.to_string()),
+            idempotency_key: text(|e| &e.idempotency_key),
+            last_sync: r.last_sync.as_deref().map(|bytes| {
+                decode_sync(bytes).unwrap_or_else(|| {
+                    tracing::error!("undecodable last result in the registry (a bug)");
+                    SyncResult::default()
+                })
+            }),
+        }
+    }
+
+    /// Every task, oldest first (ties by id).
+    pub(crate) fn tasks(&self) -> Vec<CloneTask> {
+        let mut tasks: Vec<CloneTask> = (0..self.records.len()).map(|s| self.task(s)).collect();
+        tasks.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        tasks
+    }
+}
+
+// The encoding of a `SyncResult`: its counts as LEB128 varints, names as a header varint (0:
+// none, else 1 + (length << 2 | prefix), the prefix being one of `PREFIXES`) and the rest of
+// the bytes, object ids of 40 or 64 lowercase hex digits as 20 or 32 bytes. A small
+// repository's result takes under 100 bytes instead of several hundred.
+
+const PREFIXES: [&str; 4] = ["", "refs/heads/", "refs/tags/", "refs/remotes/"];
+
+const OID_NONE: u8 = 0;
+const OID_SAME_AS_HEAD: u8 = 1;
+const OID_SHA1: u8 = 2;
+const OID_SHA256: u8 = 3;
+const OID_TEXT: u8 = 4;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn put_name(out: &mut Vec<u8>, name: Option<&str>) {
+    let Some(name) = name else {
+        out.push(0);
+        return;
+    };
+    let (prefix, rest) = PREFIXES
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find_map(|(i, p)| name.strip_prefix(p).map(|rest| (i, rest)))
+        .unwrap_or((0, name));
+    put_varint(out, 1 + (((rest.len() as u64) << 2) | prefix as u64));
+    out.extend_from_slice(rest.as_bytes());
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn put_oid(out: &mut Vec<u8>, oid: Option<&str>, head: Option<&str>) {
+    match oid {
+        None => out.push(OID_NONE),
+        Some(oid) if head == Some(oid) => out.push(OID_SAME_AS_HEAD),
+        Some(oid) if (oid.len() == 40 || oid.len() == 64) && is_lower_hex(oid) => {
+            out.push(if oid.len() == 40 {
+                OID_SHA1
+            } else {
+                OID_SHA256
+            });
+            for pair in oid.as_bytes().chunks(2) {
+                out.push((hex_value(pair[0]) << 4) | hex_value(pair[1]));
+            }
+        }
+        Some(oid) => {
+            out.push(OID_TEXT);
+            put_varint(out, oid.len() as u64);
+            out.extend_from_slice(oid.as_bytes());
+        }
+    }
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        _ => digit - b'a' + 10,
+    }
+}
+
+/// `result` as a compact byte string; [`decode_sync`] gives it back.
+pub(crate) fn encode_sync(result: &SyncResult) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(64);
+    for n in [
+        result.num_refs_created,
+        result.num_refs_updated,
+        result.num_refs_deleted,
+        result.num_branches,
+        result.new_commits,
+        result.total_commits,
+        result.bytes_received,
+        result.duration_ms,
+    ] {
+        put_varint(&mut out, n);
+    }
+    for list in [
+        &result.refs_created,
+        &result.refs_updated,
+        &result.refs_deleted,
+    ] {
+        put_varint(&mut out, list.len() as u64);
+        for name in list {
+            put_name(&mut out, Some(name));
+        }
+    }
+    put_name(&mut out, result.default_branch.as_deref());
+    let head = result.head_commit.as_deref();
+    put_oid(&mut out, head, None);
+    put_varint(&mut out, result.branches.len() as u64);
+    for branch in &result.branches {
+        put_name(&mut out, Some(&branch.name));
+        put_oid(&mut out, Some(&branch.commit), head);
+    }
+    out.into_boxed_slice()
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl Reader<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (&b, rest) = self.bytes.split_first()?;
+        self.bytes = rest;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if n > self.bytes.len() {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn len(&mut self) -> Option<usize> {
+        usize::try_from(self.varint()?).ok()
+    }
+
+    fn text(&mut self, n: usize) -> Option<&str> {
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+
+    fn name(&mut self) -> Option<Option<String>> {
+        let header = self.varint()?;
+        if header == 0 {
+            return Some(None);
+        }
+        let v = header - 1;
+        let prefix = PREFIXES[(v & 3) as usize];
+        let rest = self.text(usize::try_from(v >> 2).ok()?)?;
+        Some(Some(format!("{prefix}{rest}")))
+    }
+
+    fn names(&mut self) -> Option<Vec<String>> {
+        let n = self.len()?;
+        let mut names = Vec::with_capacity(n.min(self.bytes.len()));
+        for _ in 0..n {
+            names.push(self.name()??);
+        }
+        Some(names)
+    }
+
+    fn oid(&mut self, head: Option<&str>) -> Option<Option<String>> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let hex = |bytes: &[u8]| {
+            let mut s = String::with_capacity(bytes.len() * 2);
+            for b in bytes {
+                s.push(DIGITS[usize::from(b >> 4)] as char);
+                s.push(DIGITS[usize::from(b & 15)] as char);
+            }
+            s
+        };
+        Some(Some(match self.byte()? {
+            OID_NONE => return Some(None),
+            OID_SAME_AS_HEAD => head?.to_string(),
+            OID_SHA1 => hex(self.take(20)?),
+            OID_SHA256 => hex(self.take(32)?),
+            OID_TEXT => {
+                let n = self.len()?;
+                self.text(n)?.to_string()
+            }
+            _ => return None,
+        }))
+    }
+}
+
+/// The `SyncResult` [`encode_sync`] encoded; `None` if `bytes` are not such an encoding.
+pub(crate) fn decode_sync(bytes: &[u8]) -> Option<SyncResult> {
+    let mut r = Reader { bytes };
+    let mut counts = [0u64; 8];
+    for c in &mut counts {
+        *c = r.varint()?;
+    }
+    let refs_created = r.names()?;
+    let refs_updated = r.names()?;
+    let refs_deleted = r.names()?;
+    let default_branch = r.name()?;
+    let head_commit = r.oid(None)?;
+    let n = r.len()?;
+    let mut branches = Vec::with_capacity(n.min(r.bytes.len()));
+    for _ in 0..n {
+        let name = r.name()??;
+        let commit = r.oid(head_commit.as_deref())??;
+        branches.push(Branch { name, commit });
+    }
+    if !r.bytes.is_empty() {
+        return None;
+    }
+    let [
+        num_refs_created,
+        num_refs_updated,
+        num_refs_deleted,
+        num_branches,
+        new_commits,
+        total_commits,
+        bytes_received,
+        duration_ms,
+    ] = counts;
+    Some(SyncResult {
+        num_refs_created,
+        num_refs_updated,
+        num_refs_deleted,
+        num_branches,
+        refs_created,
+        refs_updated,
+        refs_deleted,
+        new_commits,
+        total_commits,
+        default_branch,
+        head_commit,
+        branches,
+        bytes_received,
+        duration_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(second: i64, nanosecond: i32) -> Timestamp {
+        Timestamp::new(second, nanosecond).expect("a valid timestamp")
+    }
+
+    fn full_result() -> SyncResult {
+        SyncResult {
+            num_refs_created: 250,
+            num_refs_updated: 2,
+            num_refs_deleted: u64::MAX,
+            num_branches: 3,
+            refs_created: vec![
+                "refs/heads/main".into(),
+                "refs/tags/v1.0".into(),
+                "refs/remotes/origin/HEAD".into(),
+                "refs/notes/commits".into(),
+                "refs/heads/".into(),
+                "refs/heads/ünïcødé/ブランチ".into(),
+                String::new(),
+            ],
+            refs_updated: vec!["HEAD".into(), "refs/pull/1/head".into()],
+            refs_deleted: vec!["refs/tags/old".into()],
+            new_commits: 1 << 40,
+            total_commits: 127,
+            default_branch: Some("main".into()),
+            head_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+            branches: vec![
+                Branch {
+                    name: "main".into(),
+                    commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                },
+                Branch {
+                    name: "sha256".into(),
+                    commit: "ab".repeat(32),
+                },
+                Branch {
+                    name: "upper".into(),
+                    commit: "0123456789ABCDEF0123456789ABCDEF01234567".into(),
+                },
+                Branch {
+                    name: "short".into(),
+                    commit: "abc".into(),
+                },
+                Branch {
+                    name: "odd".into(),
+                    commit: "0123456789abcdef0123456789abcdef0123456g".into(),
+                },
+                Branch {
+                    name: String::new(),
+                    commit: String::new(),
+                },
+            ],
+            bytes_received: 12_345_678,
+            duration_ms: 0,
+        }
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let mut without_head = full_result();
+        without_head.head_commit = None;
+        without_head.default_branch = Some(String::new());
+        let mut head_not_hex = full_result();
+        head_not_hex.head_commit = Some("not an id".into());
+        head_not_hex.branches[0].commit = "not an id".into();
+        for result in [
+            SyncResult::default(),
+            full_result(),
+            without_head,
+            head_not_hex,
+        ] {
+            let bytes = encode_sync(&result);
+            assert_eq!(decode_sync(&bytes), Some(result.clone()), "{bytes:?}");
+            // Every truncation is refused, not misread.
+            for n in 0..bytes.len() {
+                assert_eq!(decode_sync(&bytes[..n]), None, "truncated to {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_small_repositorys_result_is_small() {
+        let result = SyncResult {
+            num_refs_created: 3,
+            num_branches: 2,
+            refs_created: vec![
+                "refs/heads/dev".into(),
+                "refs/heads/main".into(),
+                "refs/tags/v1.0".into(),
+            ],
+            new_commits: 5,
+            total_commits: 5,
+            default_branch: Some("main".into()),
+            head_commit: Some("a".repeat(40)),
+            branches: vec![
+                Branch {
+                    name: "dev".into(),
+                    commit: "b".repeat(40),
+                },
+                Branch {
+                    name: "main".into(),
+                    commit: "a".repeat(40),
+                },
+            ],
+            bytes_received: 9_000,
+            duration_ms: 120,
+            ..SyncResult::default()
+        };
+        let bytes = encode_sync(&result);
+        assert!(bytes.len() <= 96, "{} bytes", bytes.len());
+        assert_eq!(decode_sync(&bytes), Some(result));
+    }
+
+    fn tasks() -> Vec<CloneTask> {
+        let plain = CloneTask::new(
+            "00000000000000ab".into(),
+            "git://h/o/r".into(),
+            Operation::Mirror,
+            "/x/h/o/r.git".into(),
+            at(1_700_000_000, 123_456_789),
+        );
+        let mut full = plain.clone();
+        full.id = "ffffffffffffffff".into();
+        full.url = "https://例え.jp/ö/r".into();
+        full.path = String::new();
+        full.operation = Operation::Checkout;
+        full.status = CloneStatus {
+            status_type: StatusType::Failed,
+            progress: Some(42),
+            error: Some("network: connection refused".into()),
+        };
+        full.phase = Some(Phase::CheckingOut);
+        full.error_code = Some(ErrorCode::Network);
+        full.attempts = u32::MAX;
+        full.created_at = Timestamp::MIN;
+        full.updated_at = Timestamp::MAX;
+        full.started_at = Some(at(-1, -1));
+        full.finished_at = Some(Timestamp::UNIX_EPOCH);
+        full.node = Some("node-1".into());
+        full.idempotency_key = Some(String::new());
+        full.last_sync = Some(full_result());
+        let mut odd_ids = Vec::new();
+        for id in [
+            "",
+            "0123456789ABCDEF",
+            "0123456789abcdef0",
+            "0123456789abcde",
+            "+123456789abcdef",
+            "a task",
+        ] {
+            let mut t = full.clone();
+            t.id = id.into();
+            t.node = Some("node-2".into());
+            odd_ids.push(t);
+        }
+        let mut cloning = plain.clone();
+        cloning.id = "0000000000000000".into();
+        cloning.status = CloneStatus::cloning(7);
+        cloning.started_at = Some(at(1_700_000_001, 0));
+        cloning.node = Some("node-1".into());
+        let mut tasks = vec![plain, full, cloning];
+        tasks.extend(odd_ids);
+        tasks
+    }
+
+    #[test]
+    fn tasks_round_trip() {
+        let mut table = TaskTable::default();
+        let tasks = tasks();
+        let slots: Vec<Slot> = tasks.iter().map(|t| table.insert(t.clone())).collect();
+        assert_eq!(table.len(), tasks.len());
+        for (task, slot) in tasks.iter().zip(&slots) {
+            assert_eq!(table.find(&task.id), Some(*slot), "{}", task.id);
+            assert_eq!(&table.task(*slot), task);
+        }
+        assert_eq!(table.find("0000000000000001"), None);
+        assert_eq!(table.find("0123456789abcdeF"), None);
+        let mut sorted = tasks.clone();
+        sorted.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        assert_eq!(table.tasks(), sorted);
+        // Replacing keeps one task per id.
+        let mut again = tasks[1].clone();
+        again.status = CloneStatus::queued();
+        again.last_sync = None;
+        assert_eq!(table.insert(again.clone()), slots[1]);
+        assert_eq!(table.len(), tasks.len());
+        assert_eq!(table.task(slots[1]), again);
+    }
+
+    #[test]
+    fn requeue_keeps_creation_and_last_result() {
+        let mut table = TaskTable::default();
+        let old = tasks()[1].clone();
+        table.insert(old.clone());
+        let mut new = CloneTask::new(
+            old.id.clone(),
+            "git://other/url".into(),
+            Operation::Sync,
+            "/p".into(),
+            at(1_800_000_000, 5),
+        );
+        let slot = table.requeue(new.clone());
+        new.created_at = old.created_at;
+        new.last_sync = old.last_sync.clone();
+        assert_eq!(table.task(slot), new);
+        let fresh = tasks()[0].clone();
+        let slot = table.requeue(fresh.clone());
+        assert_eq!(table.task(slot), fresh);
+    }
+
+    #[test]
+    fn setters_change_what_they_name() {
+        let mut table = TaskTable::default();
+        let mut task = tasks()[0].clone();
+        let slot = table.insert(task.clone());
+        let r = table.record_mut(slot);
+        r.set_status(CloneStatus::failed("boom"));
+        r.set_phase(Some(Phase::Resolving));
+        r.set_error_code(Some(ErrorCode::Protocol));
+        r.set_attempts(3);
+        r.set_time(Time::Finished, Some(at(5, 6)));
+        r.set_time(Time::Created, None);
+        r.set_last_sync(Some(&full_result()));
+        table.set_node(slot, Some("n"));
+        task.status = CloneStatus::failed("boom");
+        task.phase = Some(Phase::Resolving);
+        task.error_code = Some(ErrorCode::Protocol);
+        task.attempts = 3;
+        task.finished_at = Some(at(5, 6));
+        task.created_at = Timestamp::UNIX_EPOCH;
+        task.last_sync = Some(full_result());
+        task.node = Some("n".into());
+        assert_eq!(table.task(slot), task);
+        let r = table.record_mut(slot);
+        r.set_status(CloneStatus::completed());
+        assert!(r.extra.is_none(), "an empty extra is dropped");
+        table.set_node(slot, None);
+        task.status = CloneStatus::completed();
+        task.node = None;
+        assert_eq!(table.task(slot), task);
+    }
+
+    #[test]
+    fn a_record_is_small() {
+        assert!(
+            std::mem::size_of::<Record>() <= 120,
+            "{}",
+            std::mem::size_of::<Record>()
+        );
+    }
+}
