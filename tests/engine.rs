@@ -374,6 +374,22 @@ fn checkout_has_a_clean_working_tree_and_remote_tracking_refs() {
     assert_no_credentials_stored(&req.dest, &server.url("alpha.git"));
 }
 
+/// What a sync reports after `Fixtures::mutate` of an alpha-shaped repository.
+fn assert_mutation_synced(result: &SyncResult) {
+    assert_eq!(
+        set(&result.refs_created),
+        BTreeSet::from(["refs/heads/hotfix", "refs/tags/v2.0"])
+    );
+    assert_eq!(
+        set(&result.refs_updated),
+        BTreeSet::from(["refs/heads/feature", "refs/heads/main"])
+    );
+    assert_eq!(
+        set(&result.refs_deleted),
+        BTreeSet::from(["refs/heads/release/1.0", "refs/tags/v0.1"])
+    );
+}
+
 #[test]
 fn sync_reports_upstream_changes_and_converges() {
     let fx = Fixtures::new();
@@ -389,18 +405,7 @@ fn sync_reports_upstream_changes_and_converges() {
         ..mirror.clone()
     };
     let result = store.run(&sync).expect("sync after mutate");
-    assert_eq!(
-        set(&result.refs_created),
-        BTreeSet::from(["refs/heads/hotfix", "refs/tags/v2.0"])
-    );
-    assert_eq!(
-        set(&result.refs_updated),
-        BTreeSet::from(["refs/heads/feature", "refs/heads/main"])
-    );
-    assert_eq!(
-        set(&result.refs_deleted),
-        BTreeSet::from(["refs/heads/release/1.0", "refs/tags/v0.1"])
-    );
+    assert_mutation_synced(&result);
     assert!(result.new_commits >= 2, "{result:?}");
     assert!(result.bytes_received > 0, "{result:?}");
 
@@ -484,18 +489,7 @@ fn sync_of_a_few_changes_among_many_refs() {
         ..mirror.clone()
     };
     let result = store.run(&sync).expect("the sync");
-    assert_eq!(
-        set(&result.refs_created),
-        BTreeSet::from(["refs/heads/hotfix", "refs/tags/v2.0"])
-    );
-    assert_eq!(
-        set(&result.refs_updated),
-        BTreeSet::from(["refs/heads/feature", "refs/heads/main"])
-    );
-    assert_eq!(
-        set(&result.refs_deleted),
-        BTreeSet::from(["refs/heads/release/1.0", "refs/tags/v0.1"])
-    );
+    assert_mutation_synced(&result);
     let (_ref_dir, fresh) = reference_mirror(&url);
     assert_eq!(refs(&mirror.dest), refs(&fresh));
     fsck(&mirror.dest).expect("the synced mirror passes fsck");

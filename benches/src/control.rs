@@ -419,35 +419,50 @@ impl ControlSpec {
     }
 }
 
-/// The headline numbers of `run_all`'s result, one per line on stderr.
-pub fn print_summary(control: &Value) {
+/// The headline numbers of `run_all`'s result as (measurement, result) pairs: the rows of the
+/// report's control-plane table and of the `--only control` summary.
+pub fn summary_rows(control: &Value) -> Vec<(String, String)> {
+    let mut rows = Vec::new();
     for d in control["dispatch"].as_array().into_iter().flatten() {
-        eprintln!(
-            "control: Fleet dispatch, {} store, {} tasks: {:.0} tasks/s ({} completed)",
-            d["store"].as_str().unwrap_or("?"),
-            d["tasks"],
-            d["tasks_per_s"].as_f64().unwrap_or(0.0),
-            d["completed"],
-        );
+        rows.push((
+            format!(
+                "Fleet dispatch, {} store, {} tasks",
+                d["store"].as_str().unwrap_or("?"),
+                d["tasks"]
+            ),
+            format!("{:.0} tasks/s", d["tasks_per_s"].as_f64().unwrap_or(0.0)),
+        ));
     }
     for p in control["progress"].as_array().into_iter().flatten() {
-        eprintln!(
-            "control: Registry progress events ({} senders, {}): {:.0} events/s",
-            p["senders"],
-            if p["watched"] == json!(true) {
-                "one watcher"
-            } else {
-                "no watcher"
-            },
-            p["events_per_s"].as_f64().unwrap_or(0.0)
-        );
+        let watcher = if p["watched"] == json!(true) {
+            "one watcher"
+        } else {
+            "no watcher"
+        };
+        rows.push((
+            format!(
+                "Registry progress events ({} senders, {watcher})",
+                p["senders"]
+            ),
+            format!("{:.0} events/s", p["events_per_s"].as_f64().unwrap_or(0.0)),
+        ));
     }
     for m in control["memory"].as_array().into_iter().flatten() {
-        eprintln!(
-            "control: Registry memory at {} completed tasks: {:.0} bytes/task",
-            m["tasks"],
-            m["bytes_per_task"].as_f64().unwrap_or(0.0)
-        );
+        rows.push((
+            format!("Registry memory at {} completed tasks", m["tasks"]),
+            format!(
+                "{:.0} bytes/task",
+                m["bytes_per_task"].as_f64().unwrap_or(0.0)
+            ),
+        ));
+    }
+    rows
+}
+
+/// The headline numbers of `run_all`'s result, one per line on stderr.
+pub fn print_summary(control: &Value) {
+    for (measurement, result) in summary_rows(control) {
+        eprintln!("control: {measurement}: {result}");
     }
 }
 

@@ -746,32 +746,8 @@ fn render_markdown(
     ));
     md.push_str(&report::markdown_table(rows));
     md.push_str("\nControl plane (no-op executor):\n\n| measurement | result |\n|---|---|\n");
-    for d in control["dispatch"].as_array().into_iter().flatten() {
-        md.push_str(&format!(
-            "| Fleet dispatch, {} store, {} tasks | {:.0} tasks/s |\n",
-            d["store"].as_str().unwrap_or("?"),
-            d["tasks"],
-            d["tasks_per_s"].as_f64().unwrap_or(0.0)
-        ));
-    }
-    for p in control["progress"].as_array().into_iter().flatten() {
-        md.push_str(&format!(
-            "| Registry progress events ({} senders, {}) | {:.0} events/s |\n",
-            p["senders"],
-            if p["watched"] == json!(true) {
-                "one watcher"
-            } else {
-                "no watcher"
-            },
-            p["events_per_s"].as_f64().unwrap_or(0.0)
-        ));
-    }
-    for mem in control["memory"].as_array().into_iter().flatten() {
-        md.push_str(&format!(
-            "| Registry memory at {} completed tasks | {:.0} bytes/task |\n",
-            mem["tasks"],
-            mem["bytes_per_task"].as_f64().unwrap_or(0.0)
-        ));
+    for (measurement, result) in control::summary_rows(control) {
+        md.push_str(&format!("| {measurement} | {result} |\n"));
     }
     if let Some(bytes) = report["refs_record_bytes"].as_u64() {
         md.push_str(&format!(

@@ -383,6 +383,15 @@ mod tests {
 
     use super::*;
 
+    async fn spawn(
+        store: Arc<dyn TaskStore>,
+        updates: broadcast::Sender<TaskUpdate>,
+    ) -> (ActorRef<RegistryMsg>, tokio::task::JoinHandle<()>) {
+        Actor::spawn(None, Registry, RegistryArgs { store, updates })
+            .await
+            .expect("spawning a registry")
+    }
+
     /// Keeps every write; with `delay`, takes writes in hand and finishes each after a while
     /// (later writes sooner), as a store committing in groups may.
     #[derive(Default)]
@@ -464,16 +473,7 @@ mod tests {
         const TASKS: usize = 20;
         const EVENTS: usize = 500;
         let (updates, mut rx) = broadcast::channel(100_000);
-        let (registry, handle) = Actor::spawn(
-            None,
-            Registry,
-            RegistryArgs {
-                store: store.clone(),
-                updates,
-            },
-        )
-        .await
-        .expect("spawning a registry");
+        let (registry, handle) = spawn(store.clone(), updates).await;
         for n in 0..TASKS {
             registry
                 .cast(RegistryMsg::Queued(Box::new(queued(n))))
@@ -591,16 +591,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(crate::FileStore::open(dir.path()).expect("open"));
         let (updates, _) = broadcast::channel(16);
-        let (registry, handle) = Actor::spawn(
-            None,
-            Registry,
-            RegistryArgs {
-                store: store.clone(),
-                updates,
-            },
-        )
-        .await
-        .expect("spawning a registry");
+        let (registry, handle) = spawn(store.clone(), updates).await;
         for n in 0..300 {
             let id = format!("{n:016x}");
             registry

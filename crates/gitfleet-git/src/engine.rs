@@ -534,13 +534,7 @@ fn bare_clone(
         .with_fetch_tags(gix::remote::fetch::Tags::None);
     write_remote_config(req, &mut remote, repo.git_dir())?;
 
-    let mut connection = match daemon_transport(req)? {
-        Some(transport) => remote.to_connection_with_transport(transport),
-        None => remote
-            .connect(Direction::Fetch)
-            .map_err(|e| git_error(req, "clone of", &e))?,
-    };
-    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    let connection = connect(req, &remote, "clone of")?;
     let mut fetch_progress = progress.add_child("fetch");
     let mut options = ref_map_options();
     // HEAD's object even when HEAD is detached; no local ref is written for it.
@@ -668,13 +662,7 @@ fn sync(
         .iter()
         .map(|s| s.to_ref().to_bstring())
         .collect();
-    let mut connection = match daemon_transport(req)? {
-        Some(transport) => remote.to_connection_with_transport(transport),
-        None => remote
-            .connect(Direction::Fetch)
-            .map_err(|e| git_error(req, "sync of", &e))?,
-    };
-    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    let connection = connect(req, &remote, "sync of")?;
     let mut fetch_progress = progress.add_child("fetch");
     let listed = (|| -> gix::Result<Listed> {
         let prepare = connection.prepare_fetch(&mut fetch_progress, ref_map_options())?;
@@ -712,12 +700,13 @@ fn sync(
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
     let pruned = prune(req, &repo, &specs, &upstream)?;
+    // Nothing written: the refs are still `before`.
     let after = if received || pruned {
-        ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?
+        Some(ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?)
     } else {
-        before.clone()
+        None
     };
-    let mut result = summarize(req, &repo, &before, &after)?;
+    let mut result = summarize(req, &repo, &before, after.as_ref().unwrap_or(&before))?;
     result.bytes_received = pack_bytes;
     Ok(result)
 }
@@ -782,13 +771,7 @@ fn fetch_only(
         .and_then(|r| r.with_refspecs(specs.iter().map(|s| s.as_bstr()), Direction::Fetch))
         .map_err(|e| git_error(req, "sync of", &e))?
         .with_fetch_tags(gix::remote::fetch::Tags::None);
-    let mut connection = match daemon_transport(req)? {
-        Some(transport) => remote.to_connection_with_transport(transport),
-        None => remote
-            .connect(Direction::Fetch)
-            .map_err(|e| git_error(req, "sync of", &e))?,
-    };
-    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    let connection = connect(req, &remote, "sync of")?;
     // Exact names: the server lists only these refs.
     let options = gix::remote::ref_map::Options {
         prefix_from_spec_as_filter_on_remote: true,
@@ -799,6 +782,30 @@ fn fetch_only(
         .and_then(|prepare| prepare.receive(&mut *progress, interrupt))
         .map(|outcome| pack_size(&outcome.status))
         .map_err(|e| git_error(req, "sync of", &e))
+}
+
+type FetchConnection<'remote, 'repo> = gix::remote::Connection<
+    'remote,
+    'static,
+    'repo,
+    Box<dyn gix_transport::client::blocking_io::Transport + Send>,
+>;
+
+/// A fetch connection to the request's URL with its credentials: over our own git:// transport
+/// (daemon.rs), or gix's for the other schemes. `what` names the operation in errors.
+fn connect<'remote, 'repo>(
+    req: &Request,
+    remote: &'remote gix::Remote<'repo>,
+    what: &str,
+) -> Result<FetchConnection<'remote, 'repo>, TaskError> {
+    let mut connection = match daemon_transport(req)? {
+        Some(transport) => remote.to_connection_with_transport(transport),
+        None => remote
+            .connect(Direction::Fetch)
+            .map_err(|e| git_error(req, what, &e))?,
+    };
+    connection.set_credentials(credentials_helper(req.credentials.clone()));
+    Ok(connection)
 }
 
 /// Our own git:// transport (daemon.rs) for a git:// request; `None` lets gix connect.
