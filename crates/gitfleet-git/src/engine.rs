@@ -500,28 +500,21 @@ fn checkout_clone(
     Ok((repo, pack_size(&fetched.status)))
 }
 
-/// A bare or mirror clone, done here rather than by gix's `PrepareFetch` so that it runs over
-/// one connection of our choosing (daemon.rs): init, write the remote, fetch into packed refs,
-/// point HEAD where the remote's HEAD points — what `git clone --bare/--mirror` does.
+/// A bare or mirror clone, done here rather than by gix's `PrepareFetch`: a repository made as
+/// `git init --bare --template=` does, the remote written, every object fetched over one
+/// connection of our choosing (daemon.rs) and the refs written straight into `packed-refs`
+/// (fresh.rs), HEAD pointed where the remote's HEAD points — what `git clone --bare/--mirror`
+/// does.
 fn bare_clone(
     req: &Request,
     path: &Path,
     progress: &mut ProgressItem,
     interrupt: &AtomicBool,
 ) -> Result<(gix::Repository, u64), TaskError> {
-    let mut repo = gix::ThreadSafeRepository::init_opts(
-        path,
-        gix::create::Kind::Bare,
-        gix::create::Options {
-            destination_must_be_empty: Some(true),
-            ..Default::default()
-        },
-        gix::open::Options::isolated(),
-    )
-    .map_err(|e| git_error(req, "initialising the clone of", &e))?
-    .to_thread_local();
-    repo.committer_or_set_generic_fallback()
-        .map_err(|e| git_error(req, "clone of", &e))?;
+    crate::fresh::init_bare(path)
+        .map_err(|e| storage_error(req, "cannot create the repository", &e))?;
+    let repo = gix::open_opts(path, gix::open::Options::isolated())
+        .map_err(|e| git_error(req, "initialising the clone of", &e))?;
     let specs: &[&str] = if req.operation == Operation::Mirror {
         &["+refs/*:refs/*"]
     } else {
@@ -534,39 +527,26 @@ fn bare_clone(
         .with_fetch_tags(gix::remote::fetch::Tags::None);
     write_remote_config(req, &mut remote, repo.git_dir())?;
 
-    let connection = connect(req, &remote, "clone of")?;
+    let mut transport = open_transport(req, &repo, &remote, "clone of")?;
+    let mut authenticate = credentials_helper(req.credentials.clone());
     let mut fetch_progress = progress.add_child("fetch");
-    let mut options = ref_map_options();
-    // HEAD's object even when HEAD is detached; no local ref is written for it.
-    options.extra_refspecs.push(
-        gix::refspec::parse("HEAD".into(), gix::refspec::parse::Operation::Fetch)
-            .expect("a valid refspec")
-            .to_owned(),
-    );
-    let message = format!("clone: from {}", req.url.display());
-    let fetched = connection
-        .prepare_fetch(&mut fetch_progress, options)
-        .and_then(|prepare| {
-            prepare
-                .with_write_packed_refs_only(true)
-                .with_reflog_message(gix::remote::fetch::RefLogMessage::Override {
-                    message: message.clone().into(),
-                })
-                .receive(&mut fetch_progress, interrupt)
-        });
-    let outcome = match fetched {
-        Ok(outcome) => outcome,
-        // An empty repository: nothing to fetch; HEAD stays what init made it.
-        Err(e) if describe(&e, &req.redactor).contains("matched any of the") => {
-            return Ok((repo, 0));
-        }
-        Err(e) => return Err(git_error(req, "clone of", &e)),
-    };
+    let fetched = crate::fresh::fetch(
+        &repo,
+        &mut transport,
+        &mut authenticate,
+        specs,
+        &mut fetch_progress,
+        interrupt,
+    )
+    .map_err(|e| git_error(req, "clone of", &e))?;
     if interrupt.load(Ordering::SeqCst) {
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
-    set_head_like_remote(req, &repo, &outcome.ref_map.remote_refs)?;
-    Ok((repo, pack_size(&outcome.status)))
+    fetched
+        .write_refs(repo.git_dir())
+        .map_err(|e| storage_error(req, "cannot write the refs", &e))?;
+    set_head_like_remote(req, &repo, &fetched.remote_refs)?;
+    Ok((repo, fetched.pack_bytes))
 }
 
 /// `[remote "origin"]` with the URL and refspecs (and `mirror = true` for a mirror), as `git clone`
@@ -826,6 +806,40 @@ fn daemon_transport(
                 .redact(&format!("cannot reach {}: {e}", req.url.display())),
         )),
     }
+}
+
+/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, configured
+/// from the repository's (isolated) configuration as gix's `Remote::connect` does.
+fn open_transport(
+    req: &Request,
+    repo: &gix::Repository,
+    remote: &gix::Remote<'_>,
+    what: &str,
+) -> Result<Box<dyn gix_transport::client::blocking_io::Transport + Send>, TaskError> {
+    if let Some(transport) = daemon_transport(req)? {
+        return Ok(transport);
+    }
+    let (url, version) = remote
+        .sanitized_url_and_version(Direction::Fetch)
+        .map_err(|e| git_error(req, what, &e))?;
+    let options = repo
+        .transport_options(url.to_bstring().as_bstr(), None)
+        .map_err(|e| git_error(req, what, &e))?;
+    let mut transport = gix_transport::client::blocking_io::connect::connect(
+        url,
+        gix_transport::client::blocking_io::connect::Options {
+            version,
+            ssh: Default::default(),
+            trace: false,
+        },
+    )
+    .map_err(|e| git_error(req, what, &e))?;
+    if let Some(options) = options {
+        transport
+            .configure(&*options)
+            .map_err(|e| git_error(req, what, &e))?;
+    }
+    Ok(transport)
 }
 
 /// Whether every ref the fetch would write already has the id the remote advertises.

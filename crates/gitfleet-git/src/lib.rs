@@ -7,6 +7,7 @@
 mod daemon;
 mod engine;
 mod error;
+mod fresh;
 mod layout;
 mod progress;
 mod secret;
