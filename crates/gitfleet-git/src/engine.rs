@@ -182,13 +182,12 @@ pub fn execute(
         let layout = layout.clone();
         let interrupt = control.interrupt.clone();
         let commit = commit.clone();
-        let spawned = std::thread::Builder::new()
-            .name("gitfleet-git".into())
-            .spawn(move || {
-                let progress = root.add_child("gitfleet");
-                let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
-                let _ = tx.send(Event::Done(Box::new(result)));
-            });
+        let spawned = crate::threads::spawn(Box::new(move || {
+            let _running = crate::threads::Running::start();
+            let progress = root.add_child("gitfleet");
+            let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
+            let _ = tx.send(Event::Done(Box::new(result)));
+        }));
         if let Err(e) = spawned {
             return Err(TaskError::new(
                 ErrorCode::Internal,
@@ -625,7 +624,9 @@ fn sync(
     commit: &Commit,
     events: &mpsc::Sender<Event>,
 ) -> Result<SyncResult, TaskError> {
-    let repo = gix::open_opts(&req.dest, gix::open::Options::isolated())
+    let options = gix::open::Options::isolated()
+        .config_overrides([format!("pack.threads={}", crate::threads::pack_threads())]);
+    let repo = gix::open_opts(&req.dest, options)
         .map_err(|e| git_error(req, "opening the repository of", &e))?;
     let before = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
     let remote = match repo.find_remote("origin") {
@@ -679,12 +680,23 @@ fn sync(
     if !commit.try_commit() {
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
-    let pruned = prune(req, &repo, &specs, &upstream)?;
-    // Nothing written: the refs are still `before`.
-    let after = if received || pruned {
+    // Nothing received: the refs are still `before` (the repository's lock keeps other tasks out).
+    let fetched = if received {
         Some(ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?)
     } else {
         None
+    };
+    let pruned = prune(
+        req,
+        &repo,
+        &specs,
+        &upstream,
+        fetched.as_ref().unwrap_or(&before),
+    )?;
+    let after = if pruned {
+        Some(ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?)
+    } else {
+        fetched
     };
     let mut result = summarize(req, &repo, &before, after.as_ref().unwrap_or(&before))?;
     result.bytes_received = pack_bytes;
@@ -879,6 +891,7 @@ fn prune(
     repo: &gix::Repository,
     specs: &[BString],
     upstream: &HashSet<BString>,
+    local: &BTreeMap<String, gix::ObjectId>,
 ) -> Result<bool, TaskError> {
     let prefixes: Vec<String> = specs
         .iter()
@@ -892,29 +905,23 @@ fn prune(
         return Ok(false);
     }
     let mut edits = Vec::new();
-    let refs = repo
-        .references()
-        .map_err(|e| git_error(req, "listing refs of", &e))?;
-    let all = refs
-        .all()
-        .map_err(|e| git_error(req, "listing refs of", &e))?;
-    for reference in all.flatten() {
-        let name = reference.name().as_bstr().to_owned();
-        let name_str = name.to_str_lossy();
-        let Some(id) = reference.target().try_id().map(ToOwned::to_owned) else {
-            continue;
-        };
-        if upstream.contains(&name) || !prefixes.iter().any(|p| name_str.starts_with(p.as_str())) {
+    for (name, id) in local {
+        if upstream.contains(name.as_bytes().as_bstr())
+            || !prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        {
             continue;
         }
+        let Ok(full_name) = gix::refs::FullName::try_from(name.as_str()) else {
+            continue;
+        };
         edits.push(gix::refs::transaction::RefEdit {
             change: gix::refs::transaction::Change::Delete {
                 expected: gix::refs::transaction::PreviousValue::MustExistAndMatch(
-                    gix::refs::Target::Object(id),
+                    gix::refs::Target::Object(*id),
                 ),
                 log: gix::refs::transaction::RefLog::AndReference,
             },
-            name: reference.name().to_owned(),
+            name: full_name,
             deref: false,
         });
     }
@@ -935,6 +942,35 @@ fn ref_snapshot(repo: &gix::Repository) -> gix::Result<BTreeMap<String, gix::Obj
         }
     }
     Ok(out)
+}
+
+/// `<git dir>/gitfleet-commits` caches the number of commits reachable from the refs, with a
+/// digest of the refs it was counted for: a sync that changed nothing reads it instead of walking
+/// the whole history again. A missing, stale or unreadable cache only costs the walk.
+const COMMITS_CACHE: &str = "gitfleet-commits";
+
+fn refs_digest(refs: &BTreeMap<String, gix::ObjectId>) -> Option<String> {
+    let mut hasher = gix::hash::hasher(gix::hash::Kind::Sha1);
+    for (name, id) in refs {
+        hasher.update(name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(id.as_bytes());
+    }
+    hasher.try_finalize().ok().map(|digest| digest.to_string())
+}
+
+fn cached_total_commits(git_dir: &Path, digest: Option<&str>) -> Option<u64> {
+    let digest = digest?;
+    let text = std::fs::read_to_string(git_dir.join(COMMITS_CACHE)).ok()?;
+    let (cached_for, total) = text.trim_end().split_once(' ')?;
+    (cached_for == digest).then(|| total.parse().ok()).flatten()
+}
+
+fn store_total_commits(git_dir: &Path, digest: Option<&str>, total: u64) {
+    let Some(digest) = digest else { return };
+    if let Err(e) = std::fs::write(git_dir.join(COMMITS_CACHE), format!("{digest} {total}\n")) {
+        tracing::debug!(error = %e, "cannot cache the commit count");
+    }
 }
 
 fn summarize(
@@ -970,48 +1006,58 @@ fn summarize(
     }
     let changed = result.num_refs_created + result.num_refs_updated > 0;
 
-    let commits_of = |refs: &BTreeMap<String, gix::ObjectId>| -> BTreeSet<gix::ObjectId> {
-        refs.values()
-            .filter_map(|id| {
-                repo.find_object(*id)
-                    .ok()?
-                    .peel_to_commit()
-                    .ok()
-                    .map(|c| c.id)
-            })
-            .collect()
-    };
-    let new_tips = commits_of(after);
-    let old_tips = if changed {
-        commits_of(before)
+    // A no-op sync finds the count in the cache and never loads the object database.
+    let digest = refs_digest(after);
+    let cached = cached_total_commits(repo.git_dir(), digest.as_deref());
+    if let (false, Some(total)) = (changed, cached) {
+        result.total_commits = total;
     } else {
-        BTreeSet::new()
-    };
-    let walk_err = |e: &dyn std::fmt::Display| {
-        TaskError::new(
-            ErrorCode::Protocol,
-            req.redactor
-                .redact(&format!("walking history of {}: {e}", req.url.display())),
-        )
-    };
-    if !new_tips.is_empty() {
-        let all = repo
-            .rev_walk(new_tips.iter().copied())
-            .all()
-            .map_err(|e| walk_err(&e))?;
-        result.total_commits = all.count() as u64;
-        result.new_commits = if !changed {
-            0
-        } else if old_tips.is_empty() {
-            result.total_commits
+        let commits_of = |refs: &BTreeMap<String, gix::ObjectId>| -> BTreeSet<gix::ObjectId> {
+            refs.values()
+                .filter_map(|id| {
+                    repo.find_object(*id)
+                        .ok()?
+                        .peel_to_commit()
+                        .ok()
+                        .map(|c| c.id)
+                })
+                .collect()
+        };
+        let walk_err = |e: &dyn std::fmt::Display| {
+            TaskError::new(
+                ErrorCode::Protocol,
+                req.redactor
+                    .redact(&format!("walking history of {}: {e}", req.url.display())),
+            )
+        };
+        let new_tips = commits_of(after);
+        let old_tips = if changed {
+            commits_of(before)
         } else {
-            let walk = repo
+            BTreeSet::new()
+        };
+        if !new_tips.is_empty() {
+            let all = repo
                 .rev_walk(new_tips.iter().copied())
-                .with_hidden(old_tips.iter().copied())
                 .all()
                 .map_err(|e| walk_err(&e))?;
-            walk.count() as u64
-        };
+            result.total_commits = all.count() as u64;
+            result.new_commits = if !changed {
+                0
+            } else if old_tips.is_empty() {
+                result.total_commits
+            } else {
+                let walk = repo
+                    .rev_walk(new_tips.iter().copied())
+                    .with_hidden(old_tips.iter().copied())
+                    .all()
+                    .map_err(|e| walk_err(&e))?;
+                walk.count() as u64
+            };
+        }
+        if cached != Some(result.total_commits) {
+            store_total_commits(repo.git_dir(), digest.as_deref(), result.total_commits);
+        }
     }
 
     let branch_prefix = if repo.is_bare() {

@@ -11,6 +11,7 @@ mod fresh;
 mod layout;
 mod progress;
 mod secret;
+mod threads;
 mod url;
 
 pub use engine::{Control, Limits, Request, execute, init_tls};
