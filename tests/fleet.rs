@@ -220,14 +220,14 @@ async fn batch_completes_good_urls_and_fails_bad_ones_with_their_codes() {
             .expect("every stored task is listed");
         assert_eq!(task, live, "the store holds the registry's state");
 
-        // On the wire (the record file) progress is present and null.
-        let path = env
-            .layout
-            .state_dir()
-            .join("tasks")
-            .join(format!("{}.json", task.id));
-        let raw = std::fs::read(&path).expect("reading the task record");
-        let json: serde_json::Value = serde_json::from_slice(&raw).expect("the record is JSON");
+        // On the wire (the task's last line in the task log) progress is present and null.
+        let log =
+            std::fs::read(env.layout.state_dir().join("tasks.log")).expect("reading the task log");
+        let json: serde_json::Value = log
+            .split(|&b| b == b'\n')
+            .filter_map(|line| serde_json::from_slice::<serde_json::Value>(line).ok())
+            .rfind(|record| record["id"] == task.id.as_str())
+            .expect("the task has a record in the log");
         assert!(
             json["status"]
                 .as_object()

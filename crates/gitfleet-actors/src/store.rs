@@ -1,25 +1,37 @@
-//! Durable task state. The embedded store keeps one JSON file per task under
-//! `<root>/.gitfleet/tasks/`, replaced atomically (write to a temporary file, fsync, rename), so a
-//! reader in another process never sees a half-written record, and a crash leaves every record
-//! as it was before or after a write, never a part of one.
+//! Durable task state. The embedded store is a journal, `<root>/.gitfleet/tasks.log`: one line
+//! per stored state of a task, the `CloneTask` as JSON (`gitfleet_proto::to_json`, compact: a
+//! record holds no newline) followed by `\n`. The last line of a task wins. A line that does not
+//! parse, or the end of the log when it lacks its `\n` (cut by a crash, or being appended right
+//! now), is skipped. Opening a store writes nothing: read-only commands (`gitfleet status`) open
+//! it while another process writes.
 //!
-//! Writes go through a writer thread that commits them in groups: the records of a round are
-//! written and fsynced on several threads at once (the filesystem's journal commits fsyncs that
-//! overlap together), then the directory is fsynced once, then the round's puts resolve.
-//! Several states of one task waiting together are one write (the last one wins). A final
-//! state (completed, failed) goes into the next round, and its `put` resolves once it is
-//! durable. An intermediate state (queued, cloning) is re-derivable (the task is submitted again
-//! or resumed as unfinished): its `put` resolves at once, and it is written [`LINGER`] later
-//! unless a later state of the task replaced it by then, or earlier on [`TaskStore::flush`]
-//! (the Registry flushes before it answers `Get` or `List`), `put_sync` or when the store is
-//! dropped. A crash can lose the intermediate states of the last [`LINGER`], nothing else.
+//! Writes go through a writer thread that commits them in groups: a round appends the records
+//! of the round with one write to the log (kept open for appending), fsyncs it once, then
+//! resolves the round's puts. Several states of one task waiting together are one record (the
+//! last one wins). A final state (completed, failed) goes into the next round, and its `put`
+//! resolves once it is durable. An intermediate state (queued, cloning) is re-derivable (the
+//! task is submitted again or resumed as unfinished): its `put` resolves at once, and it is
+//! written [`LINGER`] later unless a later state of the task replaced it by then, or earlier on
+//! [`TaskStore::flush`] (the Registry flushes before it answers `Get` or `List`), `put_sync` or
+//! when the store is dropped. A crash can lose the intermediate states of the last [`LINGER`],
+//! never a final state whose `put` resolved; it may leave a torn last line, which readers skip.
+//!
+//! The writer thread opens the log on its first round (the process holds the root lock by
+//! then). It first cuts the log after its last whole record (appending after a torn tail would
+//! glue the next record onto it; a JSON object with an `id` counts as one even if this version
+//! cannot read the rest, as compaction keeps it: a newer version may have written it), then
+//! moves the records of the former layout (one file per task, `tasks/<id>.json`, which readers
+//! still read, the log winning) into the log and removes them. After a round, once the log has grown past [`COMPACT_FACTOR`] times its size after the
+//! last compaction plus [`COMPACT_SLACK`], the writer compacts it: the last record of every task
+//! is copied into `tasks.log.tmp`, which is fsynced and renamed over the log, so that a reader
+//! reads the old log or the new one, never a mix.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
 use std::future::Future;
-use std::io::Write;
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -54,7 +66,7 @@ pub trait TaskStore: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct FileStore {
-    dir: PathBuf,
+    state_dir: PathBuf,
     writer: Arc<WriterHandle>,
 }
 
@@ -62,8 +74,17 @@ pub struct FileStore {
 /// its task instead).
 pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
-/// Records fsynced at once in one round, at most (each on a thread of its own).
-const MAX_PARALLEL_SYNCS: usize = 16;
+/// The task log, in the state directory.
+const LOG: &str = "tasks.log";
+/// A compacted log while it is written, renamed over [`LOG`] once complete.
+const COMPACTING: &str = "tasks.log.tmp";
+/// The former layout: one `<id>.json` file per task in this directory of the state directory.
+const LEGACY_DIR: &str = "tasks";
+
+/// The log is compacted once it is larger than this many times its size after the last
+/// compaction (or when the writer opened it), plus [`COMPACT_SLACK`].
+const COMPACT_FACTOR: u64 = 4;
+const COMPACT_SLACK: u64 = 4 << 20;
 
 /// The writer thread of a store and its clones; dropping the last handle lets it write what is
 /// waiting and waits for it.
@@ -75,13 +96,15 @@ struct WriterHandle {
 impl std::fmt::Debug for WriterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriterHandle")
-            .field("dir", &self.shared.dir)
+            .field("state_dir", &self.shared.state_dir)
             .finish()
     }
 }
 
 struct Shared {
-    dir: PathBuf,
+    state_dir: PathBuf,
+    /// [`COMPACT_SLACK`], lowered by tests.
+    compact_slack: u64,
     queue: Mutex<Queue>,
     wake: Condvar,
 }
@@ -178,6 +201,11 @@ impl Shared {
     }
 
     fn run(&self) {
+        let mut writer = Writer {
+            state_dir: self.state_dir.clone(),
+            compact_slack: self.compact_slack,
+            log: None,
+        };
         let mut queue = self.lock();
         loop {
             let now = Instant::now();
@@ -203,90 +231,444 @@ impl Shared {
                 continue;
             }
             drop(queue);
-            let result = self.commit(batch);
+            let result = writer.commit(batch);
             for flush in flushes {
                 flush.resolve(&result);
             }
             queue = self.lock();
         }
     }
+}
 
-    /// Writes every record of `batch` and resolves their waiters once they are durable; the
-    /// first error, if any.
-    fn commit(&self, batch: Vec<Pending>) -> std::io::Result<()> {
+/// The writer thread's side of the log.
+struct Writer {
+    state_dir: PathBuf,
+    compact_slack: u64,
+    /// Opened on the first round, and again after an error.
+    log: Option<Log>,
+}
+
+/// The log, opened for appending.
+struct Log {
+    file: File,
+    /// Its length, as this thread wrote it.
+    len: u64,
+    /// Its length after the last compaction, or when it was opened.
+    base: u64,
+}
+
+impl Writer {
+    /// Appends every record of `batch`, fsyncs the log and resolves their waiters (with the
+    /// error, if any); then compacts the log if it is due.
+    fn commit(&mut self, batch: Vec<Pending>) -> std::io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let mut results: Vec<std::io::Result<()>> = Vec::with_capacity(batch.len());
-        let threads = batch.len().min(MAX_PARALLEL_SYNCS);
-        if threads <= 1 {
-            results.extend(batch.iter().map(|p| write_record(&self.dir, &p.task)));
-        } else {
-            // fsync blocks without using a CPU, and the journal commits fsyncs that overlap
-            // together: records written on several threads cost about one commit.
-            let next = AtomicUsize::new(0);
-            let done: Vec<Vec<(usize, std::io::Result<()>)>> = std::thread::scope(|s| {
-                let workers: Vec<_> = (0..threads)
-                    .map(|_| {
-                        s.spawn(|| {
-                            let mut done = Vec::new();
-                            loop {
-                                let i = next.fetch_add(1, Ordering::Relaxed);
-                                let Some(p) = batch.get(i) else {
-                                    return done;
-                                };
-                                done.push((i, write_record(&self.dir, &p.task)));
-                            }
-                        })
-                    })
-                    .collect();
-                workers
-                    .into_iter()
-                    .map(|w| w.join().unwrap_or_default())
-                    .collect()
-            });
-            results.extend((0..batch.len()).map(|_| Err(writer_gone())));
-            for (i, result) in done.into_iter().flatten() {
-                results[i] = result;
+        let mut records = Vec::with_capacity(batch.len() * 512);
+        for pending in &batch {
+            push_record(&mut records, &pending.task);
+        }
+        let result = self.append(&records);
+        if let Err(e) = &result {
+            tracing::error!(
+                records = batch.len(),
+                first = %batch[0].task.id,
+                error = %e,
+                "cannot write task records"
+            );
+            // The append may have left a part of a record: the next round opens the log again,
+            // which cuts it.
+            self.log = None;
+        }
+        for pending in batch {
+            for waiter in pending.waiters {
+                waiter.resolve(&result);
             }
         }
-        // The renames are durable once the directory is.
-        if results.iter().any(Result::is_ok)
-            && let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all())
-        {
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(std::io::Error::new(e.kind(), e.to_string()));
-            }
+        if result.is_ok() {
+            self.compact_if_due();
         }
-        let mut first_error = Ok(());
-        for (pending, result) in batch.into_iter().zip(&results) {
-            if let Err(e) = result {
-                tracing::error!(task = %pending.task.id, error = %e, "cannot write task record");
-                if first_error.is_ok() {
-                    first_error = copy_result(result);
+        result
+    }
+
+    fn append(&mut self, records: &[u8]) -> std::io::Result<()> {
+        let log = self.log()?;
+        log.file.write_all(records)?;
+        log.file.sync_data()?;
+        log.len += records.len() as u64;
+        Ok(())
+    }
+
+    fn log(&mut self) -> std::io::Result<&mut Log> {
+        let log = match self.log.take() {
+            Some(log) => log,
+            None => self.open()?,
+        };
+        Ok(self.log.insert(log))
+    }
+
+    /// Opens the log for appending: cuts a torn tail, moves the records of the former layout
+    /// into it.
+    fn open(&self) -> std::io::Result<Log> {
+        std::fs::create_dir_all(&self.state_dir)?;
+        let path = self.state_dir.join(LOG);
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        let whole = last_record_end(&file, len)?;
+        if whole < len {
+            tracing::warn!(
+                path = %path.display(),
+                bytes = len - whole,
+                "cutting the torn end of the task log"
+            );
+            file.set_len(whole)?;
+            file.sync_data()?;
+        }
+        match std::fs::remove_file(self.state_dir.join(COMPACTING)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(error = %e, "cannot remove an unfinished compaction of the task log");
+            }
+            _ => {}
+        }
+        let mut log = Log {
+            file,
+            len: whole,
+            base: whole,
+        };
+        self.migrate(&mut log)?;
+        // The log's name is durable once the directory is.
+        sync_dir(&self.state_dir)?;
+        log.base = log.len;
+        Ok(log)
+    }
+
+    /// Appends the records of the former layout that the log does not hold a record of the
+    /// task of (readers let the log win) to the log, then removes them. Unreadable ones stay.
+    fn migrate(&self, log: &mut Log) -> std::io::Result<()> {
+        let dir = self.state_dir.join(LEGACY_DIR);
+        let Some(files) = legacy_files(&dir)? else {
+            return Ok(());
+        };
+        // The tasks the log holds a record of (after a migration that stopped half-way), read
+        // when a readable former record is found.
+        let mut in_log: Option<HashSet<String>> = None;
+        let mut records = Vec::new();
+        let mut moved = Vec::new();
+        let mut written = 0usize;
+        for path in files {
+            match read_legacy(&path) {
+                Ok(Some(task)) => {
+                    let in_log = match &mut in_log {
+                        Some(in_log) => in_log,
+                        None => in_log.insert(self.ids_in_log(log.len)?),
+                    };
+                    if !in_log.contains(&task.id) {
+                        push_record(&mut records, &task);
+                        written += 1;
+                    }
+                    moved.push(path);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "leaving an unreadable task record in place");
                 }
             }
-            for waiter in pending.waiters {
-                waiter.resolve(result);
+            if records.len() >= 1 << 20 {
+                log.file.write_all(&records)?;
+                log.len += records.len() as u64;
+                records.clear();
             }
         }
-        first_error
+        log.file.write_all(&records)?;
+        log.len += records.len() as u64;
+        // Records found in the log are durable before their files go, too.
+        log.file.sync_data()?;
+        for path in &moved {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a moved task record");
+                }
+                _ => {}
+            }
+        }
+        // Temporary files of the former writer, never records.
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp"))
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "leaving the former task record directory in place");
+            }
+        }
+        tracing::info!(
+            moved = moved.len(),
+            written,
+            "moved the task records into the task log"
+        );
+        Ok(())
+    }
+
+    /// The tasks the first `len` bytes of the log hold a record of that this version reads.
+    fn ids_in_log(&self, len: u64) -> std::io::Result<HashSet<String>> {
+        let mut ids = HashSet::new();
+        if len > 0 {
+            let path = self.state_dir.join(LOG);
+            for_each_line(&path, |offset, line| {
+                if offset < len
+                    && let Some(task) = parse_line(&path, offset, line)
+                {
+                    ids.insert(task.id);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(ids)
+    }
+
+    /// Compacts the log if it grew enough since it was last compacted; an error is logged, and
+    /// compaction is tried again once the log has grown as much again.
+    fn compact_if_due(&mut self) {
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        if log.len
+            <= COMPACT_FACTOR
+                .saturating_mul(log.base)
+                .saturating_add(self.compact_slack)
+        {
+            return;
+        }
+        let before = log.len;
+        match compact(&self.state_dir) {
+            Ok(Some(file)) => {
+                let len = file.metadata().map(|m| m.len());
+                let synced = sync_dir(&self.state_dir);
+                match (len, synced) {
+                    (Ok(len), Ok(())) => {
+                        tracing::info!(before, after = len, "compacted the task log");
+                        self.log = Some(Log {
+                            file,
+                            len,
+                            base: len,
+                        });
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "cannot compact the task log");
+                        // The next round opens the new log (and fsyncs the directory).
+                        self.log = None;
+                    }
+                }
+            }
+            Ok(None) => log.base = log.len,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot compact the task log");
+                log.base = log.len;
+                let _ = std::fs::remove_file(self.state_dir.join(COMPACTING));
+            }
+        }
     }
 }
 
-/// Replaces the record of `task` atomically: a temporary file, written and fsynced, renamed over
-/// the record. A crash leaves the old record or the new one, never a part of one.
-fn write_record(dir: &Path, task: &CloneTask) -> std::io::Result<()> {
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.write_all(&gitfleet_proto::to_json(task))?;
-    file.as_file().sync_data()?;
-    file.persist(record_path(dir, &task.id))
-        .map_err(|e| e.error)?;
-    Ok(())
+/// Appends the line of `task` to `records`.
+fn push_record(records: &mut Vec<u8>, task: &CloneTask) {
+    let start = records.len();
+    records.extend(gitfleet_proto::to_json(task));
+    debug_assert!(!records[start..].contains(&b'\n'), "a record is one line");
+    records.push(b'\n');
 }
 
-fn record_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join(format!("{id}.json"))
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Rewrites the log in `state_dir` with the last record of every task (in their order in the
+/// log; lines that are not records are dropped): written to [`COMPACTING`], fsynced and renamed
+/// over the log. Returns the new log, opened for appending, or `None` if there was nothing to
+/// drop (then nothing changed). Memory is proportional to the number of tasks, not to the size
+/// of the log.
+fn compact(state_dir: &Path) -> std::io::Result<Option<File>> {
+    let path = state_dir.join(LOG);
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut lines = 0u64;
+    for_each_line(&path, |offset, line| {
+        lines += 1;
+        if let Some(id) = record_id(line) {
+            last.insert(id, offset);
+        }
+        Ok(())
+    })?;
+    if lines == last.len() as u64 {
+        return Ok(None);
+    }
+    let mut keep: Vec<u64> = last.into_values().collect();
+    keep.sort_unstable();
+    let tmp = state_dir.join(COMPACTING);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 16, &file);
+    let mut next = keep.iter().peekable();
+    for_each_line(&path, |offset, line| {
+        if next.next_if(|&&at| at == offset).is_some() {
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+        }
+        Ok(())
+    })?;
+    out.flush()?;
+    drop(out);
+    if next.next().is_some() {
+        return Err(std::io::Error::other(
+            "the task log changed while it was compacted",
+        ));
+    }
+    file.sync_data()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(Some(file))
+}
+
+/// The id of the record on `line`, if it holds one: a JSON object with a string `id`, whether
+/// this version can read the rest of it or not (a newer one may have written it; the writer
+/// neither cuts nor compacts such a record away).
+fn record_id(line: &[u8]) -> Option<String> {
+    match serde_json::from_slice::<serde_json::Value>(line).ok()? {
+        serde_json::Value::Object(mut fields) => match fields.remove("id")? {
+            serde_json::Value::String(id) => Some(id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Where the last line of the log (its first `len` bytes) that is whole (ends in `\n`) and holds
+/// a record ends; 0 if there is none. Reads the log from its end.
+fn last_record_end(file: &File, len: u64) -> std::io::Result<u64> {
+    let mut window: u64 = 1 << 16;
+    loop {
+        let start = len.saturating_sub(window);
+        let mut buf = vec![0; usize::try_from(len - start).map_err(std::io::Error::other)?];
+        let mut reader = file;
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(&mut buf)?;
+        let Some(mut end) = buf.iter().rposition(|&b| b == b'\n') else {
+            if start == 0 {
+                return Ok(0);
+            }
+            window = window.saturating_mul(2);
+            continue;
+        };
+        loop {
+            let line_start = match buf[..end].iter().rposition(|&b| b == b'\n') {
+                Some(newline) => newline + 1,
+                None if start == 0 => 0,
+                // The line begins before the window.
+                None => break,
+            };
+            if record_id(&buf[line_start..end]).is_some() {
+                return Ok(start + end as u64 + 1);
+            }
+            if line_start == 0 {
+                return Ok(0);
+            }
+            end = line_start - 1;
+        }
+        window = window.saturating_mul(2);
+    }
+}
+
+/// Calls `each` with the offset and the bytes (without the `\n`) of every whole line of the log
+/// at `path`, in order. A last line without its `\n` (cut by a crash, which the next writer
+/// cuts off, or being appended right now) is skipped. A missing log has no lines.
+fn for_each_line(
+    path: &Path,
+    mut each: impl FnMut(u64, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            // Not a warning: a reader in another process sees this whenever it reads during an
+            // append. The writer warns when it cuts a torn tail.
+            tracing::debug!(path = %path.display(), offset, bytes = n, "skipping the unfinished end of the task log");
+            return Ok(());
+        }
+        each(offset, &line[..n - 1])?;
+        offset += n as u64;
+    }
+}
+
+fn parse_line(path: &Path, offset: u64, line: &[u8]) -> Option<CloneTask> {
+    match gitfleet_proto::from_json(line) {
+        Ok(task) => Some(task),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), offset, error = %e, "skipping an unreadable line of the task log");
+            None
+        }
+    }
+}
+
+/// The `*.json` files of the former layout, `None` if there is no such directory.
+fn legacy_files(dir: &Path) -> std::io::Result<Option<Vec<PathBuf>>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(Some(files))
+}
+
+/// A record of the former layout; `None` if it is gone (moved into the log meanwhile) or
+/// unreadable (with a warning).
+fn read_legacy(path: &Path) -> std::io::Result<Option<CloneTask>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match gitfleet_proto::from_json(&bytes) {
+        Ok(task) => Ok(Some(task)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping unreadable task record");
+            Ok(None)
+        }
+    }
 }
 
 impl Drop for WriterHandle {
@@ -300,11 +682,16 @@ impl Drop for WriterHandle {
 }
 
 impl FileStore {
+    /// The store in `state_dir`. Writes nothing: the log is opened (and created) by the first
+    /// write.
     pub fn open(state_dir: &Path) -> std::io::Result<FileStore> {
-        let dir = state_dir.join("tasks");
-        std::fs::create_dir_all(&dir)?;
+        FileStore::open_with(state_dir, COMPACT_SLACK)
+    }
+
+    fn open_with(state_dir: &Path, compact_slack: u64) -> std::io::Result<FileStore> {
         let shared = Arc::new(Shared {
-            dir: dir.clone(),
+            state_dir: state_dir.to_path_buf(),
+            compact_slack,
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
         });
@@ -319,20 +706,26 @@ impl FileStore {
                 shared,
                 thread: Some(thread),
             }),
-            dir,
+            state_dir: state_dir.to_path_buf(),
         })
     }
 
-    fn path_of(&self, id: &str) -> PathBuf {
-        record_path(&self.dir, id)
-    }
-
+    /// The stored state of task `id` (reads the whole log).
     pub fn get(&self, id: &str) -> std::io::Result<Option<CloneTask>> {
-        match std::fs::read(self.path_of(id)) {
-            Ok(bytes) => Ok(gitfleet_proto::from_json(&bytes).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        let mut found = read_legacy(&self.state_dir.join(LEGACY_DIR).join(format!("{id}.json")))?;
+        // The id as it is written in a record, to parse only the lines that may be its.
+        let needle = gitfleet_proto::to_json(&id);
+        let path = self.state_dir.join(LOG);
+        for_each_line(&path, |offset, line| {
+            if line.windows(needle.len()).any(|w| w == needle.as_slice())
+                && let Some(task) = parse_line(&path, offset, line)
+                && task.id == id
+            {
+                found = Some(task);
+            }
+            Ok(())
+        })?;
+        Ok(found)
     }
 
     /// Queues `task` for the writer thread: in its next round if it is final or someone waits
@@ -420,25 +813,22 @@ impl TaskStore for FileStore {
 impl FileStore {
     /// Every readable record, oldest first.
     pub fn load_all_sync(&self) -> std::io::Result<Vec<CloneTask>> {
-        let mut tasks = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                // Replaced or removed between listing and reading.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            match gitfleet_proto::from_json::<CloneTask>(&bytes) {
-                Ok(task) => tasks.push(task),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "skipping unreadable task record")
-                }
+        let mut tasks: HashMap<String, CloneTask> = HashMap::new();
+        // The former layout first: a record moved into the log meanwhile is in the log, read
+        // next.
+        for path in legacy_files(&self.state_dir.join(LEGACY_DIR))?.unwrap_or_default() {
+            if let Some(task) = read_legacy(&path)? {
+                tasks.insert(task.id.clone(), task);
             }
         }
+        let path = self.state_dir.join(LOG);
+        for_each_line(&path, |offset, line| {
+            if let Some(task) = parse_line(&path, offset, line) {
+                tasks.insert(task.id.clone(), task);
+            }
+            Ok(())
+        })?;
+        let mut tasks: Vec<CloneTask> = tasks.into_values().collect();
         tasks.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
@@ -484,12 +874,46 @@ mod tests {
         t
     }
 
-    /// What is in the directory besides records (temporary files left behind).
+    /// The line the log holds for `task`.
+    fn line(task: &CloneTask) -> Vec<u8> {
+        let mut line = gitfleet_proto::to_json(task);
+        line.push(b'\n');
+        line
+    }
+
+    fn append_by_hand(dir: &Path, bytes: &[u8]) {
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join(LOG))
+            .and_then(|mut f| f.write_all(bytes))
+            .expect("appending to the log");
+    }
+
+    fn log_bytes(dir: &Path) -> Vec<u8> {
+        std::fs::read(dir.join(LOG)).expect("reading the log")
+    }
+
+    /// The whole lines of the log.
+    fn log_lines(dir: &Path) -> Vec<Vec<u8>> {
+        log_bytes(dir)
+            .split_inclusive(|&b| b == b'\n')
+            .filter(|l| l.ends_with(b"\n"))
+            .map(|l| l[..l.len() - 1].to_vec())
+            .collect()
+    }
+
+    fn sorted(mut tasks: Vec<CloneTask>) -> Vec<CloneTask> {
+        tasks.sort_by(|a, b| a.id.cmp(&b.id));
+        tasks
+    }
+
+    /// What is in the state directory besides the log (temporary files, former records).
     fn strays(dir: &Path) -> Vec<PathBuf> {
-        std::fs::read_dir(dir.join("tasks"))
+        std::fs::read_dir(dir)
             .expect("listing")
             .map(|e| e.expect("entry").path())
-            .filter(|p| p.extension().is_none_or(|e| e != "json"))
+            .filter(|p| p.file_name().is_none_or(|n| n != LOG))
             .collect()
     }
 
@@ -505,10 +929,235 @@ mod tests {
             jiff::Timestamp::UNIX_EPOCH,
         );
         store.put_sync(&task).expect("put");
-        std::fs::write(dir.path().join("tasks/broken.json"), b"{\"id\":").expect("write");
-        let all = store.load_all_sync().expect("load");
-        assert_eq!(all, vec![task.clone()]);
+        append_by_hand(
+            dir.path(),
+            b"{\"id\":\nnot json\n\n{\"id\":\"00000000000000ab\"}\n",
+        );
+        store.put_sync(&completed(2)).expect("put after garbage");
+        let want = vec![completed(2), task.clone()];
+        assert_eq!(store.load_all_sync().expect("load"), want);
+        assert_eq!(store.get(&task.id).expect("get"), Some(task.clone()));
+        drop(store);
+        let store = FileStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load_all_sync().expect("load"), want);
         assert_eq!(store.get(&task.id).expect("get"), Some(task));
+        assert_eq!(store.get("0000000000000009").expect("get"), None);
+    }
+
+    #[test]
+    fn a_torn_tail_is_skipped_then_cut_by_the_next_writer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open(dir.path()).expect("open");
+        store.put_sync(&completed(1)).expect("put");
+        drop(store);
+        // A crash in the middle of an append: a line that is not a record, blocks that were
+        // allocated but never written, half a record.
+        let record = gitfleet_proto::to_json(&completed(2));
+        let mut torn = b"{\"not\":\"a record\"}\n".to_vec();
+        torn.extend(std::iter::repeat_n(0u8, 200_000));
+        torn.extend(&record[..record.len() / 2]);
+        append_by_hand(dir.path(), &torn);
+        let len = log_bytes(dir.path()).len();
+
+        let store = FileStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load_all_sync().expect("load"), vec![completed(1)]);
+        assert_eq!(store.get(&completed(2).id).expect("get"), None);
+        assert_eq!(log_bytes(dir.path()).len(), len, "readers write nothing");
+        store
+            .put_sync(&completed(3))
+            .expect("put after the torn tail");
+        drop(store);
+
+        let store = FileStore::open(dir.path()).expect("reopen");
+        assert_eq!(
+            store.load_all_sync().expect("load"),
+            vec![completed(1), completed(3)]
+        );
+        assert_eq!(
+            log_bytes(dir.path()),
+            [line(&completed(1)), line(&completed(3))].concat(),
+            "the torn tail is cut"
+        );
+    }
+
+    #[test]
+    fn last_record_end_finds_the_last_whole_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let end_of = |bytes: &[u8]| {
+            let path = dir.path().join("log");
+            std::fs::write(&path, bytes).expect("write");
+            let file = File::open(&path).expect("open");
+            last_record_end(&file, bytes.len() as u64).expect("scan")
+        };
+        let a = line(&task(1));
+        let b = line(&completed(2));
+        // A record longer than the first window read from the end.
+        let mut long = task(3);
+        long.url = format!("git://h/{}", "x".repeat(100_000));
+        let long = line(&long);
+        let n = |bytes: &[u8]| bytes.len() as u64;
+        assert_eq!(end_of(b""), 0);
+        assert_eq!(end_of(b"{\"id\""), 0);
+        assert_eq!(end_of(b"garbage\n"), 0);
+        assert_eq!(end_of(&a), n(&a));
+        assert_eq!(end_of(&[a.as_slice(), &b].concat()), n(&a) + n(&b));
+        assert_eq!(end_of(&[a.as_slice(), &b[..b.len() - 1]].concat()), n(&a));
+        assert_eq!(end_of(&[a.as_slice(), b"junk\n", &b[..9]].concat()), n(&a));
+        assert_eq!(end_of(&[a.as_slice(), &long].concat()), n(&a) + n(&long));
+        // A record this version cannot read (a newer one wrote it) stays.
+        let newer = b"{\"id\":\"0000000000000005\",\"new\":1}\n";
+        assert_eq!(
+            end_of(&[a.as_slice(), newer, b"x"].concat()),
+            n(&a) + n(newer)
+        );
+        let zeros = vec![0u8; 150_000];
+        assert_eq!(end_of(&[long.as_slice(), &zeros].concat()), n(&long));
+        assert_eq!(
+            end_of(&[a.as_slice(), &long[1..], &zeros, b"\n", &b[..9]].concat()),
+            n(&a)
+        );
+    }
+
+    #[test]
+    fn legacy_records_are_read_then_moved_into_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join(LEGACY_DIR);
+        std::fs::create_dir(&legacy).expect("mkdir");
+        let mut four = task(4);
+        four.attempts = 3;
+        for t in [task(1), completed(2), four.clone()] {
+            std::fs::write(
+                legacy.join(format!("{}.json", t.id)),
+                gitfleet_proto::to_json(&t),
+            )
+            .expect("write");
+        }
+        std::fs::write(legacy.join(".tmpAbC123"), b"{\"id\"").expect("write");
+        // A migration that stopped before it removed the files: the log holds a later state.
+        append_by_hand(dir.path(), &line(&completed(1)));
+
+        let want = vec![completed(1), completed(2), four.clone()];
+        let store = FileStore::open(dir.path()).expect("open");
+        assert_eq!(store.load_all_sync().expect("load"), want);
+        assert_eq!(store.get(&task(1).id).expect("get"), Some(completed(1)));
+        assert_eq!(store.get(&four.id).expect("get"), Some(four.clone()));
+        drop(store);
+        assert_eq!(std::fs::read_dir(&legacy).expect("list").count(), 4);
+
+        let store = FileStore::open(dir.path()).expect("open");
+        store.put_sync(&task(3)).expect("put");
+        assert!(!legacy.exists(), "the former records are gone");
+        assert_eq!(strays(dir.path()), Vec::<PathBuf>::new());
+        let want = vec![completed(1), completed(2), task(3), four.clone()];
+        assert_eq!(store.load_all_sync().expect("load"), want);
+        assert_eq!(
+            log_lines(dir.path()).len(),
+            4,
+            "a record the log has a later state of is not moved"
+        );
+        drop(store);
+        let store = FileStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.load_all_sync().expect("load"), want);
+        assert_eq!(store.get(&task(1).id).expect("get"), Some(completed(1)));
+    }
+
+    #[test]
+    fn an_unreadable_legacy_record_stays_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join(LEGACY_DIR);
+        std::fs::create_dir(&legacy).expect("mkdir");
+        let one = legacy.join(format!("{}.json", task(1).id));
+        std::fs::write(&one, gitfleet_proto::to_json(&task(1))).expect("write");
+        let broken = legacy.join("broken.json");
+        std::fs::write(&broken, b"{\"id\":").expect("write");
+        let store = FileStore::open(dir.path()).expect("open");
+        assert_eq!(store.load_all_sync().expect("load"), vec![task(1)]);
+        store.put_sync(&task(2)).expect("put");
+        assert!(!one.exists());
+        assert!(broken.exists());
+        assert_eq!(store.load_all_sync().expect("load"), vec![task(1), task(2)]);
+    }
+
+    #[tokio::test]
+    async fn opening_and_reading_write_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let store = FileStore::open(&state).expect("open");
+        assert_eq!(store.load_all_sync().expect("load"), vec![]);
+        assert_eq!(store.get(&task(1).id).expect("get"), None);
+        store.flush().expect("flush").await.expect("flushed");
+        drop(store);
+        assert!(!state.exists());
+    }
+
+    #[test]
+    fn compact_keeps_exactly_the_last_record_of_every_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let last = |round: u32, n: usize| {
+            let mut t = if round.is_multiple_of(3) {
+                completed(n)
+            } else {
+                task(n)
+            };
+            t.attempts = round;
+            t
+        };
+        append_by_hand(dir.path(), &line(&completed(5)));
+        for round in 0..10 {
+            for n in 0..5 {
+                append_by_hand(dir.path(), &line(&last(round, n)));
+            }
+            append_by_hand(dir.path(), b"not a record\n");
+        }
+        // The last record of task 5 is one this version cannot read: kept all the same.
+        let newer = b"{\"id\":\"0000000000000005\",\"new\":1}\n";
+        append_by_hand(dir.path(), newer);
+        let before = log_bytes(dir.path()).len();
+        let mut file = compact(dir.path()).expect("compact").expect("compacted");
+        let mut want: Vec<Vec<u8>> = (0..5).map(|n| line(&last(9, n))).collect();
+        want.push(newer.to_vec());
+        assert_eq!(log_bytes(dir.path()), want.concat());
+        assert!(log_bytes(dir.path()).len() * 5 < before);
+        assert_eq!(strays(dir.path()), Vec::<PathBuf>::new());
+        // What it returns appends to the new log.
+        file.write_all(&line(&completed(7))).expect("append");
+        assert_eq!(log_lines(dir.path()).len(), 7);
+        assert!(
+            compact(dir.path()).expect("compact").is_none(),
+            "nothing to drop"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_compacts_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::open_with(dir.path(), 4096).expect("open");
+        let state = |round: u32, n: usize| {
+            let mut t = if (round as usize + n).is_multiple_of(4) {
+                completed(n)
+            } else {
+                task(n)
+            };
+            t.attempts = round;
+            t
+        };
+        let mut written = 0;
+        for round in 0..40 {
+            for n in 0..20 {
+                written += line(&state(round, n)).len();
+                drop(store.put_queued(&state(round, n)));
+            }
+            store.flush().expect("flush").await.expect("flushed");
+        }
+        let want: Vec<CloneTask> = (0..20).map(|n| state(39, n)).collect();
+        assert_eq!(sorted(store.load_all_sync().expect("load")), want);
+        let lines = log_lines(dir.path());
+        assert!(lines.len() <= 6 * 20, "{} lines", lines.len());
+        assert!(log_bytes(dir.path()).len() * 5 < written);
+        assert_eq!(strays(dir.path()), Vec::<PathBuf>::new());
+        drop(store);
+        let store = FileStore::open(dir.path()).expect("reopen");
+        assert_eq!(sorted(store.load_all_sync().expect("load")), want);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -540,8 +1189,7 @@ mod tests {
         }
         drop(store);
         let store = FileStore::open(dir.path()).expect("reopen");
-        let mut all = store.load_all_sync().expect("load");
-        all.sort_by(|a, b| a.id.cmp(&b.id));
+        let all = sorted(store.load_all_sync().expect("load"));
         let want: Vec<CloneTask> = (0..500)
             .map(completed)
             .chain((500..600).map(task))
@@ -648,14 +1296,19 @@ mod tests {
                 on_disk.map(|t| t.status.status_type),
                 Some(StatusType::Completed)
             );
+            // The log's last line is the record.
+            let lines = log_lines(dir.path());
+            assert_eq!(lines.last(), Some(&gitfleet_proto::to_json(&t)));
         }
     }
 
     #[tokio::test]
     async fn a_failed_write_is_reported_to_every_waiter() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = FileStore::open(dir.path()).expect("open");
-        std::fs::remove_dir_all(dir.path().join("tasks")).expect("removing the records");
+        // The state directory cannot be made: a file is in the way.
+        let state = dir.path().join("state");
+        std::fs::write(&state, b"").expect("a file in the way");
+        let store = FileStore::open(&state).expect("open");
         let first = store.put_queued(&completed(1)).expect("queued");
         let second = store.put_queued(&completed(1)).expect("queued");
         assert!(first.await.is_err());
@@ -667,8 +1320,8 @@ mod tests {
             .expect("an intermediate state is not waited for");
         let flushed = store.flush().expect("flush").await;
         assert!(flushed.is_err(), "the flush reports the failed write");
-        // It works again once the directory is back.
-        std::fs::create_dir_all(dir.path().join("tasks")).expect("mkdir");
+        // It works again once the directory can be made.
+        std::fs::remove_file(&state).expect("rm");
         store.put(&completed(3)).await.expect("stored");
         assert_eq!(store.load_all_sync().expect("load"), vec![completed(3)]);
     }

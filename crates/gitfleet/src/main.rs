@@ -20,7 +20,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     gitfleet_git::init_tls();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread for the actors and the network: their work is small and many, and the git
+    // work runs on threads of its own (gitfleet-git). A multi-threaded runtime measured ~15%
+    // more CPU and twice the context switches for a no-op sync of 200 repositories, handing
+    // every message between its workers. Nothing on it may block: blocking work is on
+    // `spawn_blocking` or the store's writer thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
