@@ -21,10 +21,13 @@
 //! glue the next record onto it; a JSON object with an `id` counts as one even if this version
 //! cannot read the rest, as compaction keeps it: a newer version may have written it), then
 //! moves the records of the former layout (one file per task, `tasks/<id>.json`, which readers
-//! still read, the log winning) into the log and removes them. After a round, once the log has grown past [`COMPACT_FACTOR`] times its size after the
-//! last compaction plus [`COMPACT_SLACK`], the writer compacts it: the last record of every task
-//! is copied into `tasks.log.tmp`, which is fsynced and renamed over the log, so that a reader
-//! reads the old log or the new one, never a mix.
+//! still read, the log winning) into the log and removes them. When the log is larger than
+//! [`COMPACT_FACTOR`] times its live records (the last one of every task) plus
+//! [`COMPACT_SLACK`] — checked when the writer opens it, which also keeps a log grown by many
+//! short runs small, and after a round once the log has grown that much since the last check —
+//! the writer compacts it: the live records are copied into `tasks.log.tmp`, which is fsynced
+//! and renamed over the log, so that a reader reads the old log or the new one, never a mix.
+//! Every process start reads the whole log, so it stays within a small factor of what is live.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -81,10 +84,10 @@ const COMPACTING: &str = "tasks.log.tmp";
 /// The former layout: one `<id>.json` file per task in this directory of the state directory.
 const LEGACY_DIR: &str = "tasks";
 
-/// The log is compacted once it is larger than this many times its size after the last
-/// compaction (or when the writer opened it), plus [`COMPACT_SLACK`].
-const COMPACT_FACTOR: u64 = 4;
-const COMPACT_SLACK: u64 = 4 << 20;
+/// The log is compacted once it is larger than this many times its live records (the last one
+/// of every task), plus [`COMPACT_SLACK`].
+const COMPACT_FACTOR: u64 = 2;
+const COMPACT_SLACK: u64 = 256 << 10;
 
 /// The writer thread of a store and its clones; dropping the last handle lets it write what is
 /// waiting and waits for it.
@@ -302,7 +305,11 @@ impl Writer {
     fn log(&mut self) -> std::io::Result<&mut Log> {
         let log = match self.log.take() {
             Some(log) => log,
-            None => self.open()?,
+            None => {
+                self.log = Some(self.open()?);
+                self.compact_if_due();
+                self.log.take().map_or_else(|| self.open(), Ok)?
+            }
         };
         Ok(self.log.insert(log))
     }
@@ -342,7 +349,9 @@ impl Writer {
         self.migrate(&mut log)?;
         // The log's name is durable once the directory is.
         sync_dir(&self.state_dir)?;
-        log.base = log.len;
+        // Short runs each append a little and never grow the log much within one process:
+        // measure what is live now (base 0 makes the check due).
+        log.base = 0;
         Ok(log)
     }
 
@@ -443,6 +452,7 @@ impl Writer {
         let Some(log) = &mut self.log else {
             return;
         };
+        // `base`: the size of the log when it was last measured (0: not yet).
         if log.len
             <= COMPACT_FACTOR
                 .saturating_mul(log.base)
@@ -451,7 +461,7 @@ impl Writer {
             return;
         }
         let before = log.len;
-        match compact(&self.state_dir) {
+        match compact(&self.state_dir, self.compact_slack) {
             Ok(Some(file)) => {
                 let len = file.metadata().map(|m| m.len());
                 let synced = sync_dir(&self.state_dir);
@@ -494,25 +504,28 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Rewrites the log in `state_dir` with the last record of every task (in their order in the
-/// log; lines that are not records are dropped): written to [`COMPACTING`], fsynced and renamed
-/// over the log. Returns the new log, opened for appending, or `None` if there was nothing to
-/// drop (then nothing changed). Memory is proportional to the number of tasks, not to the size
-/// of the log.
-fn compact(state_dir: &Path) -> std::io::Result<Option<File>> {
+/// log; lines that are not records are dropped), if the log is larger than [`COMPACT_FACTOR`]
+/// times those plus `slack`: written to [`COMPACTING`], fsynced and renamed over the log.
+/// Returns the new log, opened for appending, or `None` if it was not worth it (then nothing
+/// changed). Memory is proportional to the number of tasks, not to the size of the log.
+fn compact(state_dir: &Path, slack: u64) -> std::io::Result<Option<File>> {
     let path = state_dir.join(LOG);
-    let mut last: HashMap<String, u64> = HashMap::new();
-    let mut lines = 0u64;
+    // The offset and length of the last record of every task.
+    let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut total = 0u64;
     for_each_line(&path, |offset, line| {
-        lines += 1;
+        let len = line.len() as u64 + 1;
+        total += len;
         if let Some(id) = record_id(line) {
-            last.insert(id, offset);
+            last.insert(id, (offset, len));
         }
         Ok(())
     })?;
-    if lines == last.len() as u64 {
+    let live: u64 = last.values().map(|(_, len)| len).sum();
+    if total <= COMPACT_FACTOR.saturating_mul(live).saturating_add(slack) {
         return Ok(None);
     }
-    let mut keep: Vec<u64> = last.into_values().collect();
+    let mut keep: Vec<u64> = last.into_values().map(|(offset, _)| offset).collect();
     keep.sort_unstable();
     let tmp = state_dir.join(COMPACTING);
     match std::fs::remove_file(&tmp) {
@@ -549,6 +562,15 @@ fn compact(state_dir: &Path) -> std::io::Result<Option<File>> {
 /// this version can read the rest of it or not (a newer one may have written it; the writer
 /// neither cuts nor compacts such a record away).
 fn record_id(line: &[u8]) -> Option<String> {
+    // `to_json` writes the id first; task ids are hex. Anything else takes the full parse.
+    if let Some(rest) = line.strip_prefix(br#"{"id":""#)
+        && let Some(end) = rest.iter().position(|b| *b == b'"')
+        && rest[..end].iter().all(u8::is_ascii_alphanumeric)
+        && line.ends_with(b"}")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok()
+    {
+        return Some(String::from_utf8_lossy(&rest[..end]).into_owned());
+    }
     match serde_json::from_slice::<serde_json::Value>(line).ok()? {
         serde_json::Value::Object(mut fields) => match fields.remove("id")? {
             serde_json::Value::String(id) => Some(id),
@@ -1113,7 +1135,7 @@ mod tests {
         let newer = b"{\"id\":\"0000000000000005\",\"new\":1}\n";
         append_by_hand(dir.path(), newer);
         let before = log_bytes(dir.path()).len();
-        let mut file = compact(dir.path()).expect("compact").expect("compacted");
+        let mut file = compact(dir.path(), 0).expect("compact").expect("compacted");
         let mut want: Vec<Vec<u8>> = (0..5).map(|n| line(&last(9, n))).collect();
         want.push(newer.to_vec());
         assert_eq!(log_bytes(dir.path()), want.concat());
@@ -1123,7 +1145,7 @@ mod tests {
         file.write_all(&line(&completed(7))).expect("append");
         assert_eq!(log_lines(dir.path()).len(), 7);
         assert!(
-            compact(dir.path()).expect("compact").is_none(),
+            compact(dir.path(), 0).expect("compact").is_none(),
             "nothing to drop"
         );
     }
@@ -1158,6 +1180,35 @@ mod tests {
         drop(store);
         let store = FileStore::open(dir.path()).expect("reopen");
         assert_eq!(sorted(store.load_all_sync().expect("load")), want);
+    }
+
+    #[tokio::test]
+    async fn many_short_runs_keep_the_log_small() {
+        // Each run (a store opened, a few rounds, dropped) appends little; the check when a
+        // writer opens the log keeps it within a factor of what is live.
+        let dir = tempfile::tempdir().expect("tempdir");
+        for run in 0..12u32 {
+            let store = FileStore::open_with(dir.path(), 0).expect("open");
+            for n in 0..10 {
+                let mut t = completed(n);
+                t.attempts = run;
+                store.put(&t).await.expect("stored");
+            }
+        }
+        let lines = log_lines(dir.path());
+        assert!(
+            lines.len() <= (COMPACT_FACTOR as usize + 1) * 10,
+            "{} lines for 10 tasks",
+            lines.len()
+        );
+        let store = FileStore::open(dir.path()).expect("reopen");
+        let attempts: Vec<u32> = store
+            .load_all_sync()
+            .expect("load")
+            .iter()
+            .map(|t| t.attempts)
+            .collect();
+        assert_eq!(attempts, vec![11; 10]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
