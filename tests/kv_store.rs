@@ -93,6 +93,8 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
 
     // A new task: nothing is read first.
     let mut t = task();
+    // The API names the node that owns the repository.
+    t.node = Some("node-1".into());
     let n = messages_during(&nats, &[&nats, &node_nats], async {
         api.put(&t).await.expect("creating")
     })
@@ -102,8 +104,11 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     // The node reads it once, then each of its transitions is one compare-and-set.
     let (current, revision) = stored(&node).await;
     node.remember(&current, revision);
-    // Its own `queued` (its absolute path, a later time) says nothing new: not sent.
+    // Its own `queued` (its absolute path, a later time, no node yet: its Registry learns the
+    // node when the job starts) says nothing new: not sent.
     let mut queued = current.clone();
+    assert!(queued.node.is_some(), "the API names the owner");
+    queued.node = None;
     queued.path = "/srv/gitfleet/127.0.0.1/alpha.git".into();
     queued.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
     let n = messages_during(&nats, &[&nats, &node_nats], async {

@@ -225,7 +225,8 @@ fn still_queued(current: &CloneTask, new: &CloneTask) -> bool {
         && current.attempts == new.attempts
         && current.error_code == new.error_code
         && current.operation == new.operation
-        && current.node == new.node
+        // A node's Registry learns the node at `Started`; the API wrote the owner already.
+        && (new.node.is_none() || current.node == new.node)
 }
 
 /// Whether two records of a task differ at most in when they were last written.

@@ -191,9 +191,11 @@ pub async fn run_node(
             update = updates.recv() => match update {
                 Ok(TaskUpdate::State { task }) if task.status.status_type.is_final() => {
                     // The result is in the task bucket (the Registry persists before it
-                    // broadcasts): now the job may go.
+                    // broadcasts): now the job may go. A plain ack (no confirmation round
+                    // trip): if it is lost, the job comes back after the ack wait and `accept`
+                    // finds the task finished and acknowledges it then.
                     if let Some(message) = held.remove(&task.id)
-                        && let Err(e) = message.double_ack().await
+                        && let Err(e) = message.ack().await
                     {
                         tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
                     }
@@ -236,7 +238,7 @@ async fn accept(
     // be harmless but wasteful.
     match store.get(&job.task_id).await {
         Ok(Some((task, _))) if task.status.status_type.is_final() => {
-            let _ = message.double_ack().await;
+            let _ = message.ack().await;
             return;
         }
         // The base of this node's first write of the task: no read before it.
