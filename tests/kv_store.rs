@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gitfleet_actors::TaskStore;
-use gitfleet_cluster::{Durability, KvStore, Nats, Subjects};
-use gitfleet_proto::{CloneStatus, CloneTask, Operation};
+use gitfleet_cluster::{Durability, KvStore, LINGER, Nats, Subjects};
+use gitfleet_proto::{CloneStatus, CloneTask, Operation, StatusType};
 use gitfleet_tests::NatsServer;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -85,69 +85,139 @@ async fn stored(store: &KvStore) -> (CloneTask, u64) {
         .expect("the task is stored")
 }
 
+/// Waits until a deferred intermediate write is due, and a little more.
+async fn past_linger() {
+    tokio::time::sleep(LINGER + Duration::from_millis(300)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     let server = NatsServer::start();
     let (nats, api) = connect(&server).await;
     let (node_nats, node) = connect(&server).await;
+    let both = [&nats, &node_nats];
 
-    // A new task: nothing is read first.
+    // The API creates a new task (as api.rs does): nothing is read first.
     let mut t = task();
     // The API names the node that owns the repository.
     t.node = Some("node-1".into());
-    let n = messages_during(&nats, &[&nats, &node_nats], async {
-        api.put(&t).await.expect("creating")
+    let n = messages_during(&nats, &both, async {
+        assert!(api.compare_and_set(&t, 0).await.expect("creating"));
     })
     .await;
     assert_eq!(n, 2, "a create is one request and its reply");
 
-    // The node reads it once, then each of its transitions is one compare-and-set.
+    // The node reads it once (when the job arrives), then each of its writes is one
+    // compare-and-set.
     let (current, revision) = stored(&node).await;
     node.remember(&current, revision);
     // Its own `queued` (its absolute path, a later time, no node yet: its Registry learns the
-    // node when the job starts) says nothing new: not sent.
+    // node when the job starts) says nothing new: never sent, not even later.
     let mut queued = current.clone();
     assert!(queued.node.is_some(), "the API names the owner");
     queued.node = None;
     queued.path = "/srv/gitfleet/127.0.0.1/alpha.git".into();
     queued.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
-    let n = messages_during(&nats, &[&nats, &node_nats], async {
-        node.put(&queued).await.expect("queued")
+    let n = messages_during(&nats, &both, async {
+        node.put(&queued).await.expect("queued");
+        past_linger().await;
     })
     .await;
     assert_eq!(n, 0, "the node's queued after the API's is not written");
     assert_eq!(stored(&node).await.1, revision);
+
+    // `cloning` resolves at once and is written a little later: one request and its reply.
     t.status = CloneStatus::cloning(0);
     t.attempts = 1;
     t.node = Some("n1".into());
-    let n = messages_during(&nats, &[&nats, &node_nats], async {
-        node.put(&t).await.expect("cloning")
+    let n = messages_during(&nats, &both, async {
+        node.put(&t).await.expect("cloning");
     })
     .await;
+    assert_eq!(n, 0, "an intermediate state waits");
+    let n = messages_during(&nats, &both, past_linger()).await;
     assert_eq!(
         n, 2,
         "an update from a known revision is one request and its reply"
     );
     assert_eq!(
         stored(&node).await.0.status.status_type,
-        t.status.status_type
+        StatusType::Cloning
     );
 
     // The same record again, only later: nothing to write.
     let before = stored(&node).await.1;
     t.updated_at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1);
-    let n = messages_during(&nats, &[&nats, &node_nats], async {
-        node.put(&t).await.expect("the same state")
+    let n = messages_during(&nats, &both, async {
+        node.put(&t).await.expect("the same state");
+        past_linger().await;
     })
     .await;
     assert_eq!(n, 0, "a write that changes nothing is not sent");
     assert_eq!(stored(&node).await.1, before);
 
+    // A retry's `queued`, then its `cloning`, then `completed` within the wait: only the final
+    // state is written.
+    let mut retry = t.clone();
+    retry.status = CloneStatus::queued();
+    retry.node = None;
+    let mut second = t.clone();
+    second.attempts = 2;
+    let mut done = second.clone();
+    done.status = CloneStatus::completed();
+    let n = messages_during(&nats, &both, async {
+        node.put(&retry).await.expect("queued again");
+        node.put(&second).await.expect("cloning again");
+        node.put(&done).await.expect("completed");
+        past_linger().await;
+    })
+    .await;
+    assert_eq!(n, 2, "a short clone costs its final state alone");
+    let (now, _) = stored(&node).await;
+    assert_eq!(
+        (now.status.status_type, now.attempts),
+        (StatusType::Completed, 2)
+    );
+
+    // A deferred `cloning` that loses the race to its attempt's final state (written here by
+    // another writer) never replaces it.
+    let (current, revision) = stored(&node).await;
+    let mut again = current.clone();
+    again.status = CloneStatus::queued();
+    again.attempts = 0;
+    assert!(
+        api.compare_and_set(&again, revision)
+            .await
+            .expect("requeued")
+    );
+    let (current, revision) = stored(&node).await;
+    node.remember(&current, revision);
+    let mut running = current.clone();
+    running.status = CloneStatus::cloning(10);
+    running.attempts = 1;
+    node.put(&running).await.expect("cloning, deferred");
+    let mut cancelled = running.clone();
+    cancelled.status = CloneStatus::failed("cancelled on request");
+    assert!(
+        api.compare_and_set(&cancelled, revision)
+            .await
+            .expect("cancelled")
+    );
+    past_linger().await;
+    let (now, _) = stored(&node).await;
+    assert!(now.status.status_type.is_final(), "{now:?}");
+
     // Another writer (a takeover: a newer attempt on another node) moves the revision on.
-    let mut newer = stored(&api).await.0;
-    newer.attempts = 2;
+    let (current, revision) = stored(&api).await;
+    let mut newer = current;
+    newer.status = CloneStatus::cloning(0);
+    newer.attempts = 3;
     newer.node = Some("n2".into());
-    api.put(&newer).await.expect("the newer attempt");
+    assert!(
+        api.compare_and_set(&newer, revision)
+            .await
+            .expect("the newer attempt")
+    );
     // The first node's cached revision is stale: its late result must not win.
     let mut late = t.clone();
     late.status = CloneStatus::completed();
@@ -155,7 +225,7 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
         .await
         .expect("a late write is dropped, not an error");
     let (now, _) = stored(&node).await;
-    assert_eq!(now.attempts, 2);
+    assert_eq!(now.attempts, 3);
     assert_eq!(now.node.as_deref(), Some("n2"));
     assert!(!now.status.status_type.is_final(), "{now:?}");
 
@@ -164,13 +234,15 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     node.remember(&current, revision);
     let mut progressed = current.clone();
     progressed.status = CloneStatus::cloning(50);
-    api.put(&progressed)
-        .await
-        .expect("another write of the same attempt");
+    assert!(
+        api.compare_and_set(&progressed, revision)
+            .await
+            .expect("another write of the same attempt")
+    );
     let mut finished = current;
     finished.status = CloneStatus::completed();
     node.put(&finished).await.expect("a write after a conflict");
     let (now, _) = stored(&node).await;
     assert!(now.status.status_type.is_final(), "{now:?}");
-    assert_eq!(now.attempts, 2);
+    assert_eq!(now.attempts, 3);
 }

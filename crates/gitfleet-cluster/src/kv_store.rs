@@ -2,6 +2,7 @@
 //! compare-and-set on the entry's revision.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::kv;
@@ -14,11 +15,25 @@ use gitfleet_proto::{CloneTask, StatusType};
 /// compare-and-set instead of a read and a compare-and-set (two NATS round trips saved per
 /// transition). A stale cache costs one failed write and a read; it is never trusted over the
 /// bucket.
+///
+/// As the embedded `FileStore` does, an intermediate state (queued, cloning) is written
+/// [`LINGER`] after its `put` resolved, unless a later state of the task replaced it by then: a
+/// clone shorter than that costs its final state alone (two messages less per repository). An
+/// intermediate state is re-derivable (the job is redelivered); the status events announce it
+/// at once either way. A reader of the bucket may see `queued` for up to [`LINGER`] while the
+/// task is running.
 #[derive(Debug, Clone)]
 pub struct KvStore {
     kv: kv::Store,
     known: Arc<Mutex<HashMap<String, (CloneTask, u64)>>>,
+    /// The latest `put` of each task with a write still to do, by a number that grows with
+    /// every `put`: a deferred write goes ahead only while it is still the latest.
+    latest: Arc<Mutex<HashMap<String, u64>>>,
+    puts: Arc<AtomicU64>,
 }
+
+/// How long an intermediate state waits before it is written.
+pub const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn io(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(e.to_string())
@@ -37,6 +52,8 @@ impl KvStore {
         KvStore {
             kv,
             known: Arc::default(),
+            latest: Arc::default(),
+            puts: Arc::default(),
         }
     }
 
@@ -134,27 +151,29 @@ impl TaskStore for KvStore {
     }
 
     fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            // A state transition must not be lost to a NATS restart: the job is acknowledged
-            // once the state is stored, so keep trying (the actors wait; nothing can progress
-            // without NATS anyway).
-            let mut delay = std::time::Duration::from_millis(100);
-            let deadline = std::time::Instant::now() + PERSIST_TIMEOUT;
-            loop {
-                match self.put_once(task).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        self.forget(&task.id);
-                        tracing::warn!(task = %task.id, error = %e, "cannot store task state; retrying");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(std::time::Duration::from_secs(2));
+        let put = self.puts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(task.id.clone(), put);
+        if !task.status.status_type.is_final() {
+            let store = self.clone();
+            let task = task.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                if store.is_latest(&task.id, put) {
+                    if let Err(e) = store.write_persistently(&task, put).await {
+                        tracing::warn!(task = %task.id, error = %e, "cannot store an intermediate task state");
                     }
-                    Err(e) => {
-                        self.forget(&task.id);
-                        return Err(e);
-                    }
+                    store.done(&task.id, put);
                 }
-            }
+            });
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        Box::pin(async move {
+            let result = self.write_persistently(task, put).await;
+            self.done(&task.id, put);
+            result
         })
     }
 }
@@ -163,6 +182,48 @@ impl TaskStore for KvStore {
 const PERSIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl KvStore {
+    fn is_latest(&self, id: &str, put: u64) -> bool {
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            == Some(&put)
+    }
+
+    fn done(&self, id: &str, put: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(PoisonError::into_inner);
+        if latest.get(id) == Some(&put) {
+            latest.remove(id);
+        }
+    }
+
+    /// Writes `task` (the `put` numbered `put`), retrying across NATS restarts: the job is
+    /// acknowledged once its final state is stored, so keep trying (the actors wait; nothing
+    /// can progress without NATS anyway). An intermediate state stops trying once a later
+    /// `put` of its task replaced it.
+    async fn write_persistently(&self, task: &CloneTask, put: u64) -> std::io::Result<()> {
+        let mut delay = std::time::Duration::from_millis(100);
+        let deadline = std::time::Instant::now() + PERSIST_TIMEOUT;
+        loop {
+            match self.put_once(task).await {
+                Ok(()) => return Ok(()),
+                Err(_) if !task.status.status_type.is_final() && !self.is_latest(&task.id, put) => {
+                    return Ok(());
+                }
+                Err(e) if std::time::Instant::now() < deadline => {
+                    self.forget(&task.id);
+                    tracing::warn!(task = %task.id, error = %e, "cannot store task state; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(2));
+                }
+                Err(e) => {
+                    self.forget(&task.id);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
     async fn put_once(&self, task: &CloneTask) -> std::io::Result<()> {
         // Compare-and-set on the revision, fenced by attempt: a result from an attempt that was
         // taken over (a node presumed dead) never overwrites the newer attempt's state.
@@ -184,6 +245,17 @@ impl KvStore {
                 && current.node != task.node
             {
                 tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
+                return Ok(());
+            }
+            // An intermediate state never replaces the final state of its attempt or a later
+            // one (a deferred `cloning` that lost the race to its `completed`, or a task
+            // cancelled meanwhile).
+            if let Some(current) = &current
+                && current.status.status_type.is_final()
+                && !task.status.status_type.is_final()
+                && current.attempts >= task.attempts
+            {
+                tracing::debug!(task = %task.id, "dropping an intermediate state older than the stored final one");
                 return Ok(());
             }
             // The API owns what the request said (its idempotency key, when the task was first

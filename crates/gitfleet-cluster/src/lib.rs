@@ -13,6 +13,6 @@ mod takeover;
 
 pub use client::{Client, ClientError};
 pub use infra::{ClusterError, Durability, Nats};
-pub use kv_store::KvStore;
+pub use kv_store::{KvStore, LINGER};
 pub use node::{NodeOptions, run_node};
 pub use subjects::Subjects;

@@ -296,9 +296,10 @@ async fn accept(
 }
 
 /// Publishes the actors' updates on the status subjects. A state transition goes out at once; of
-/// a task's progress samples only the latest goes out, every [`PROGRESS_EVENT_INTERVAL`], and none
-/// that a transition has overtaken. A small repository then costs its transitions alone, and a
-/// long clone a few events a second, whatever its sampling rate.
+/// a task's progress samples only the latest goes out, every [`PROGRESS_EVENT_INTERVAL`] (the
+/// first one an interval after the task started), and none that a transition has overtaken. A
+/// small repository then costs its transitions alone, and a long clone a few events a second,
+/// whatever its sampling rate.
 async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receiver<TaskUpdate>) {
     let publish = |id: &str, update: &TaskUpdate| {
         let subject = nats.subjects.status(id);
@@ -309,6 +310,9 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
         }
     };
     let mut pending: HashMap<String, TaskUpdate> = HashMap::new();
+    // When each running task started: its first progress event waits an interval, so that a
+    // clone shorter than that costs its transitions alone.
+    let mut started: HashMap<String, tokio::time::Instant> = HashMap::new();
     let mut flush = tokio::time::interval(PROGRESS_EVENT_INTERVAL);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -320,6 +324,11 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
                 Ok(update @ TaskUpdate::State { .. }) => {
                     let TaskUpdate::State { task } = &update else { continue };
                     pending.remove(&task.id);
+                    if task.status.status_type == StatusType::Cloning {
+                        started.entry(task.id.clone()).or_insert_with(tokio::time::Instant::now);
+                    } else {
+                        started.remove(&task.id);
+                    }
                     // The API published `queued` when it accepted the request; the node's first
                     // `queued` says nothing new (a retry's `queued` does: attempts, last error).
                     if task.status.status_type == StatusType::Queued && task.attempts == 0 {
@@ -331,8 +340,20 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
                 Err(RecvError::Closed) => return,
             },
             _ = flush.tick(), if !pending.is_empty() => {
-                for (id, update) in pending.drain() {
-                    publish(&id, &update).await;
+                let now = tokio::time::Instant::now();
+                let due: Vec<String> = pending
+                    .keys()
+                    .filter(|id| {
+                        started
+                            .get(*id)
+                            .is_none_or(|at| now.duration_since(*at) >= PROGRESS_EVENT_INTERVAL)
+                    })
+                    .cloned()
+                    .collect();
+                for id in due {
+                    if let Some(update) = pending.remove(&id) {
+                        publish(&id, &update).await;
+                    }
                 }
             }
         }
