@@ -14,7 +14,7 @@ use gitfleet_proto::{CloneStatus, JobMessage, NodeInfo, Operation, StatusType, T
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::{self, ApiContext};
-use crate::infra::{ClusterError, Durability, HEARTBEAT_INTERVAL, Nats};
+use crate::infra::{ClusterError, Durability, HEARTBEAT_INTERVAL, NODE_TTL, Nats};
 use crate::kv_store::KvStore;
 
 /// A job is redelivered when its node has not acknowledged it (or said it is still working) for
@@ -132,6 +132,10 @@ pub async fn run_node(
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut progress = tokio::time::interval(PROGRESS_ACK_INTERVAL);
     let mut takeover: Option<tokio::task::JoinHandle<()>> = None;
+    // The first look is due at the first heartbeat.
+    let mut last_takeover = tokio::time::Instant::now()
+        .checked_sub(NODE_TTL)
+        .unwrap_or_else(tokio::time::Instant::now);
     tokio::pin!(shutdown);
     tracing::info!(node = %options.node_id, "node running");
     loop {
@@ -149,7 +153,13 @@ pub async fn run_node(
                 if let Err(e) = nodes.put(&options.node_id, gitfleet_proto::to_json(&info).into()).await {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
-                if takeover.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                // Looking for departed nodes lists the node bucket (a consumer created and
+                // deleted: about ten messages); a node is only presumed dead after NODE_TTL, so
+                // looking more often than that finds nothing sooner.
+                if last_takeover.elapsed() >= NODE_TTL
+                    && takeover.as_ref().is_none_or(tokio::task::JoinHandle::is_finished)
+                {
+                    last_takeover = tokio::time::Instant::now();
                     let nats = nats.clone();
                     let nodes = nodes.clone();
                     let me = options.node_id.clone();
