@@ -28,6 +28,10 @@ pub const MAX_PAGE: usize = 200;
 const MAX_REPLY_BYTES: usize = 512 << 10;
 pub const MSGPACK: &str = "application/msgpack";
 const QUEUE_GROUP: &str = "gitfleet-api";
+/// Tasks of one request enqueued at once: each is a few round trips (create, publish, their
+/// acknowledgements), which one after the other made a 200-repository submit take most of a
+/// second on a busy node while its workers waited for jobs.
+const CONCURRENT_ENQUEUES: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ApiContext {
@@ -356,29 +360,36 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
         ));
     }
     let nodes = live_nodes(&ctx.nodes).await?;
-    let mut tasks = Vec::with_capacity(request.repositories.len());
-    for input in &request.repositories {
-        match target(input, request.operation, &ctx.policy) {
-            Ok(t) => tasks.push(
-                enqueue(
-                    ctx,
+    let nodes = &nodes;
+    let request = &request;
+    // In the order of the request; the same repository twice is one task either way (the
+    // second create fails, reads, and finds the first).
+    let tasks = futures_util::stream::iter(request.repositories.iter().cloned())
+        .map(|input| async move {
+            match target(&input, request.operation, &ctx.policy) {
+                Ok(t) => {
+                    enqueue(
+                        ctx,
+                        &input,
+                        t,
+                        request.operation,
+                        nodes,
+                        request.idempotency_key.as_deref(),
+                        None,
+                    )
+                    .await
+                }
+                Err(e) => Submitted {
                     input,
-                    t,
-                    request.operation,
-                    &nodes,
-                    request.idempotency_key.as_deref(),
-                    None,
-                )
-                .await,
-            ),
-            Err(e) => tasks.push(Submitted {
-                input: input.clone(),
-                task_id: None,
-                duplicate: false,
-                error: Some(e),
-            }),
-        }
-    }
+                    task_id: None,
+                    duplicate: false,
+                    error: Some(e),
+                },
+            }
+        })
+        .buffered(CONCURRENT_ENQUEUES)
+        .collect::<Vec<_>>()
+        .await;
     Ok(SubmitReply { tasks })
 }
 
@@ -407,16 +418,28 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
     let nodes = live_nodes(&ctx.nodes).await?;
     let mut known = Vec::new();
     if request.repositories.is_empty() {
-        for id in ctx.store.ids().await.map_err(unavailable)? {
-            if let Some(found) = ctx.store.get(&id).await.map_err(unavailable)? {
+        let ids = ctx.store.ids().await.map_err(unavailable)?;
+        let found: Vec<_> = futures_util::stream::iter(ids)
+            .map(|id| async move { ctx.store.get(&id).await })
+            .buffered(CONCURRENT_ENQUEUES)
+            .collect()
+            .await;
+        for found in found {
+            if let Some(found) = found.map_err(unavailable)? {
                 known.push((found.0.id.clone(), Some(found)));
             }
         }
     } else {
-        for input in &request.repositories {
-            known.push((input.clone(), find(ctx, input).await?));
+        let found: Vec<_> = futures_util::stream::iter(request.repositories.iter().cloned())
+            .map(|input| async move { find(ctx, &input).await })
+            .buffered(CONCURRENT_ENQUEUES)
+            .collect()
+            .await;
+        for (input, found) in request.repositories.iter().zip(found) {
+            known.push((input.clone(), found?));
         }
     }
+    let mut enqueues = Vec::new();
     let mut tasks = Vec::new();
     for (input, found) in known {
         let Some((task, revision)) = found else {
@@ -455,8 +478,34 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
             url: task.url.clone(),
             path,
         };
-        let known = Some((task, revision));
-        tasks.push(enqueue(ctx, &input, target, operation, &nodes, None, known).await);
+        enqueues.push((
+            tasks.len(),
+            input,
+            target,
+            operation,
+            Some((task, revision)),
+        ));
+        // A placeholder, replaced below in the order of the request.
+        tasks.push(Submitted {
+            input: String::new(),
+            task_id: None,
+            duplicate: false,
+            error: None,
+        });
+    }
+    let nodes = &nodes;
+    let enqueued: Vec<(usize, Submitted)> = futures_util::stream::iter(enqueues)
+        .map(|(at, input, target, operation, known)| async move {
+            (
+                at,
+                enqueue(ctx, &input, target, operation, nodes, None, known).await,
+            )
+        })
+        .buffered(CONCURRENT_ENQUEUES)
+        .collect()
+        .await;
+    for (at, submitted) in enqueued {
+        tasks[at] = submitted;
     }
     Ok(SubmitReply { tasks })
 }
