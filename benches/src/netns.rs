@@ -264,6 +264,7 @@ pub fn child_main(
                     expect_fail: false,
                 })
                 .collect();
+            crate::procs::settle_disk();
             let (row, _) = cluster.run(&env, scenario, "mirror", &items, env.timeout)?;
             eprintln!(
                 "bench: {label} {scenario}: {} ok in {:.1}s",

@@ -225,3 +225,13 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Writes every dirty page out before a row starts: git does not fsync, so a row that follows a
+/// `git clone` batch would otherwise pay for writing that batch's files back (ext4's ordered
+/// journal makes an fsync wait for other files' dirty data), and whichever side runs second
+/// would look slower. Best effort: a machine without `sync` only measures less evenly.
+pub fn settle_disk() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("bench: cannot run sync before a row: {e}");
+    }
+}

@@ -165,6 +165,7 @@ impl Runner {
             timeout,
             ..env.clone()
         };
+        crate::procs::settle_disk();
         let result = match self {
             Runner::Baseline(b) if sync => b.sync(&env, scenario, items),
             Runner::Baseline(b) => b.mirror(&env, scenario, items),
