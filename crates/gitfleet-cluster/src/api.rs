@@ -379,12 +379,7 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
                     )
                     .await
                 }
-                Err(e) => Submitted {
-                    input,
-                    task_id: None,
-                    duplicate: false,
-                    error: Some(e),
-                },
+                Err(e) => not_enqueued(input, e),
             }
         })
         .buffered(CONCURRENT_ENQUEUES)
@@ -439,75 +434,61 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
             known.push((input.clone(), found?));
         }
     }
-    let mut enqueues = Vec::new();
-    let mut tasks = Vec::new();
-    for (input, found) in known {
-        let Some((task, revision)) = found else {
-            let e = ApiError::new(
-                ApiErrorCode::NotFound,
-                format!("{input} is not a known repository"),
-            );
-            tasks.push(Submitted {
-                input,
-                task_id: None,
-                duplicate: false,
-                error: Some(e),
-            });
-            continue;
-        };
-        let operation = if task.status.status_type == StatusType::Completed {
-            Operation::Sync
-        } else {
-            task.operation
-        };
-        let Some(path) = relative_path_of(&task) else {
-            let e = ApiError::new(
-                ApiErrorCode::BadRequest,
-                format!("{input}: the stored record names no usable path"),
-            );
-            tasks.push(Submitted {
-                input,
-                task_id: None,
-                duplicate: false,
-                error: Some(e),
-            });
-            continue;
-        };
-        let target = Target {
-            id: task.id.clone(),
-            url: task.url.clone(),
-            path,
-        };
-        enqueues.push((
-            tasks.len(),
-            input,
-            target,
-            operation,
-            Some((task, revision)),
-        ));
-        // A placeholder, replaced below in the order of the request.
-        tasks.push(Submitted {
-            input: String::new(),
-            task_id: None,
-            duplicate: false,
-            error: None,
-        });
-    }
     let nodes = &nodes;
-    let enqueued: Vec<(usize, Submitted)> = futures_util::stream::iter(enqueues)
-        .map(|(at, input, target, operation, known)| async move {
-            (
-                at,
-                enqueue(ctx, &input, target, operation, nodes, None, known).await,
-            )
+    // In the order of the request.
+    let tasks = futures_util::stream::iter(known)
+        .map(|(input, found)| async move {
+            match sync_target(&input, found) {
+                Ok((target, operation, known)) => {
+                    enqueue(ctx, &input, target, operation, nodes, None, Some(known)).await
+                }
+                Err(e) => not_enqueued(input, e),
+            }
         })
         .buffered(CONCURRENT_ENQUEUES)
-        .collect()
+        .collect::<Vec<_>>()
         .await;
-    for (at, submitted) in enqueued {
-        tasks[at] = submitted;
-    }
     Ok(SubmitReply { tasks })
+}
+
+/// What a sync of `input` enqueues, from its stored record `found`.
+fn sync_target(
+    input: &str,
+    found: Option<(CloneTask, u64)>,
+) -> Result<(Target, Operation, (CloneTask, u64)), ApiError> {
+    let Some((task, revision)) = found else {
+        return Err(ApiError::new(
+            ApiErrorCode::NotFound,
+            format!("{input} is not a known repository"),
+        ));
+    };
+    let operation = if task.status.status_type == StatusType::Completed {
+        Operation::Sync
+    } else {
+        task.operation
+    };
+    let Some(path) = relative_path_of(&task) else {
+        return Err(ApiError::new(
+            ApiErrorCode::BadRequest,
+            format!("{input}: the stored record names no usable path"),
+        ));
+    };
+    let target = Target {
+        id: task.id.clone(),
+        url: task.url.clone(),
+        path,
+    };
+    Ok((target, operation, (task, revision)))
+}
+
+/// The answer for an input that names no task to enqueue.
+fn not_enqueued(input: String, error: ApiError) -> Submitted {
+    Submitted {
+        input,
+        task_id: None,
+        duplicate: false,
+        error: Some(error),
+    }
 }
 
 async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiError> {

@@ -526,7 +526,7 @@ fn bare_clone(
         .with_fetch_tags(gix::remote::fetch::Tags::None);
     write_remote_config(req, &mut remote, repo.git_dir())?;
 
-    let mut transport = open_transport(req, &repo, &remote, "clone of")?;
+    let mut transport = open_transport(req, &remote, "clone of")?;
     let mut authenticate = credentials_helper(req.credentials.clone());
     let mut fetch_progress = progress.add_child("fetch");
     let fetched = crate::fresh::fetch(
@@ -790,17 +790,12 @@ fn connect<'remote, 'repo>(
     remote: &'remote gix::Remote<'repo>,
     what: &str,
 ) -> Result<FetchConnection<'remote, 'repo>, TaskError> {
-    let mut connection = match daemon_transport(req)? {
-        Some(transport) => remote.to_connection_with_transport(transport),
-        None => remote
-            .connect(Direction::Fetch)
-            .map_err(|e| git_error(req, what, &e))?,
-    };
+    let mut connection = remote.to_connection_with_transport(open_transport(req, remote, what)?);
     connection.set_credentials(credentials_helper(req.credentials.clone()));
     Ok(connection)
 }
 
-/// Our own git:// transport (daemon.rs) for a git:// request; `None` lets gix connect.
+/// Our own git:// transport (daemon.rs) for a git:// request; `None` for the other schemes.
 fn daemon_transport(
     req: &Request,
 ) -> Result<Option<Box<dyn gix_transport::client::blocking_io::Transport + Send>>, TaskError> {
@@ -820,20 +815,26 @@ fn daemon_transport(
     }
 }
 
-/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, configured
-/// from the repository's (isolated) configuration as gix's `Remote::connect` does.
+/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, made and
+/// configured from the repository's (isolated) configuration as gix's `Remote::connect` does.
 fn open_transport(
     req: &Request,
-    repo: &gix::Repository,
     remote: &gix::Remote<'_>,
     what: &str,
 ) -> Result<Box<dyn gix_transport::client::blocking_io::Transport + Send>, TaskError> {
     if let Some(transport) = daemon_transport(req)? {
         return Ok(transport);
     }
+    let repo = remote.repo();
     let (url, version) = remote
         .sanitized_url_and_version(Direction::Fetch)
         .map_err(|e| git_error(req, what, &e))?;
+    let ssh = if url.scheme == gix::url::Scheme::Ssh {
+        repo.ssh_connect_options()
+            .map_err(|e| git_error(req, what, &e))?
+    } else {
+        Default::default()
+    };
     let options = repo
         .transport_options(url.to_bstring().as_bstr(), None)
         .map_err(|e| git_error(req, what, &e))?;
@@ -841,7 +842,7 @@ fn open_transport(
         url,
         gix_transport::client::blocking_io::connect::Options {
             version,
-            ssh: Default::default(),
+            ssh,
             trace: false,
         },
     )
