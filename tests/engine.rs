@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gitfleet_git::{
     Control, Credentials, CredentialsConfig, Layout, Limits, Progress, Redactor, RepoUrl, Request,
-    Secret,
+    Secret, Target,
 };
 use gitfleet_proto::{ErrorCode, Operation, Phase, SyncResult, TaskError};
 use gitfleet_tests::{
@@ -42,7 +42,12 @@ impl Store {
 
     fn request(&self, url: &str, operation: Operation) -> Request {
         let url = RepoUrl::parse(url).expect("test URLs parse");
-        let dest = self.layout.repo_path(&url, operation);
+        let shape = match operation {
+            Operation::Sync => Operation::Mirror,
+            other => other,
+        };
+        let target = Target::remote(url.clone(), shape).expect("a clone target");
+        let dest = self.layout.path_of(&target);
         Request {
             url,
             operation,
@@ -868,9 +873,9 @@ fn token_inside_the_url_is_used_and_never_stored() {
     );
 
     // A wrong token in the URL fails without showing it.
-    let other = tempdir();
     let mut bad = prepare(&server.url_with_credentials("alpha.git", "bob", "bad-t0ken/+x"));
-    bad.dest = other.path().join("bad.git");
+    // Another path below the same root (a path outside it is refused before any transfer).
+    bad.dest = store.layout.root().join("other/bad.git");
     let err = expect_err(store.run(&bad), "a wrong token in the URL");
     assert_eq!(err.code, ErrorCode::AuthFailed, "{err}");
     let shown = format!("{err} {err:?}");

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitfleet_git::{
-    Control, CredentialsConfig, Layout, Limits, Policy, Progress, RepoUrl, Request,
+    Control, CredentialsConfig, Layout, Limits, LocalPaths, Policy, Progress, RepoUrl, Request,
+    Target,
 };
 use gitfleet_proto::{Operation, SyncResult, TaskError};
 
@@ -22,6 +23,32 @@ pub struct Job {
     pub attempt: u32,
     /// Which request this is (set by the Supervisor): fences retries of superseded requests.
     pub generation: u64,
+}
+
+impl Job {
+    /// The first attempt of `operation` on `target`'s repository below `layout`'s root.
+    pub fn new(layout: &Layout, target: &Target, operation: Operation) -> Job {
+        let dest = layout.path_of(target);
+        let url = match target.url() {
+            Some(url) => url.clone(),
+            // Init touches no network: a placeholder URL that no transport will see (the new
+            // repository's path, which errors then name).
+            None => {
+                RepoUrl::parse_with(&format!("file://{}", dest.display()), LocalPaths::AsStored)
+                    .or_else(|_| RepoUrl::parse_with("file:///init", LocalPaths::AsStored))
+                    .expect("a constant, valid url")
+            }
+        };
+        Job {
+            task_id: target.id().to_string(),
+            display: target.display(),
+            url,
+            operation,
+            dest,
+            attempt: 0,
+            generation: 0,
+        }
+    }
 }
 
 /// Runs a job's git work. The real one is [`GitExecutor`]; benchmarks put an instant stand-in

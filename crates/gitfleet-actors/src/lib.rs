@@ -13,7 +13,7 @@ mod worker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitfleet_git::{InitName, Layout, Policy, RepoUrl, task_id};
+use gitfleet_git::{Layout, Policy, Target};
 use gitfleet_proto::{CloneTask, Operation, StatusType, TaskError, TaskUpdate};
 use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
@@ -42,64 +42,41 @@ pub fn plan(
     input: &str,
     operation: Operation,
 ) -> Result<Job, TaskError> {
-    let url = RepoUrl::parse(input).map_err(|e| TaskError::new(e.code, e.message))?;
-    policy
-        .check(&url)
-        .map_err(|e| TaskError::new(e.code, e.message))?;
-    let dest = layout.repo_path(&url, operation);
-    Ok(Job {
-        task_id: task_id(layout.relative(&dest)),
-        display: url.display(),
-        url,
-        operation,
-        dest,
-        attempt: 0,
-        generation: 0,
-    })
+    let target = Target::for_url(input, operation, policy)?;
+    Ok(Job::new(layout, &target, operation))
 }
 
 /// A job that creates an empty repository named `owner/name`.
 pub fn plan_init(layout: &Layout, name: &str, worktree: bool) -> Result<Job, TaskError> {
-    let name = InitName::parse(name).map_err(|e| TaskError::new(e.code, e.message))?;
-    let dest = layout.init_path(&name, worktree);
-    // Init touches no network: a placeholder URL that no transport will see.
-    let url = RepoUrl::parse(&format!("file://{}", layout.root().display()))
-        .map_err(|e| TaskError::new(e.code, e.message))?;
-    Ok(Job {
-        task_id: task_id(layout.relative(&dest)),
-        display: name.as_str(),
-        url,
-        operation: Operation::Init,
-        dest,
-        attempt: 0,
-        generation: 0,
-    })
+    let target = Target::for_init(name, worktree)?;
+    Ok(Job::new(layout, &target, Operation::Init))
 }
 
 /// The job that continues or refreshes a stored task: sync when the repository is in place,
-/// otherwise the task's own operation (a clone that never finished).
+/// otherwise the task's own operation (a clone that never finished). Its id and path are derived
+/// again from the task's URL (a record that does not match them is refused), and its URL must
+/// still pass `policy`.
 pub fn plan_from_task(
     layout: &Layout,
     policy: &Policy,
     task: &CloneTask,
 ) -> Result<Job, TaskError> {
-    if task.operation == Operation::Init {
-        let worktree = !task.path.ends_with(".git");
-        return plan_init(layout, &task.url, worktree);
+    let target = Target::of_task(task)?;
+    if let Some(url) = target.url() {
+        policy
+            .check(url)
+            .map_err(|e| TaskError::new(e.code, e.message))?;
     }
-    let exists = std::path::Path::new(&task.path).exists();
+    let exists = layout.path_of(&target).exists();
     let operation = match task.operation {
+        Operation::Init => Operation::Init,
         // The repository disappeared: clone it again, as what its path says it was.
-        Operation::Sync if !exists && task.path.ends_with(".git") => Operation::Mirror,
+        Operation::Sync if !exists && target.is_bare() => Operation::Mirror,
         Operation::Sync if !exists => Operation::Checkout,
         _ if exists && task.status.status_type == StatusType::Completed => Operation::Sync,
         op => op,
     };
-    let mut job = plan(layout, policy, &task.url, operation)?;
-    // Keep the stored path and id: a sync must find the repository where it was put.
-    job.dest = task.path.clone().into();
-    job.task_id = task.id.clone();
-    Ok(job)
+    Ok(Job::new(layout, &target, operation))
 }
 
 /// The actors of one process and the channel their updates come out of.

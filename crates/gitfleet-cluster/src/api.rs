@@ -1,15 +1,13 @@
 //! The request/reply API, served by every node in one queue group (any node answers).
 
-use std::path::{Component, Path, PathBuf};
-
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
-use gitfleet_git::{InitName, Policy, RepoUrl, relative_repo_path, task_id};
+use gitfleet_git::{Policy, Target};
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, CloneStatus, CloneTask, Encoding,
     ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, Operation,
-    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest,
+    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest, TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -164,71 +162,28 @@ pub async fn live_nodes(nodes: &kv::Store) -> Result<Vec<String>, ApiError> {
     Ok(ids)
 }
 
-/// A repository as the cluster sees it: id, display URL and path below any root.
-struct Target {
-    id: String,
-    url: String,
-    path: PathBuf,
-}
-
-fn target(input: &str, operation: Operation, policy: &Policy) -> Result<Target, ApiError> {
-    let rejected = |code: ErrorCode, message: String| ApiError {
-        code: ApiErrorCode::Rejected,
-        message,
-        task_error: Some(code),
-    };
-    if operation == Operation::Init {
-        let name = InitName::parse(input).map_err(|e| rejected(e.code, e.message))?;
-        let path = PathBuf::from("_local").join(format!("{}.git", name.as_str()));
-        return Ok(Target {
-            id: task_id(&path),
-            url: name.as_str(),
-            path,
-        });
-    }
-    let url = RepoUrl::parse(input).map_err(|e| rejected(e.code, e.message))?;
-    policy
-        .check(&url)
-        .map_err(|e| rejected(e.code, e.message))?;
-    let path = relative_repo_path(&url, operation);
-    Ok(Target {
-        id: task_id(&path),
-        url: url.display(),
-        path,
-    })
-}
-
-/// Where a stored task's repository lives below any node's root. Nodes record absolute paths
-/// (useful to people); the part below the root is derived again from the URL, and must match the
-/// task id.
-fn relative_path_of(task: &CloneTask) -> Option<PathBuf> {
-    let bare = task.path.ends_with(".git");
-    let path = if task.operation == Operation::Init {
-        let name = InitName::parse(&task.url).ok()?;
-        PathBuf::from("_local").join(if bare {
-            format!("{}.git", name.as_str())
-        } else {
-            name.as_str()
-        })
+/// The repository an input names, or why it is refused.
+fn target(
+    input: &str,
+    operation: Operation,
+    worktree: bool,
+    policy: &Policy,
+) -> Result<Target, ApiError> {
+    let target = if operation == Operation::Init {
+        Target::for_init(input, worktree)
     } else {
-        let url = RepoUrl::parse(&task.url).ok()?;
-        relative_repo_path(
-            &url,
-            if bare {
-                Operation::Mirror
-            } else {
-                Operation::Checkout
-            },
-        )
+        Target::for_url(input, operation, policy)
     };
-    (task_id(&path) == task.id).then_some(path)
+    target.map_err(rejected)
 }
 
-/// A relative path from the wire, checked to stay below the root.
-pub fn safe_relative(path: &str) -> Option<PathBuf> {
-    let p = Path::new(path);
-    (!path.is_empty() && p.components().all(|c| matches!(c, Component::Normal(_))))
-        .then(|| p.to_path_buf())
+/// An input refused for the reason `error` gives.
+fn rejected(error: TaskError) -> ApiError {
+    ApiError {
+        code: ApiErrorCode::Rejected,
+        message: error.message,
+        task_error: Some(error.code),
+    }
 }
 
 async fn enqueue(
@@ -242,11 +197,11 @@ async fn enqueue(
 ) -> Submitted {
     let mut out = Submitted {
         input: input.to_string(),
-        task_id: Some(target.id.clone()),
+        task_id: Some(target.id().to_string()),
         duplicate: false,
         error: None,
     };
-    let Some(owner) = placement::owner(&target.id, nodes) else {
+    let Some(owner) = placement::owner(target.id(), nodes) else {
         out.error = Some(ApiError::new(
             ApiErrorCode::NoNodes,
             "no live gitfleet node",
@@ -261,7 +216,7 @@ async fn enqueue(
         let current = if let Some(known) = first.take() {
             known
         } else {
-            match ctx.store.get(&target.id).await {
+            match ctx.store.get(target.id()).await {
                 Ok(c) => c,
                 Err(e) => {
                     out.error = Some(unavailable(e));
@@ -269,6 +224,12 @@ async fn enqueue(
                 }
             }
         };
+        if let Some((stored, _)) = &current
+            && let Err(e) = target.check_stored(stored)
+        {
+            out.error = Some(rejected(e));
+            return out;
+        }
         let (mut task, rev) = match current {
             Some((task, _))
                 if !task.status.status_type.is_final()
@@ -280,11 +241,11 @@ async fn enqueue(
             }
             Some((task, rev)) => (task, rev),
             None => {
-                let path = target.path.to_string_lossy().into_owned();
+                let path = target.relative().to_string_lossy().into_owned();
                 (
                     CloneTask::new(
-                        target.id.clone(),
-                        target.url.clone(),
+                        target.id().to_string(),
+                        target.display(),
                         operation,
                         path,
                         jiff::Timestamp::now(),
@@ -322,14 +283,17 @@ async fn enqueue(
         return out;
     };
     let job = JobMessage {
-        task_id: target.id.clone(),
-        url: target.url,
+        task_id: target.id().to_string(),
+        url: target.display(),
         operation,
-        path: target.path.to_string_lossy().into_owned(),
+        path: target.relative().to_string_lossy().into_owned(),
     };
     let mut headers = HeaderMap::new();
     // One enqueue, one job, even if this publish is retried.
-    headers.insert("Nats-Msg-Id", format!("{}:{revision}", target.id).as_str());
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("{}:{revision}", target.id()).as_str(),
+    );
     let subject = ctx.nats.subjects.jobs(owner);
     let published = ctx
         .nats
@@ -366,7 +330,7 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
     // second create fails, reads, and finds the first).
     let tasks = futures_util::stream::iter(request.repositories.iter().cloned())
         .map(|input| async move {
-            match target(&input, request.operation, &ctx.policy) {
+            match target(&input, request.operation, request.worktree, &ctx.policy) {
                 Ok(t) => {
                     enqueue(
                         ctx,
@@ -388,14 +352,10 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
     Ok(SubmitReply { tasks })
 }
 
+/// The stored task `input` (an id or what a request would name) refers to.
 async fn find(ctx: &ApiContext, input: &str) -> Result<Option<(CloneTask, u64)>, ApiError> {
-    let mut ids = vec![input.to_string()];
-    for op in [Operation::Mirror, Operation::Checkout, Operation::Init] {
-        if let Ok(t) = target(input, op, &Policy::permissive()) {
-            ids.push(t.id);
-        }
-    }
-    for id in ids {
+    // By the node's own policy: a local path is only looked at where local paths are allowed.
+    for id in Target::lookup_ids(input, &ctx.policy) {
         if let Some(found) = ctx.store.get(&id).await.map_err(unavailable)? {
             return Ok(Some(found));
         }
@@ -467,17 +427,7 @@ fn sync_target(
     } else {
         task.operation
     };
-    let Some(path) = relative_path_of(&task) else {
-        return Err(ApiError::new(
-            ApiErrorCode::BadRequest,
-            format!("{input}: the stored record names no usable path"),
-        ));
-    };
-    let target = Target {
-        id: task.id.clone(),
-        url: task.url.clone(),
-        path,
-    };
+    let target = Target::of_task(&task).map_err(rejected)?;
     Ok((target, operation, (task, revision)))
 }
 

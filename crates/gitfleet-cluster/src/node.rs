@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message, consumer};
 use futures_util::StreamExt;
-use gitfleet_actors::{Fleet, FleetConfig, TaskStore, plan, plan_init};
-use gitfleet_git::Policy;
-use gitfleet_proto::{CloneStatus, JobMessage, NodeInfo, Operation, StatusType, TaskUpdate};
+use gitfleet_actors::{Fleet, FleetConfig, Job, TaskStore};
+use gitfleet_git::{Policy, Target};
+use gitfleet_proto::{
+    CloneStatus, JobMessage, NodeInfo, Operation, StatusType, TaskError, TaskUpdate,
+};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::{self, ApiContext};
@@ -244,54 +246,71 @@ async fn accept(
         let _ = message.ack_with(AckKind::Progress).await;
         return;
     }
-    // Cancelled (or finished) before it reached us: nothing to do, and running it again would
-    // be harmless but wasteful.
-    match store.get(&job.task_id).await {
-        Ok(Some((task, _))) if task.status.status_type.is_final() => {
-            let _ = message.ack().await;
+    // The job's repository, derived from its URL and operation here: a path or id from the wire
+    // is never used. A job whose id does not match what its URL derives to, or whose task is not
+    // in the bucket with the same source, was not made by the API: it is dropped, nothing written.
+    let shape_of = |op: Operation| match op {
+        Operation::Sync if job.path.ends_with(".git") => Operation::Mirror,
+        Operation::Sync => Operation::Checkout,
+        op => op,
+    };
+    let target = Target::of_parts(&job.task_id, &job.url, shape_of(job.operation), &job.path);
+    let stored = store.get(&job.task_id).await;
+    let (target, task) = match (target, stored) {
+        (Ok(target), Ok(Some((task, revision)))) if target.check_stored(&task).is_ok() => {
+            // The base of this node's first write of the task: no read before it.
+            store.remember(&task, revision);
+            (target, task)
+        }
+        (_, Err(e)) => {
+            tracing::warn!(task = %job.task_id, error = %e, "cannot read a job's task; retrying later");
+            let _ = message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
             return;
         }
-        // The base of this node's first write of the task: no read before it.
-        Ok(Some((task, revision))) => store.remember(&task, revision),
-        _ => {}
-    }
-    let Some(relative) = api::safe_relative(&job.path) else {
-        tracing::warn!(task = %job.task_id, "dropping a job with an unsafe path");
-        let _ = message.ack_with(AckKind::Term).await;
+        (target, _) => {
+            let why = target.err().map_or_else(
+                || "no task of that source in the bucket".to_string(),
+                |e| e.message,
+            );
+            tracing::warn!(task = %job.task_id, why = %why, "dropping a job that does not match its task");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    // Cancelled (or finished) before it reached us: nothing to do, and running it again would
+    // be harmless but wasteful.
+    if task.status.status_type.is_final() {
+        let _ = message.ack().await;
         return;
-    };
-    let dest = layout.root().join(&relative);
-    let mut operation = job.operation;
-    if operation == Operation::Sync && !dest.exists() {
-        // This node was not the owner when the repository was cloned: clone it here.
-        operation = if job.path.ends_with(".git") {
-            Operation::Mirror
-        } else {
-            Operation::Checkout
-        };
     }
-    let planned = if operation == Operation::Init {
-        plan_init(layout, &job.url, !job.path.ends_with(".git"))
-    } else {
-        plan(layout, policy, &job.url, operation)
+    let mut operation = job.operation;
+    if operation == Operation::Sync && !layout.path_of(&target).exists() {
+        // This node was not the owner when the repository was cloned: clone it here.
+        operation = shape_of(operation);
+    }
+    let planned = match target.url() {
+        Some(url) => policy
+            .check(url)
+            .map(|()| Job::new(layout, &target, operation))
+            .map_err(|e| TaskError::new(e.code, e.message)),
+        None => Ok(Job::new(layout, &target, operation)),
     };
-    let mut planned = match planned {
+    let planned = match planned {
         Ok(planned) => planned,
         Err(error) => {
-            if let Ok(Some((mut task, _))) = store.get(&job.task_id).await {
-                task.status = CloneStatus::failed(error.message.clone());
-                task.error_code = Some(error.code);
-                task.updated_at = jiff::Timestamp::now();
-                if store.put(&task).await.is_ok() {
-                    api::publish_state(nats, &task).await;
-                }
+            let mut task = task;
+            task.status = CloneStatus::failed(error.message.clone());
+            task.error_code = Some(error.code);
+            task.updated_at = jiff::Timestamp::now();
+            if store.put(&task).await.is_ok() {
+                api::publish_state(nats, &task).await;
             }
             let _ = message.double_ack().await;
             return;
         }
     };
-    planned.task_id = job.task_id.clone();
-    planned.dest = dest;
     match fleet.submit(vec![planned]).await {
         Ok(_) => {
             held.insert(job.task_id, message);

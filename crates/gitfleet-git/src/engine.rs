@@ -18,6 +18,7 @@ use gix::progress::tree::Root;
 use gix::remote::Direction;
 
 use crate::error::{classify, describe};
+use crate::place::Found;
 use crate::progress::{Progress, Tracker};
 use crate::url::is_loopback_host;
 use crate::{Credentials, Layout, Redactor, RepoUrl, Scheme};
@@ -283,43 +284,40 @@ fn run(
     commit: &Commit,
     events: &mpsc::Sender<Event>,
 ) -> Result<SyncResult, TaskError> {
-    let exists = req.dest.exists();
-    match req.operation {
-        Operation::Sync => {
-            if !exists {
-                return Err(TaskError::new(
-                    ErrorCode::NotFound,
-                    format!(
-                        "{} has not been cloned yet: nothing at {}",
-                        req.url.display(),
-                        req.dest.display()
-                    ),
-                ));
-            }
-            sync(req, progress, interrupt, commit, events)
-        }
-        // Cloning what is already there is a sync: running the same request twice is harmless.
-        Operation::Mirror | Operation::Bare | Operation::Checkout if exists => {
-            if gix::open_opts(&req.dest, gix::open::Options::isolated()).is_err() {
-                return Err(TaskError::new(
-                    ErrorCode::Conflict,
-                    format!(
-                        "{} exists and is not a git repository; not touching it",
-                        req.dest.display()
-                    ),
-                ));
-            }
-            sync(req, progress, interrupt, commit, events)
-        }
-        Operation::Init if exists => Err(TaskError::new(
-            ErrorCode::Conflict,
-            format!("{} already exists", req.dest.display()),
+    // Only a repository this root's gitfleet made (with its marker) is ever opened; anything
+    // else at the path, or on the way to it, is refused and left alone (place.rs).
+    let found = layout.probe(&req.dest).map_err(|e| with_url(req, e))?;
+    match (req.operation, found) {
+        (Operation::Sync, Found::Absent) => Err(TaskError::new(
+            ErrorCode::NotFound,
+            format!(
+                "{} has not been cloned yet: nothing at {}",
+                req.url.display(),
+                req.dest.display()
+            ),
         )),
-        Operation::Init => init(req, layout, commit),
-        Operation::Mirror | Operation::Bare | Operation::Checkout => {
-            clone(req, layout, progress, interrupt, commit, events)
+        // A repository made by `init` has no upstream: there is nothing to fetch, and asking
+        // again for it is harmless.
+        (_, Found::Ours(Operation::Init)) if req.operation != Operation::Init => {
+            Err(TaskError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{} was made by init and has no upstream",
+                    req.dest.display()
+                ),
+            ))
         }
+        (Operation::Init, Found::Ours(_)) => Ok(SyncResult::default()),
+        // Cloning what is already there is a sync: running the same request twice is harmless.
+        (_, Found::Ours(kind)) => sync(req, kind, progress, interrupt, commit, events),
+        (Operation::Init, Found::Absent) => init(req, layout, commit),
+        (_, Found::Absent) => clone(req, layout, progress, interrupt, commit, events),
     }
+}
+
+/// Names the request's URL in an error that does not yet.
+fn with_url(req: &Request, e: TaskError) -> TaskError {
+    TaskError::new(e.code, format!("{}: {}", req.url.display(), e.message))
 }
 
 /// Removes a staging directory unless it was moved into place.
@@ -357,26 +355,20 @@ fn git_error(req: &Request, what: &str, err: &(dyn std::error::Error + 'static))
     )
 }
 
-/// Moves a finished repository from staging into place, if the watcher has not given up.
-fn publish(req: &Request, staging: &mut Staging, commit: &Commit) -> Result<(), TaskError> {
+/// Marks a finished repository as this root's and moves it from staging into place, if the
+/// watcher has not given up.
+fn publish(
+    req: &Request,
+    layout: &Layout,
+    staging: &mut Staging,
+    commit: &Commit,
+) -> Result<(), TaskError> {
     if !commit.try_commit() {
         return Err(TaskError::new(ErrorCode::Internal, "interrupted"));
     }
-    if let Some(parent) = req.dest.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| storage_error(req, "cannot create the directory", &e))?;
-    }
-    if req.dest.exists() {
-        return Err(TaskError::new(
-            ErrorCode::Conflict,
-            format!(
-                "{} appeared while cloning; keeping what is there",
-                req.dest.display()
-            ),
-        ));
-    }
-    std::fs::rename(&staging.path, &req.dest)
-        .map_err(|e| storage_error(req, "cannot move the clone into place", &e))?;
+    layout
+        .place(&staging.path, &req.dest, req.operation)
+        .map_err(|e| with_url(req, e))?;
     staging.keep = true;
     Ok(())
 }
@@ -393,7 +385,7 @@ fn init(req: &Request, layout: &Layout, commit: &Commit) -> Result<SyncResult, T
         gix::init_bare(&staging.path)
     };
     created.map_err(|e| git_error(req, "init of", &e))?;
-    publish(req, &mut staging, commit)?;
+    publish(req, layout, &mut staging, commit)?;
     Ok(SyncResult {
         default_branch: Some("main".into()).filter(|_| false),
         ..SyncResult::default()
@@ -452,7 +444,7 @@ fn clone(
     let mut result = summarize(req, &repo, &BTreeMap::new(), &after)?;
     result.bytes_received = pack_bytes;
     drop(repo);
-    publish(req, &mut staging, commit)?;
+    publish(req, layout, &mut staging, commit)?;
     Ok(result)
 }
 
@@ -475,11 +467,12 @@ fn checkout_clone(
     .with_fetch_options(ref_map_options())
     .configure_connection({
         let credentials = req.credentials.clone();
-        let mut daemon = daemon_transport(req)?;
+        let mut ours = Some(open_transport(req, "clone of")?);
         move |connection| {
-            // gix has connected by now; its transport is dropped unused (one extra TCP connect
-            // per checkout clone), which costs less than its Nagle stalls (daemon.rs).
-            if let Some(transport) = daemon.take() {
+            // Our transport, with gitfleet's settings. For git:// gix has connected by now; its
+            // transport is dropped unused (one extra TCP connect per checkout clone), which costs
+            // less than its Nagle stalls (daemon.rs).
+            if let Some(transport) = ours.take() {
                 *connection.transport_mut() = transport;
             }
             connection.set_credentials(credentials_helper(credentials.clone()));
@@ -514,19 +507,15 @@ fn bare_clone(
         .map_err(|e| storage_error(req, "cannot create the repository", &e))?;
     let repo = gix::open_opts(path, gix::open::Options::isolated())
         .map_err(|e| git_error(req, "initialising the clone of", &e))?;
-    let specs: &[&str] = if req.operation == Operation::Mirror {
-        &["+refs/*:refs/*"]
-    } else {
-        &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
-    };
+    let (specs, tags) = fetch_specs(req.operation);
     let mut remote = repo
-        .remote_at(req.url.fetch_url().clone())
+        .remote_at_without_url_rewrite(req.url.fetch_url().clone())
         .and_then(|r| r.with_refspecs(specs.iter().copied(), Direction::Fetch))
         .map_err(|e| git_error(req, "clone of", &e))?
-        .with_fetch_tags(gix::remote::fetch::Tags::None);
+        .with_fetch_tags(tags);
     write_remote_config(req, &mut remote, repo.git_dir())?;
 
-    let mut transport = open_transport(req, &remote, "clone of")?;
+    let mut transport = open_transport(req, "clone of")?;
     let mut authenticate = credentials_helper(req.credentials.clone());
     let mut fetch_progress = progress.add_child("fetch");
     let fetched = crate::fresh::fetch(
@@ -617,8 +606,24 @@ fn set_head_like_remote(
     Ok(())
 }
 
+/// What a repository of `kind` fetches, and whether it follows tags beyond that: what its
+/// clone wrote into its config, decided here again rather than read back from that config (a
+/// repository's config is never trusted).
+fn fetch_specs(kind: Operation) -> (&'static [&'static str], gix::remote::fetch::Tags) {
+    use gix::remote::fetch::Tags;
+    match kind {
+        Operation::Mirror => (&["+refs/*:refs/*"], Tags::None),
+        Operation::Checkout => (&["+refs/heads/*:refs/remotes/origin/*"], Tags::Included),
+        _ => (
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            Tags::None,
+        ),
+    }
+}
+
 fn sync(
     req: &Request,
+    kind: Operation,
     mut progress: ProgressItem,
     interrupt: &AtomicBool,
     commit: &Commit,
@@ -629,20 +634,15 @@ fn sync(
     let repo = gix::open_opts(&req.dest, options)
         .map_err(|e| git_error(req, "opening the repository of", &e))?;
     let before = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
-    let remote = match repo.find_remote("origin") {
-        Ok(remote) => remote,
-        Err(e) => return Err(git_error(req, "finding the remote of", &e)),
-    };
-    // Always fetch from the URL of this request, never from one an attacker wrote into the
-    // repository's config, and never with credentials from it.
-    let remote = remote
-        .with_url_without_url_rewrite(req.url.fetch_url().clone())
-        .map_err(|e| git_error(req, "sync of", &e))?;
-    let specs: Vec<BString> = remote
-        .refspecs(Direction::Fetch)
-        .iter()
-        .map(|s| s.to_ref().to_bstring())
-        .collect();
+    // The URL of this request and the refspecs of the repository's kind: nothing from the
+    // repository's config (no remote, refspec, insteadOf or credential an attacker wrote).
+    let (spec_list, tags) = fetch_specs(kind);
+    let remote = repo
+        .remote_at_without_url_rewrite(req.url.fetch_url().clone())
+        .and_then(|r| r.with_refspecs(spec_list.iter().copied(), Direction::Fetch))
+        .map_err(|e| git_error(req, "sync of", &e))?
+        .with_fetch_tags(tags);
+    let specs: Vec<BString> = spec_list.iter().map(|s| BString::from(*s)).collect();
     let connection = connect(req, &remote, "sync of")?;
     let mut fetch_progress = progress.add_child("fetch");
     let listed = (|| -> gix::Result<Listed> {
@@ -759,7 +759,7 @@ fn fetch_only(
     interrupt: &AtomicBool,
 ) -> Result<u64, TaskError> {
     let remote = repo
-        .remote_at(req.url.fetch_url().clone())
+        .remote_at_without_url_rewrite(req.url.fetch_url().clone())
         .and_then(|r| r.with_refspecs(specs.iter().map(|s| s.as_bstr()), Direction::Fetch))
         .map_err(|e| git_error(req, "sync of", &e))?
         .with_fetch_tags(gix::remote::fetch::Tags::None);
@@ -790,7 +790,7 @@ fn connect<'remote, 'repo>(
     remote: &'remote gix::Remote<'repo>,
     what: &str,
 ) -> Result<FetchConnection<'remote, 'repo>, TaskError> {
-    let mut connection = remote.to_connection_with_transport(open_transport(req, remote, what)?);
+    let mut connection = remote.to_connection_with_transport(open_transport(req, what)?);
     connection.set_credentials(credentials_helper(req.credentials.clone()));
     Ok(connection)
 }
@@ -815,44 +815,51 @@ fn daemon_transport(
     }
 }
 
-/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, made and
-/// configured from the repository's (isolated) configuration as gix's `Remote::connect` does.
+/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, with
+/// gitfleet's own settings. Nothing comes from the repository's configuration: that would let
+/// whoever wrote it choose the ssh command (`core.sshCommand`), a proxy, extra headers, or turn
+/// off certificate checks (`http.sslVerify`).
 fn open_transport(
     req: &Request,
-    remote: &gix::Remote<'_>,
     what: &str,
 ) -> Result<Box<dyn gix_transport::client::blocking_io::Transport + Send>, TaskError> {
     if let Some(transport) = daemon_transport(req)? {
         return Ok(transport);
     }
-    let repo = remote.repo();
-    let (url, version) = remote
-        .sanitized_url_and_version(Direction::Fetch)
-        .map_err(|e| git_error(req, what, &e))?;
-    let ssh = if url.scheme == gix::url::Scheme::Ssh {
-        repo.ssh_connect_options()
-            .map_err(|e| git_error(req, what, &e))?
-    } else {
-        Default::default()
-    };
-    let options = repo
-        .transport_options(url.to_bstring().as_bstr(), None)
-        .map_err(|e| git_error(req, what, &e))?;
+    let url = req.url.fetch_url().clone();
+    let is_http = matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https);
     let mut transport = gix_transport::client::blocking_io::connect::connect(
         url,
         gix_transport::client::blocking_io::connect::Options {
-            version,
-            ssh,
+            version: gix::protocol::transport::Protocol::V2,
+            // The `ssh` program found on PATH, never a shell command line.
+            ssh: Default::default(),
             trace: false,
         },
     )
     .map_err(|e| git_error(req, what, &e))?;
-    if let Some(options) = options {
+    if is_http {
         transport
-            .configure(&*options)
+            .configure(&http_options(req))
             .map_err(|e| git_error(req, what, &e))?;
     }
     Ok(transport)
+}
+
+/// gitfleet's HTTP settings. Redirects are not followed: a redirect could send the request, and
+/// with it credentials, to another host or to an address the policy refuses.
+fn http_options(req: &Request) -> gix_transport::client::blocking_io::http::Options {
+    use gix_transport::client::blocking_io::http::options::FollowRedirects;
+    gix_transport::client::blocking_io::http::Options {
+        follow_redirects: FollowRedirects::None,
+        user_agent: Some(concat!("gitfleet/", env!("CARGO_PKG_VERSION")).to_string()),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        // The stall limit, enforced by the transport too: a server trickling a byte now and then
+        // keeps no thread.
+        low_speed_limit_bytes_per_second: 1,
+        low_speed_time_seconds: req.limits.stall_limit.as_secs().max(1),
+        ..Default::default()
+    }
 }
 
 /// Whether every ref the fetch would write already has the id the remote advertises.

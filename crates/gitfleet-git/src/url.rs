@@ -110,10 +110,30 @@ pub struct RepoUrl {
 const MAX_URL_LEN: usize = 4096;
 const MAX_SEGMENT_LEN: usize = 255;
 
+/// What [`RepoUrl::parse_with`] does with a local path or `file://` URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalPaths {
+    /// Resolve it on this machine's file system (it must exist): the command line's users name
+    /// their own directories.
+    Resolve,
+    /// Refuse it before touching the file system, so that the answer tells nothing about which
+    /// paths exist (requests from other people, when local paths are not allowed).
+    Refuse,
+    /// Take an absolute path as it is, without looking at the file system: a URL that was
+    /// resolved when its task was created.
+    AsStored,
+}
+
 impl RepoUrl {
     /// Parses `input` (a URL, an scp-like `user@host:path`, or a local path) and checks that
-    /// nothing in it can be read as an option, a command or a path escape.
+    /// nothing in it can be read as an option, a command or a path escape. Local paths are
+    /// resolved on this machine.
     pub fn parse(input: &str) -> Result<RepoUrl, UrlError> {
+        Self::parse_with(input, LocalPaths::Resolve)
+    }
+
+    /// [`RepoUrl::parse`], with a choice of what a local path does.
+    pub fn parse_with(input: &str, local: LocalPaths) -> Result<RepoUrl, UrlError> {
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err(UrlError::invalid(input, "it is empty"));
@@ -185,7 +205,22 @@ impl RepoUrl {
             }
             let path = String::from_utf8(url.path.to_vec())
                 .map_err(|_| UrlError::invalid(input, "the path is not UTF-8"))?;
-            let absolute = local_path(input, Path::new(&path))?;
+            let absolute = match local {
+                LocalPaths::Resolve => local_path(input, Path::new(&path))?,
+                LocalPaths::Refuse => {
+                    return Err(UrlError::denied(
+                        input,
+                        "local paths and file:// urls are not allowed here",
+                    ));
+                }
+                LocalPaths::AsStored if Path::new(&path).is_absolute() => PathBuf::from(&path),
+                LocalPaths::AsStored => {
+                    return Err(UrlError::invalid(
+                        input,
+                        "a stored local path is not absolute",
+                    ));
+                }
+            };
             url.path = absolute.to_string_lossy().as_bytes().into();
             url.serialize_alternative_form = false;
             (None, path_segments(input, &absolute.to_string_lossy())?)
@@ -254,19 +289,37 @@ impl RepoUrl {
     }
 
     /// Directory segments below the storage root: `[host, owner, ..., name]`, with the port kept
-    /// when it is not the scheme's default and `_file` standing in for local paths.
+    /// when it is not the scheme's default (`host_8443`), an IPv6 address in brackets with `_` for
+    /// its colons (`[__1]_9419`) and `_file` standing in for local paths.
+    ///
+    /// Distinct repositories never share segments: host names cannot contain `_` or brackets
+    /// (so neither a port, an IPv6 address nor `_file`/`_local` can be spelled as a host), and no
+    /// segment but the last may end in `.git` (see [`path_segments`]).
     pub fn storage_segments(&self) -> Vec<String> {
-        let first = match (&self.host, self.port) {
-            (Some(h), Some(p)) => {
-                format!("{}_{p}", h.trim_start_matches('[').trim_end_matches(']'))
+        let first = match &self.host {
+            Some(host) => {
+                // `check_host` wrote an IPv6 address as `[addr]`, canonically.
+                let mut first = host.replace(':', "_");
+                if let Some(port) = self.port {
+                    first.push_str(&format!("_{port}"));
+                }
+                first
             }
-            (Some(h), None) => h.trim_start_matches('[').trim_end_matches(']').to_string(),
-            (None, _) => "_file".to_string(),
+            None => "_file".to_string(),
         };
         let mut out = Vec::with_capacity(self.segments.len() + 1);
-        out.push(first.replace(':', "_"));
+        out.push(first);
         out.extend(self.segments.iter().cloned());
         out
+    }
+
+    /// Whether `other` names the same repository over the same scheme (the user name and the
+    /// spelling may differ).
+    pub fn same_source(&self, other: &RepoUrl) -> bool {
+        self.scheme == other.scheme
+            && self.host == other.host
+            && self.port == other.port
+            && self.segments == other.segments
     }
 }
 
@@ -297,25 +350,35 @@ fn check_text(input: &str, what: &str, value: &str) -> Result<(), UrlError> {
     Ok(())
 }
 
+/// A host name (letters, digits, `.` and `-`; no `_`, which the storage layout uses for ports)
+/// or an IP address, lowercased; an IPv6 address keeps its brackets, as URLs spell it.
 fn check_host(input: &str, host: &str) -> Result<String, UrlError> {
     check_text(input, "host", host)?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let ok = if bare.parse::<Ipv6Addr>().is_ok() {
-        true
-    } else {
-        !bare.is_empty()
-            && !bare.starts_with('.')
-            && bare
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-    };
+    if let Ok(v6) = bare.parse::<Ipv6Addr>() {
+        return Ok(format!("[{v6}]"));
+    }
+    if bare.contains('_') {
+        return Err(UrlError::invalid(
+            input,
+            format!(
+                "'{}' is not a valid host name: host names cannot contain '_'",
+                bare.escape_debug()
+            ),
+        ));
+    }
+    let ok = !bare.is_empty()
+        && !bare.starts_with('.')
+        && bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
     if !ok {
         return Err(UrlError::invalid(
             input,
             format!("'{}' is not a valid host name", bare.escape_debug()),
         ));
     }
-    Ok(host.to_ascii_lowercase())
+    Ok(bare.to_ascii_lowercase())
 }
 
 fn path_segments(input: &str, path: &str) -> Result<Vec<String>, UrlError> {
@@ -349,6 +412,15 @@ fn path_segments(input: &str, path: &str) -> Result<Vec<String>, UrlError> {
         if last.is_empty() {
             segments.pop();
         }
+    }
+    // `.git` ends the name of every bare repository gitfleet stores: a directory of the path
+    // spelled so could be another task's repository, and a name still ending in `.git` (say
+    // `r.git.git`) would be stored where the mirror of `r` is.
+    if segments.iter().any(|s| s.ends_with(".git")) {
+        return Err(UrlError::invalid(
+            input,
+            "only the last segment of the path may end in '.git', and only once",
+        ));
     }
     Ok(segments)
 }

@@ -16,6 +16,10 @@ pub struct SubmitRequest {
     /// `mirror` (default), `bare`, `checkout` or `init`.
     #[serde(default = "default_operation")]
     pub operation: Operation,
+    /// For `init`: a repository with a working tree (`owner/name`) instead of a bare one
+    /// (`owner/name.git`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub worktree: bool,
     /// Requests with the same key while the first is pending are one request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

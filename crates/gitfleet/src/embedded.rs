@@ -1,16 +1,14 @@
 //! The embedded mode: actors in this process, state in files under the root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gitfleet_actors::{
-    CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan, plan_from_task, plan_init,
-};
-use gitfleet_git::{Layout, Policy, Scheme};
+use gitfleet_actors::{CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan_from_task};
+use gitfleet_git::{Layout, Policy, Scheme, Target, scrub_userinfo};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
 
 use crate::cli::{Cli, Command, RunArgs, Sources};
@@ -83,9 +81,11 @@ async fn remote(
             )
             .await
         }
-        Command::Init { names, run, .. } => {
-            remote::work(nats, prefix, RemoteWork::Init(names), &run).await
-        }
+        Command::Init {
+            names,
+            run,
+            worktree,
+        } => remote::work(nats, prefix, RemoteWork::Init(names, worktree), &run).await,
         Command::Sync { sources, run } => {
             remote::work(nats, prefix, RemoteWork::Sync(sources), &run).await
         }
@@ -180,6 +180,17 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
         rejected += 1;
         display.rejected(input, &e);
     };
+    let known = store.load_all_sync()?;
+    let known_by_id: HashMap<&str, &CloneTask> = known.iter().map(|t| (t.id.as_str(), t)).collect();
+    // A new request for a stored task must name the same source (a task's URL never changes
+    // silently).
+    let new_job = |target: Result<Target, TaskError>, operation: Operation| {
+        let target = target?;
+        if let Some(stored) = known_by_id.get(target.id()) {
+            target.check_stored(stored)?;
+        }
+        Ok::<Job, TaskError>(Job::new(&layout, &target, operation))
+    };
     match work {
         Work::Clone(sources, op) => {
             let urls = read_sources(&sources)?;
@@ -187,7 +198,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
                 bail!("no repositories given: name URLs or use --file LIST");
             }
             for input in urls {
-                match plan(&layout, &policy, &input, op) {
+                match new_job(Target::for_url(&input, op, &policy), op) {
                     Ok(job) => jobs.push(job),
                     Err(e) => reject(&mut display, &input, e),
                 }
@@ -195,14 +206,13 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
         }
         Work::Init(names, worktree) => {
             for name in names {
-                match plan_init(&layout, &name, worktree) {
+                match new_job(Target::for_init(&name, worktree), Operation::Init) {
                     Ok(job) => jobs.push(job),
                     Err(e) => reject(&mut display, &name, e),
                 }
             }
         }
         Work::Sync(sources) => {
-            let known = store.load_all_sync()?;
             let urls = read_sources(&sources)?;
             if urls.is_empty() {
                 for task in known.iter().filter(|t| t.status.status_type.is_final()) {
@@ -311,16 +321,7 @@ fn find_task<'a>(
     known: &'a [CloneTask],
     input: &str,
 ) -> Result<&'a CloneTask, TaskError> {
-    if let Some(task) = known.iter().find(|t| t.id == input) {
-        return Ok(task);
-    }
-    let mut candidates = Vec::new();
-    for op in [Operation::Mirror, Operation::Checkout] {
-        candidates.push(plan(layout, policy, input, op)?.task_id);
-    }
-    if let Ok(init) = plan_init(layout, input, false) {
-        candidates.push(init.task_id);
-    }
+    let candidates = Target::lookup_ids(input, policy);
     known
         .iter()
         .find(|t| candidates.contains(&t.id))
@@ -328,7 +329,8 @@ fn find_task<'a>(
             TaskError::new(
                 ErrorCode::NotFound,
                 format!(
-                    "{input} is not a known repository in {}",
+                    "{} is not a known repository in {}",
+                    scrub_userinfo(input),
                     layout.root().display()
                 ),
             )

@@ -70,7 +70,8 @@ pub async fn node(
 
 pub enum RemoteWork {
     Submit(Sources, Operation),
-    Init(Vec<String>),
+    /// Names, and whether they get a working tree.
+    Init(Vec<String>, bool),
     Sync(Sources),
 }
 
@@ -101,15 +102,17 @@ pub async fn work(
                 .submit(&SubmitRequest {
                     repositories,
                     operation,
+                    worktree: false,
                     idempotency_key: None,
                 })
                 .await?
         }
-        RemoteWork::Init(names) => {
+        RemoteWork::Init(names, worktree) => {
             client
                 .submit(&SubmitRequest {
                     repositories: names,
                     operation: Operation::Init,
+                    worktree,
                     idempotency_key: None,
                 })
                 .await?

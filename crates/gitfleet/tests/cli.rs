@@ -327,3 +327,38 @@ fn cancel_from_another_process_stops_the_clone() {
         staging_is_empty(root.path())
     });
 }
+
+/// A stored repository asked for over another scheme is a conflict (its URL is not re-pointed),
+/// and `status`/`cancel` by name find a repository made by `init --worktree`.
+#[test]
+fn a_changed_scheme_is_a_conflict_and_init_worktrees_are_found_by_name() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let over_http = alpha.replacen("git://", "http://", 1);
+    let out = run(gitfleet(root.path()).args(["mirror", "--json", &over_http]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("\"conflict\""), "{stdout}");
+    let tasks = status_json(root.path());
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(task_for(&tasks, "alpha")["url"], alpha.as_str());
+
+    let out = run(gitfleet(root.path()).args(["init", "--worktree", "team/tools"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = run(gitfleet(root.path()).args(["status", "--json", "team/tools"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let found: Vec<Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0]["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("_local/team/tools")),
+        "{found:?}"
+    );
+    let out = run(gitfleet(root.path()).args(["cancel", "team/tools"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -135,6 +135,7 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
         .submit(&SubmitRequest {
             repositories: repositories.clone(),
             operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
             idempotency_key: None,
         })
         .await
@@ -157,6 +158,7 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
                 daemon.url("many/r0.git"),
             ],
             operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
             idempotency_key: None,
         })
         .await
@@ -293,6 +295,7 @@ async fn malformed_oversized_and_unknown_requests_get_error_replies() {
         .submit(&SubmitRequest {
             repositories: vec!["file:///etc".into()],
             operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
             idempotency_key: None,
         })
         .await
@@ -340,6 +343,7 @@ async fn a_node_killed_mid_clone_has_its_work_taken_over() {
         .submit(&SubmitRequest {
             repositories,
             operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
             idempotency_key: None,
         })
         .await
@@ -434,6 +438,7 @@ async fn a_nats_restart_mid_run_loses_nothing() {
         .submit(&SubmitRequest {
             repositories,
             operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
             idempotency_key: None,
         })
         .await
@@ -488,6 +493,7 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
     let submit = SubmitRequest {
         repositories,
         operation: gitfleet_proto::Operation::Mirror,
+        worktree: false,
         idempotency_key: None,
     };
     let reply = client.submit(&submit).await.expect("submit");
@@ -617,6 +623,7 @@ async fn the_command_line_talks_to_the_cluster() {
     let keyed = |key: Option<&str>| SubmitRequest {
         repositories: vec![daemon.url("beta.git")],
         operation: gitfleet_proto::Operation::Mirror,
+        worktree: false,
         idempotency_key: key.map(str::to_string),
     };
     let first = client.submit(&keyed(Some("req-1"))).await.expect("submit");
@@ -629,4 +636,159 @@ async fn the_command_line_talks_to_the_cluster() {
     assert!(!fresh.tasks[0].duplicate, "{fresh:#?}");
     let task = wait_final(&client, &[id]).await.remove(0);
     assert_eq!(task.status.status_type, StatusType::Completed);
+}
+
+/// A job published straight onto a node's subject by any NATS client that can, naming another
+/// task's id, gitfleet's own directory or a task that does not exist: the node derives the path
+/// from the job's URL itself and checks the task in the bucket, so nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_jobs_write_nothing() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let node = start_node(&nats, "solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let submit = |url: String| SubmitRequest {
+        repositories: vec![url],
+        operation: gitfleet_proto::Operation::Mirror,
+        worktree: false,
+        idempotency_key: None,
+    };
+    let reply = client
+        .submit(&submit(daemon.url("alpha.git")))
+        .await
+        .expect("submit");
+    let alpha_id = reply.tasks[0].task_id.clone().expect("a task");
+    let alpha = wait_final(&client, std::slice::from_ref(&alpha_id))
+        .await
+        .remove(0);
+    assert_eq!(alpha.status.status_type, StatusType::Completed);
+    let alpha_dir = Path::new(&alpha.path).to_path_buf();
+    let alpha_refs = refs(&alpha_dir);
+
+    let beta_url = daemon.url("beta.git");
+    let beta = gitfleet_git::Target::for_url(
+        &beta_url,
+        gitfleet_proto::Operation::Mirror,
+        &gitfleet_git::Policy::permissive(),
+    )
+    .expect("a target");
+    let alpha_relative = alpha_dir
+        .strip_prefix(node.root.path().canonicalize().expect("root"))
+        .expect("below the root")
+        .to_string_lossy()
+        .into_owned();
+    let forged = [
+        // Another repository into alpha's path, under alpha's id.
+        gitfleet_proto::JobMessage {
+            task_id: alpha_id.clone(),
+            url: beta_url.clone(),
+            operation: gitfleet_proto::Operation::Mirror,
+            path: alpha_relative.clone(),
+        },
+        // Into gitfleet's own directory.
+        gitfleet_proto::JobMessage {
+            task_id: beta.id().to_string(),
+            url: beta_url.clone(),
+            operation: gitfleet_proto::Operation::Mirror,
+            path: ".gitfleet/evil.git".into(),
+        },
+        // A well-formed job for a task nobody submitted.
+        gitfleet_proto::JobMessage {
+            task_id: beta.id().to_string(),
+            url: beta_url.clone(),
+            operation: gitfleet_proto::Operation::Mirror,
+            path: beta.relative().to_string_lossy().into_owned(),
+        },
+    ];
+    let raw = async_nats::connect(nats.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(raw);
+    for job in &forged {
+        jetstream
+            .publish("gitfleet.jobs.solo", gitfleet_proto::to_json(job).into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    // A real request after them: once it is done, the node has been through the forged jobs.
+    let reply = client
+        .submit(&submit(daemon.url("org-a/utils.git")))
+        .await
+        .expect("submit");
+    let sentinel = reply.tasks[0].task_id.clone().expect("a task");
+    wait_final(&client, &[sentinel]).await;
+
+    let root = node.root.path();
+    assert!(!root.join(".gitfleet/evil.git").exists());
+    assert!(!root.join(beta.relative()).exists(), "a forged job ran");
+    assert_eq!(refs(&alpha_dir), alpha_refs, "alpha's mirror changed");
+    let alpha_now = client.get(&alpha_id).await.expect("alpha");
+    assert_eq!(alpha_now.url, alpha.url);
+    assert_eq!(alpha_now.status.status_type, StatusType::Completed);
+    assert!(client.get(beta.id()).await.is_err(), "a task was made up");
+}
+
+/// `init --worktree` keeps its working tree in cluster mode, `status` finds it by name, and a
+/// request for a stored repository over another scheme is a conflict, not a re-pointing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_worktree_and_a_changed_scheme_over_the_cluster() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let node = start_node(&nats, "solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
+            .args(["--nats", &nats.url()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gitfleet");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = cli(&["init", "--worktree", "team/tools"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (code, stdout, stderr) = cli(&["status", "--json", "team/tools"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let tasks: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(tasks.len(), 1, "{stdout}");
+    let path = tasks[0]["path"].as_str().expect("a path");
+    assert!(path.ends_with("_local/team/tools"), "{path}");
+    assert!(node.root.path().join("_local/team/tools/.git").is_dir());
+
+    let (code, stdout, stderr) = cli(&["mirror", &daemon.url("alpha.git")]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let over_http = daemon.url("alpha.git").replacen("git://", "http://", 1);
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: vec![over_http],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let error = reply.tasks[0].error.as_ref().expect("refused");
+    assert_eq!(error.code, ApiErrorCode::Rejected, "{error:?}");
+    assert_eq!(
+        error.task_error,
+        Some(gitfleet_proto::ErrorCode::Conflict),
+        "{error:?}"
+    );
+    let (_, stdout, _) = cli(&["status", "--json", &daemon.url("alpha.git")]);
+    assert!(
+        stdout.contains("git://"),
+        "the stored url changed: {stdout}"
+    );
 }

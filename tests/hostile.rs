@@ -1,0 +1,352 @@
+//! Hostile input: repositories, servers and requests made by someone who wants a node to run a
+//! command, write outside its storage root, or sync into something gitfleet did not make. Each
+//! test builds its repositories with the git CLI and serves them with a real `git daemon` or
+//! smart-HTTP server on 127.0.0.1 (docs/SECURITY.md lists which test covers which defence).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gitfleet_git::{Control, Layout, Limits, Policy, Redactor, Request, Target};
+use gitfleet_proto::{ErrorCode, Operation, SyncResult, TaskError};
+use gitfleet_tests::{
+    Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, mirror_clone, refs, run_git,
+};
+use tempfile::TempDir;
+
+fn tempdir() -> TempDir {
+    tempfile::tempdir().expect("creating a temporary directory")
+}
+
+/// A storage root of its own for one test.
+struct Store {
+    _dir: TempDir,
+    layout: Layout,
+}
+
+impl Store {
+    fn new() -> Store {
+        gitfleet_git::init_tls();
+        let dir = tempdir();
+        let layout = Layout::open(&dir.path().join("root")).expect("opening the storage root");
+        Store { _dir: dir, layout }
+    }
+
+    /// The request the planner makes for `url`: path and id from [`Target`].
+    fn request(&self, url: &str, operation: Operation) -> Request {
+        let shape = match operation {
+            Operation::Sync => Operation::Mirror,
+            other => other,
+        };
+        let target =
+            Target::for_url(url, shape, &Policy::permissive()).expect("the test url is valid");
+        Request {
+            url: target.url().expect("a remote target").clone(),
+            operation,
+            dest: self.layout.path_of(&target),
+            credentials: None,
+            limits: Limits {
+                time_limit: Duration::from_secs(300),
+                stall_limit: Duration::from_secs(60),
+                grace: Duration::from_secs(2),
+            },
+            redactor: Redactor::default(),
+        }
+    }
+
+    fn run(&self, req: &Request) -> Result<SyncResult, TaskError> {
+        gitfleet_git::execute(req, &self.layout, &Control::new(), &mut |_| {})
+    }
+}
+
+/// A loopback port that records whether anyone connected: where a hostile config would send
+/// gitfleet (a proxy, a rewritten URL).
+struct Trap {
+    listener: TcpListener,
+}
+
+impl Trap {
+    fn new() -> Trap {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a trap port");
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        Trap { listener }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}",
+            self.listener.local_addr().expect("an address").port()
+        )
+    }
+
+    fn was_contacted(&self) -> bool {
+        self.listener.accept().is_ok()
+    }
+}
+
+/// Every file below `dir` with its content: to show that nothing changed.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("reading a directory") {
+            let entry = entry.expect("an entry");
+            let kind = entry.file_type().expect("a file type");
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(entry.path()).expect("a link");
+                out.push((entry.path(), target.into_os_string().into_encoded_bytes()));
+            } else {
+                out.push((entry.path(), std::fs::read(entry.path()).expect("a file")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn git_config(repo: &Path, key: &str, value: &str) {
+    run_git(repo, &["config", "--file", "config", key, value]);
+}
+
+#[test]
+fn a_repositorys_own_config_is_never_used() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let store = Store::new();
+    let url = server.url("alpha.git");
+    let req = store.request(&url, Operation::Mirror);
+    store.run(&req).expect("the first mirror");
+
+    // Whoever can write the config (an earlier bug, an operator's mistake) must not be able to
+    // choose where gitfleet connects, what it fetches, or which command it runs.
+    let trap = Trap::new();
+    let pwned = req.dest.join("pwned");
+    git_config(
+        &req.dest,
+        "remote.origin.url",
+        &format!("{}/evil", trap.url()),
+    );
+    git_config(
+        &req.dest,
+        "remote.origin.fetch",
+        "+refs/heads/*:refs/evil/*",
+    );
+    git_config(&req.dest, "http.proxy", &trap.url());
+    git_config(
+        &req.dest,
+        &format!("url.{}/.insteadOf", trap.url()),
+        &format!("http://127.0.0.1:{}/", server.port()),
+    );
+    git_config(
+        &req.dest,
+        "core.sshCommand",
+        &format!("touch {}", pwned.display()),
+    );
+    fx.mutate("alpha.git");
+
+    store
+        .run(&store.request(&url, Operation::Sync))
+        .expect("the sync fetches from the request's url");
+    assert!(!trap.was_contacted(), "the config's proxy or url was used");
+    assert!(!pwned.exists());
+    let mirrored = refs(&req.dest);
+    assert!(
+        !mirrored.keys().any(|r| r.starts_with("refs/evil/")),
+        "the config's refspec was used: {mirrored:?}"
+    );
+    let reference = tempdir();
+    mirror_clone(&url, &reference.path().join("r.git"));
+    assert_eq!(mirrored, refs(&reference.path().join("r.git")));
+}
+
+#[test]
+fn a_repository_gitfleet_did_not_make_is_left_alone() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let trap = Trap::new();
+    for operation in [Operation::Mirror, Operation::Sync] {
+        let req = store.request(&daemon.url("alpha.git"), operation);
+        std::fs::create_dir_all(&req.dest).expect("mkdir");
+        run_git(&req.dest, &["init", "--quiet", "--bare"]);
+        git_config(&req.dest, "http.proxy", &trap.url());
+        let before = snapshot(&req.dest);
+        let err = store
+            .run(&req)
+            .expect_err("a foreign repository is refused");
+        assert_eq!(err.code, ErrorCode::Conflict, "{operation}: {err}");
+        assert!(err.message.contains("did not create"), "{err}");
+        assert_eq!(snapshot(&req.dest), before, "{operation}: it was touched");
+        std::fs::remove_dir_all(&req.dest).expect("cleaning up");
+    }
+    assert!(!trap.was_contacted());
+}
+
+/// A source repository served as `planted`, whose tree holds what an attacker would plant in a
+/// checkout: a directory that looks like a bare repository (`x.git`), and a symlink out of the
+/// storage root (`out`), plus an innocent repository served at `planted/out/y`, whose storage
+/// path passes through that symlink.
+struct Planted {
+    _dir: TempDir,
+    daemon: GitDaemon,
+    outside: TempDir,
+}
+
+impl Planted {
+    fn new() -> Planted {
+        let dir = tempdir();
+        let outside = tempdir();
+        let base = dir.path().join("served");
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("x.git/objects/pack")).expect("mkdir");
+        std::fs::create_dir_all(work.join("x.git/refs/heads")).expect("mkdir");
+        std::fs::write(work.join("x.git/objects/pack/.keep"), "").expect("write");
+        std::fs::write(work.join("x.git/refs/heads/.keep"), "").expect("write");
+        std::fs::write(work.join("x.git/HEAD"), "ref: refs/heads/main\n").expect("write");
+        std::fs::write(
+            work.join("x.git/config"),
+            "[core]\n\tbare = true\n\tsshCommand = touch /tmp/gitfleet-pwned\n\
+             [remote \"origin\"]\n\turl = http://127.0.0.1:9/evil\n\
+             \tfetch = +refs/*:refs/evil/*\n",
+        )
+        .expect("write");
+        std::os::unix::fs::symlink(outside.path(), work.join("out")).expect("symlink");
+        run_git(&work, &["init", "--quiet", "-b", "main"]);
+        run_git(&work, &["add", "-A"]);
+        run_git(
+            &work,
+            &[
+                "-c",
+                "user.name=a",
+                "-c",
+                "user.email=a@example.invalid",
+                "commit",
+                "--quiet",
+                "-m",
+                "plant",
+            ],
+        );
+        std::fs::create_dir_all(&base).expect("mkdir");
+        run_git(
+            dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                "--bare",
+                &work.to_string_lossy(),
+                &base.join("planted.git").to_string_lossy(),
+            ],
+        );
+        let innocent = base.join("planted/out/y.git");
+        std::fs::create_dir_all(&innocent).expect("mkdir");
+        run_git(
+            dir.path(),
+            &[
+                "clone",
+                "--quiet",
+                "--bare",
+                &base.join("planted.git").to_string_lossy(),
+                &innocent.to_string_lossy(),
+            ],
+        );
+        let daemon = GitDaemon::start(&base);
+        Planted {
+            _dir: dir,
+            daemon,
+            outside,
+        }
+    }
+}
+
+#[test]
+fn a_checkout_cannot_plant_a_repository_or_a_symlink_for_another_url() {
+    let planted = Planted::new();
+    let store = Store::new();
+    let checkout = store.request(&planted.daemon.url("planted"), Operation::Checkout);
+    store.run(&checkout).expect("the checkout");
+    assert!(
+        checkout.dest.join("x.git/HEAD").is_file(),
+        "the plant is in place"
+    );
+    let before = snapshot(&checkout.dest);
+
+    // Its path is the planted directory: syncing into it would use the planted config.
+    let planted_repo = store.request(&planted.daemon.url("planted/x"), Operation::Mirror);
+    assert_eq!(planted_repo.dest, checkout.dest.join("x.git"));
+    let err = store.run(&planted_repo).expect_err("inside a working tree");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    assert!(err.message.contains("working tree"), "{err}");
+
+    // Its path passes the planted symlink: following it would write outside the root.
+    let through_link = store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror);
+    let err = store.run(&through_link).expect_err("through a symlink");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    assert_eq!(
+        std::fs::read_dir(planted.outside.path())
+            .expect("the outside directory")
+            .count(),
+        0,
+        "something was written outside the storage root"
+    );
+    assert_eq!(snapshot(&checkout.dest), before, "the checkout was touched");
+    assert!(!Path::new("/tmp/gitfleet-pwned").exists());
+}
+
+#[test]
+fn a_symlink_below_the_root_is_never_followed() {
+    let planted = Planted::new();
+    let store = Store::new();
+    let req = store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror);
+    // Whatever put it there: a directory on the way that is a symlink out of the root.
+    let parent = req.dest.parent().expect("a parent");
+    std::fs::create_dir_all(parent.parent().expect("a grandparent")).expect("mkdir");
+    std::os::unix::fs::symlink(planted.outside.path(), parent).expect("symlink");
+    let err = store.run(&req).expect_err("a symlink on the way");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    assert!(err.message.contains("symlink"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(planted.outside.path())
+            .expect("the outside directory")
+            .count(),
+        0
+    );
+    // The destination itself as a symlink to a repository gitfleet made elsewhere.
+    let other = Store::new();
+    let elsewhere = other.request(&planted.daemon.url("planted"), Operation::Mirror);
+    other.run(&elsewhere).expect("a mirror in another root");
+    let req = store.request(&planted.daemon.url("planted"), Operation::Mirror);
+    std::fs::create_dir_all(req.dest.parent().expect("a parent")).expect("mkdir");
+    std::os::unix::fs::symlink(&elsewhere.dest, &req.dest).expect("symlink");
+    let err = store.run(&req).expect_err("a symlinked destination");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+}
+
+#[test]
+fn repositories_are_never_stored_inside_each_other() {
+    let planted = Planted::new();
+    let store = Store::new();
+    // A mirror below a path, then a checkout at that path: the checkout finds a directory it
+    // did not make and leaves it alone.
+    let inner = store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror);
+    store.run(&inner).expect("the inner mirror");
+    let outer = store.request(&planted.daemon.url("planted"), Operation::Checkout);
+    assert!(inner.dest.starts_with(&outer.dest));
+    let err = store.run(&outer).expect_err("a checkout around a mirror");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    fsck(&inner.dest).expect("the inner mirror is intact");
+    // A mirror made by gitfleet is never a directory on another's way either.
+    let store = Store::new();
+    let mirror = store.request(&planted.daemon.url("planted"), Operation::Mirror);
+    store.run(&mirror).expect("the mirror");
+    let forged = Request {
+        dest: mirror.dest.join("y.git"),
+        ..store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror)
+    };
+    let err = store.run(&forged).expect_err("inside a bare repository");
+    assert_eq!(err.code, ErrorCode::Conflict, "{err}");
+    fsck(&mirror.dest).expect("the mirror is intact");
+}
