@@ -87,7 +87,7 @@ impl Executor for GitExecutor {
         let credentials = self.credentials.for_url(&job.url);
         let mut redactor = self.credentials.redactor();
         if let Some(c) = &credentials {
-            redactor.add(&c.token);
+            redactor.add_credentials(c);
         }
         let request = Request {
             url: job.url.clone(),

@@ -3,7 +3,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
-use gitfleet_git::{Policy, Target};
+use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, CloneStatus, CloneTask, Encoding,
     ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, Operation,
@@ -196,7 +196,7 @@ async fn enqueue(
     known: Option<(CloneTask, u64)>,
 ) -> Submitted {
     let mut out = Submitted {
-        input: input.to_string(),
+        input: scrub_userinfo(input),
         task_id: Some(target.id().to_string()),
         duplicate: false,
         error: None,
@@ -419,7 +419,7 @@ fn sync_target(
     let Some((task, revision)) = found else {
         return Err(ApiError::new(
             ApiErrorCode::NotFound,
-            format!("{input} is not a known repository"),
+            format!("{} is not a known repository", scrub_userinfo(input)),
         ));
     };
     let operation = if task.status.status_type == StatusType::Completed {
@@ -434,7 +434,7 @@ fn sync_target(
 /// The answer for an input that names no task to enqueue.
 fn not_enqueued(input: String, error: ApiError) -> Submitted {
     Submitted {
-        input,
+        input: scrub_userinfo(&input),
         task_id: None,
         duplicate: false,
         error: Some(error),
@@ -445,7 +445,12 @@ async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiErro
     find(ctx, &request.task)
         .await?
         .map(|(t, _)| t)
-        .ok_or_else(|| ApiError::new(ApiErrorCode::NotFound, format!("no task {}", request.task)))
+        .ok_or_else(|| {
+            ApiError::new(
+                ApiErrorCode::NotFound,
+                format!("no task {}", scrub_userinfo(&request.task)),
+            )
+        })
 }
 
 async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiError> {

@@ -37,12 +37,12 @@ pub struct Credentials {
     pub token: Secret,
 }
 
-/// Where credentials come from: an optional default for every host (the `GITFLEET_TOKEN`
-/// environment variable of the command line) and per-host entries from configuration. A token
-/// inside a URL wins over both and is used only for that URL.
+/// Which credentials go to which host: entries of `host pattern` (an exact host name or
+/// `*.suffix`) and credentials, the first match winning. There is no default for every host: a
+/// token offered to any host a URL names would go to whoever wrote the URL. A token inside a URL
+/// is used only for that URL.
 #[derive(Debug, Clone, Default)]
 pub struct CredentialsConfig {
-    pub default: Option<Credentials>,
     pub per_host: Vec<(String, Credentials)>,
 }
 
@@ -52,22 +52,18 @@ impl CredentialsConfig {
             return Some(inline);
         }
         let host = url.host()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         self.per_host
             .iter()
             .find(|(pattern, _)| crate::url::host_matches(pattern, host))
             .map(|(_, c)| c.clone())
-            .or_else(|| self.default.clone())
     }
 
     /// Every secret known here, so that text can be scrubbed of them.
     pub fn redactor(&self) -> Redactor {
         let mut r = Redactor::default();
-        for c in self
-            .default
-            .iter()
-            .chain(self.per_host.iter().map(|(_, c)| c))
-        {
-            r.add(&c.token);
+        for (_, c) in &self.per_host {
+            r.add_credentials(c);
         }
         r
     }
@@ -83,6 +79,16 @@ impl Redactor {
     pub fn add(&mut self, secret: &Secret) {
         if !secret.0.is_empty() && !self.secrets.contains(secret) {
             self.secrets.push(secret.clone());
+        }
+    }
+
+    /// The secrets of `credentials`: the token, or the user name when it stands in for one
+    /// (`https://token@host`).
+    pub fn add_credentials(&mut self, credentials: &Credentials) {
+        if credentials.token.expose().is_empty() {
+            self.add(&Secret::new(credentials.username.clone()));
+        } else {
+            self.add(&credentials.token);
         }
     }
 
@@ -114,35 +120,48 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Replaces the password of every `scheme://user:password@host` in `text` with `***`, whoever
-/// the password belongs to.
+/// Replaces the user information of every `scheme://userinfo@host` in `text` that may hold a
+/// secret with `***`, whoever it belongs to: a password (`user:password@`), or any user name of
+/// an http(s) URL (tokens are sent as user names: `https://ghp_...@host`). An ssh or git user
+/// name (`ssh://git@host`) stays.
+///
+/// The user information is taken to run up to the last `@` before the next `/` (or the end of
+/// the line): a password may hold spaces, quotes, `#` or `?`, and stopping at any of them would
+/// show the rest. Text that is not a URL may be masked too; a secret is never shown.
 pub fn scrub_userinfo(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(pos) = rest.find("://") {
         let (head, tail) = rest.split_at(pos + 3);
         out.push_str(head);
-        let authority_end = tail
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
-            })
+        let scheme_start = head[..pos]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let scheme = head[scheme_start..pos].to_ascii_lowercase();
+        let span_end = [tail.find('/'), tail.find('\n'), tail.find("://")]
+            .into_iter()
+            .flatten()
+            .min()
             .unwrap_or(tail.len());
-        let authority = &tail[..authority_end];
-        match authority.rfind('@') {
+        let span = &tail[..span_end];
+        match span.rfind('@') {
             Some(at) => {
-                let userinfo = &authority[..at];
-                match userinfo.find(':') {
-                    Some(colon) => {
-                        out.push_str(&userinfo[..colon]);
-                        out.push_str(":***");
-                    }
-                    None => out.push_str(userinfo),
+                let userinfo = &span[..at];
+                let keep_user = !userinfo.contains(':')
+                    && !matches!(
+                        scheme.as_str(),
+                        "http" | "https" | "nats" | "tls" | "ws" | "wss"
+                    );
+                if keep_user {
+                    out.push_str(userinfo);
+                } else {
+                    out.push_str("***");
                 }
-                out.push_str(&authority[at..]);
+                out.push_str(&span[at..]);
             }
-            None => out.push_str(authority),
+            None => out.push_str(span),
         }
-        rest = &tail[authority_end..];
+        rest = &tail[span_end..];
     }
     out.push_str(rest);
     out
@@ -156,12 +175,24 @@ mod tests {
     fn userinfo_passwords_are_scrubbed_everywhere() {
         assert_eq!(
             scrub_userinfo("clone https://bob:hunter2@h/o/r failed; see http://a:b@x:1/y"),
-            "clone https://bob:***@h/o/r failed; see http://a:***@x:1/y"
+            "clone https://***@h/o/r failed; see http://***@x:1/y"
         );
         assert_eq!(
             scrub_userinfo("git://h/o/r and ssh://git@h/o"),
             "git://h/o/r and ssh://git@h/o"
         );
+        // Where a scrub that stops at a space, a quote or '#' would show part of the secret.
+        for (text, secret) in [
+            ("https://u:pa ss\"wo#rd@h/o/r", "ss\"wo#rd"),
+            ("invalid url \"https://u:p'a?s@h/o\": it is bad", "p'a?s"),
+            ("https://ghp_T0KEN@github.com/o/r", "ghp_T0KEN"),
+            ("nats://node:n4ts-pass@127.0.0.1:4222", "n4ts-pass"),
+            ("ssh://git:s3cret@h/o/r", "s3cret"),
+        ] {
+            let scrubbed = scrub_userinfo(text);
+            assert!(!scrubbed.contains(secret), "{text} -> {scrubbed}");
+            assert!(scrubbed.contains("***"), "{text} -> {scrubbed}");
+        }
     }
 
     #[test]

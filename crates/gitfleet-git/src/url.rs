@@ -63,17 +63,26 @@ pub struct UrlError {
 }
 
 impl UrlError {
+    /// `why` may quote the input again (gix's parse errors do): it is scrubbed like the input.
     fn invalid(input: &str, why: impl std::fmt::Display) -> Self {
         UrlError {
             code: ErrorCode::InvalidUrl,
-            message: format!("invalid url {}: {why}", quote(input)),
+            message: format!(
+                "invalid url {}: {}",
+                quote(input),
+                scrub_userinfo(&why.to_string())
+            ),
         }
     }
 
     fn denied(input: &str, why: impl std::fmt::Display) -> Self {
         UrlError {
             code: ErrorCode::PolicyDenied,
-            message: format!("url {} refused: {why}", quote(input)),
+            message: format!(
+                "url {} refused: {}",
+                quote(input),
+                scrub_userinfo(&why.to_string())
+            ),
         }
     }
 }
@@ -169,8 +178,9 @@ impl RepoUrl {
                 ));
             }
         }
+        // gix's error repeats the input, secrets and all: say what is wrong in our words.
         let mut url = gix::url::parse(trimmed.as_bytes().as_bstr())
-            .map_err(|e| UrlError::invalid(input, e))?;
+            .map_err(|_| UrlError::invalid(input, "it cannot be parsed as a url"))?;
         let scheme = match url.scheme {
             gix::url::Scheme::File => Scheme::File,
             gix::url::Scheme::Git => Scheme::Git,
@@ -195,6 +205,12 @@ impl RepoUrl {
             check_text(input, "user", user)?;
         }
         let port = url.port.filter(|p| Some(*p) != scheme.default_port());
+        // Over http(s) a user name is a credential too (tokens are sent as user names:
+        // `https://ghp_...@host`): it is kept for authentication only, never in the URL that is
+        // shown, stored or handed to the transport.
+        if matches!(scheme, Scheme::Http | Scheme::Https) {
+            url.user = None;
+        }
 
         let (host, segments) = if scheme == Scheme::File {
             if url.host.is_some() {
@@ -275,13 +291,22 @@ impl RepoUrl {
         self.fetch_url.to_bstring().to_string()
     }
 
-    /// Credentials that arrived inside the URL (`https://user:token@host/...`).
+    /// Credentials that arrived inside the URL: `https://user:token@host/...`, or a token sent as
+    /// the user name, `https://token@host/...` (then the user name is the secret).
     pub fn inline_credentials(&self) -> Option<Credentials> {
-        let token = self.password.clone()?;
-        Some(Credentials {
-            username: self.user.clone().unwrap_or_else(|| "git".into()),
-            token,
-        })
+        match (&self.password, &self.user) {
+            (Some(token), user) => Some(Credentials {
+                username: user.clone().unwrap_or_else(|| "git".into()),
+                token: token.clone(),
+            }),
+            (None, Some(user)) if matches!(self.scheme, Scheme::Http | Scheme::Https) => {
+                Some(Credentials {
+                    username: user.clone(),
+                    token: Secret::new(""),
+                })
+            }
+            (None, _) => None,
+        }
     }
 
     pub fn password(&self) -> Option<&Secret> {
@@ -618,10 +643,29 @@ mod tests {
     fn passwords_never_reach_display_or_fetch_url() {
         let url = RepoUrl::parse("https://bob:s3cret@h.example/o/r.git").expect("parse");
         assert!(!url.display().contains("s3cret"), "{}", url.display());
-        assert!(url.display().contains("bob@"), "{}", url.display());
+        // Over http(s) not even the user name is shown: it may be a token.
+        assert_eq!(url.display(), "https://h.example/o/r.git");
         let creds = url.inline_credentials().expect("inline");
         assert_eq!(creds.username, "bob");
         assert_eq!(creds.token.expose(), "s3cret");
+        let token_as_user = RepoUrl::parse("https://ghp_T0KEN@h.example/o/r").expect("parse");
+        assert_eq!(token_as_user.display(), "https://h.example/o/r");
+        assert!(
+            !token_as_user
+                .fetch_url()
+                .to_bstring()
+                .to_string()
+                .contains("T0KEN")
+        );
+        let creds = token_as_user.inline_credentials().expect("inline");
+        assert_eq!(creds.username, "ghp_T0KEN");
+        let mut redactor = crate::Redactor::default();
+        redactor.add_credentials(&creds);
+        assert_eq!(redactor.redact("denied for ghp_T0KEN"), "denied for ***");
+        // An ssh user name is not a secret and stays.
+        let ssh = RepoUrl::parse("ssh://git@h.example/o/r").expect("parse");
+        assert_eq!(ssh.display(), "ssh://git@h.example/o/r");
+        assert!(ssh.inline_credentials().is_none());
     }
 
     #[test]

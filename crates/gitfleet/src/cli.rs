@@ -181,6 +181,19 @@ pub struct WorkArgs {
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
+    /// Hosts GITFLEET_TOKEN may be sent to (repeatable or comma-separated; `*.example.com`
+    /// matches subdomains). Without it the command line sends it to the hosts of the
+    /// repositories it is given; a node needs it.
+    #[arg(
+        long = "token-host",
+        value_name = "HOST",
+        env = "GITFLEET_TOKEN_HOSTS",
+        value_delimiter = ','
+    )]
+    pub token_hosts: Vec<String>,
+    /// A file of `HOST USERNAME TOKEN_FILE` lines: which token goes to which host.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
 }
 
 impl WorkArgs {
@@ -189,21 +202,11 @@ impl WorkArgs {
         &self,
         layout: &gitfleet_git::Layout,
         policy: gitfleet_git::Policy,
+        credentials: gitfleet_git::CredentialsConfig,
         concurrency: u16,
         node: String,
     ) -> gitfleet_actors::FleetConfig {
         use std::time::Duration;
-        // The token comes from the environment only: flags show up in process listings.
-        let credentials = gitfleet_git::CredentialsConfig {
-            default: std::env::var("GITFLEET_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty())
-                .map(|token| gitfleet_git::Credentials {
-                    username: self.username.clone(),
-                    token: gitfleet_git::Secret::new(token),
-                }),
-            per_host: Vec::new(),
-        };
         let executor = gitfleet_actors::GitExecutor {
             layout: layout.clone(),
             policy,

@@ -66,6 +66,8 @@ impl Display {
 
     /// A URL that never became a task (unparseable, refused by policy).
     pub fn rejected(&mut self, input: &str, error: &TaskError) {
+        // The input as typed may hold a password or a token.
+        let input = gitfleet_git::scrub_userinfo(input);
         match self.mode {
             Mode::Json => {
                 let line = serde_json::json!({"kind": "rejected", "input": input, "error": error});

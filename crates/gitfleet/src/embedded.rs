@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gitfleet_actors::{CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan_from_task};
-use gitfleet_git::{Layout, Policy, Scheme, Target, scrub_userinfo};
+use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Scheme, Target, scrub_userinfo};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
 
 use crate::cli::{Cli, Command, RunArgs, Sources};
@@ -111,13 +111,26 @@ pub fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
         };
         for line in reader.lines() {
             let line = line.with_context(|| format!("cannot read url list {}", path.display()))?;
-            let line = line.split('#').next().unwrap_or("").trim();
+            let line = strip_comment(&line).trim();
             if !line.is_empty() {
                 urls.push(line.to_string());
             }
         }
     }
     Ok(urls)
+}
+
+/// A URL list line without its comment: `#` at the start of the line or after white space (a `#`
+/// inside a URL, as in a password, is part of it).
+fn strip_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return &line[..i];
+        }
+        previous = c;
+    }
+    line
 }
 
 fn policy(run: &RunArgs) -> anyhow::Result<Policy> {
@@ -157,23 +170,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
     }
     let policy = policy(&run)?;
     let store = Arc::new(FileStore::open(&layout.state_dir())?);
-    let config = run
-        .work
-        .fleet_config(&layout, policy.clone(), run.concurrency, hostname());
-    let fleet = Fleet::start(config, store.clone()).await?;
     let mut display = Display::new(run.json);
-    let mut updates = fleet.subscribe();
-    let _cancels = fleet.watch_cancel_requests(CancelRequests::open(&layout.state_dir())?);
-
-    let resumed = fleet.resume_unfinished(&policy).await?;
-    if !resumed.is_empty() {
-        eprintln!(
-            "gitfleet: resuming {} unfinished task(s) from an earlier run",
-            resumed.len()
-        );
-        display.track(resumed.iter().map(|t| t.id.clone()));
-    }
-
     let mut jobs: Vec<Job> = Vec::new();
     let mut rejected = 0usize;
     let mut reject = |display: &mut Display, input: &str, e: TaskError| {
@@ -221,7 +218,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
                         Err(e) => reject(&mut display, &task.url, e),
                     }
                 }
-                if jobs.is_empty() && resumed.is_empty() {
+                if jobs.is_empty() && known.iter().all(|t| t.status.status_type.is_final()) {
                     eprintln!("gitfleet: nothing to sync in {}", layout.root().display());
                 }
             }
@@ -235,6 +232,40 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
                 }
             }
         }
+    }
+
+    // GITFLEET_TOKEN goes (without --token-host) to the hosts of the repositories the user
+    // named: in this run, and in earlier runs on this root.
+    let named_hosts: Vec<String> = jobs
+        .iter()
+        .map(|j| j.url.clone())
+        .chain(
+            known
+                .iter()
+                .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
+        )
+        .filter_map(|url| url.host().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
+    let config = run.work.fleet_config(
+        &layout,
+        policy.clone(),
+        credentials,
+        run.concurrency,
+        hostname(),
+    );
+    let fleet = Fleet::start(config, store.clone()).await?;
+    let mut updates = fleet.subscribe();
+    let _cancels = fleet.watch_cancel_requests(CancelRequests::open(&layout.state_dir())?);
+    let resumed = fleet.resume_unfinished(&policy).await?;
+    if !resumed.is_empty() {
+        eprintln!(
+            "gitfleet: resuming {} unfinished task(s) from an earlier run",
+            resumed.len()
+        );
+        display.track(resumed.iter().map(|t| t.id.clone()));
     }
 
     let started = Instant::now();

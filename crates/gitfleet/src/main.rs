@@ -2,6 +2,7 @@
 //! beyond reading arguments and showing progress.
 
 mod cli;
+mod credentials;
 mod display;
 mod embedded;
 mod remote;

@@ -30,6 +30,13 @@ pub async fn node(
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
     let layout = Layout::open(root)
         .with_context(|| format!("cannot use {} as the storage root", root.display()))?;
+    // One process per root: cleaning staging (below) would remove another's clones in progress.
+    let Some(_lock) = gitfleet_actors::RootLock::try_acquire(&layout.state_dir())? else {
+        anyhow::bail!(
+            "another gitfleet process is working in {}; a node needs a root of its own",
+            layout.root().display()
+        );
+    };
     let removed = layout
         .clean_staging()
         .context("cannot clean the staging directory")?;
@@ -43,12 +50,20 @@ pub async fn node(
         policy.allowed_schemes.insert(gitfleet_git::Scheme::File);
     }
     policy.allowed_hosts = args.allow_hosts.clone();
-    let config = args
-        .work
-        .fleet_config(&layout, policy.clone(), args.concurrency, node_id.clone());
+    let credentials = crate::credentials::load(&args.work, None)?;
+    let config = args.work.fleet_config(
+        &layout,
+        policy.clone(),
+        credentials,
+        args.concurrency,
+        node_id.clone(),
+    );
     let subjects = Subjects::new(prefix).map_err(anyhow::Error::msg)?;
     let nats = Nats::connect(nats_url, subjects, &format!("gitfleet-node-{node_id}")).await?;
-    eprintln!("gitfleet: node {node_id} joining the cluster at {nats_url}");
+    eprintln!(
+        "gitfleet: node {node_id} joining the cluster at {}",
+        gitfleet_git::scrub_userinfo(nats_url)
+    );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -362,3 +362,96 @@ fn a_changed_scheme_is_a_conflict_and_init_worktrees_are_found_by_name() {
     let out = run(gitfleet(root.path()).args(["cancel", "team/tools"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A token goes only to the hosts it is bound to: GITFLEET_TOKEN to `--token-host`, never to
+/// another host that asks for credentials; a node refuses a token bound to no host.
+#[test]
+fn a_token_is_offered_only_to_its_hosts() {
+    let fixtures = Fixtures::new();
+    let auth = |token: &str| HttpOptions {
+        auth: Some(("robot".into(), token.into())),
+        ..HttpOptions::default()
+    };
+    let bound = HttpServer::start(&fixtures.root, auth("right-token-1234"));
+    let other = HttpServer::start(&fixtures.root, auth("other-token-9999"));
+    let root = tempfile::tempdir().expect("tempdir");
+    let elsewhere = format!("http://localhost:{}/alpha.git", other.port());
+    let out = run(gitfleet(root.path())
+        .args([
+            "mirror",
+            "--token-host",
+            "127.0.0.1",
+            &bound.url("beta.git"),
+            &elsewhere,
+        ])
+        .env("GITFLEET_TOKEN", "right-token-1234")
+        .env("GITFLEET_USERNAME", "robot"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let tasks = status_json(root.path());
+    assert_eq!(
+        task_for(&tasks, "beta")["status"]["status_type"],
+        "completed"
+    );
+    assert_eq!(task_for(&tasks, "alpha")["error_code"], "auth_failed");
+    assert!(
+        other.seen_authorization_headers().is_empty(),
+        "a token was offered to a host it is not bound to: {:?}",
+        other.seen_authorization_headers()
+    );
+
+    let node_root = tempfile::tempdir().expect("tempdir");
+    let out = run(gitfleet(node_root.path())
+        .args(["--nats", "nats://127.0.0.1:1", "node"])
+        .env("GITFLEET_TOKEN", "right-token-1234"));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--token-host"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Secrets typed into URLs (passwords with spaces, quotes or '#', tokens as user names) show
+/// nowhere: not in rejected lines, errors, records or the repository.
+#[test]
+fn secrets_in_urls_show_nowhere() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(&fixtures.root, HttpOptions::default());
+    let root = tempfile::tempdir().expect("tempdir");
+    let list = root.path().join("urls.txt");
+    let secrets = ["pa ss#w0rd", "q\"u'ote", "ghp_T0KENASUSER", "h1dden"];
+    std::fs::write(
+        &list,
+        format!(
+            "# a comment line\n\
+             https://u:pa ss#w0rd@h.example/o/r   # a comment after a space\n\
+             https://u:q\"u'ote@bad_host/o/r\n\
+             http://ghp_T0KENASUSER@127.0.0.1:{port}/alpha.git\n\
+             https://u:h1dden@h.example/o/../r\n",
+            port = server.port()
+        ),
+    )
+    .expect("write the list");
+    let out = run(gitfleet(root.path())
+        .args(["mirror", "--json", "--file"])
+        .arg(&list));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(all.contains("\"rejected\""), "{all}");
+    assert!(
+        all.contains("\"completed\""),
+        "the token-as-user mirror: {all}"
+    );
+    let status = run(gitfleet(root.path()).args(["status", "--json"]));
+    let all = format!("{all}{}", text(&status.stdout));
+    for secret in secrets {
+        assert!(!all.contains(secret), "{secret} shown: {all}");
+        for file in all_files(root.path()).iter().filter(|f| **f != list) {
+            let content = std::fs::read(file).expect("read");
+            assert!(
+                !String::from_utf8_lossy(&content).contains(secret),
+                "{secret} stored in {}",
+                file.display()
+            );
+        }
+    }
+}
