@@ -85,6 +85,7 @@ fn limits() -> Limits {
         time_limit: Duration::from_secs(300),
         stall_limit: Duration::from_secs(60),
         grace: Duration::from_secs(2),
+        ..Limits::default()
     }
 }
 
@@ -638,6 +639,7 @@ fn time_limit_aborts_with_timeout() {
         time_limit: Duration::from_secs(1),
         stall_limit: Duration::from_secs(60),
         grace: Duration::from_secs(2),
+        ..Limits::default()
     };
     let err = expect_err(store.run(&req), "a clone over its time limit");
     assert_eq!(err.code, ErrorCode::Timeout, "{err}");
@@ -669,6 +671,7 @@ fn stalled_transfer_aborts_with_stalled() {
         time_limit: Duration::from_secs(300),
         stall_limit: Duration::from_secs(2),
         grace: Duration::from_secs(2),
+        ..Limits::default()
     };
     let err = expect_err(store.run(&req), "a stalled clone");
     assert_eq!(err.code, ErrorCode::Stalled, "{err}");
@@ -709,6 +712,7 @@ fn silent_git_daemon_is_stalled_and_frees_the_thread() {
         // timeout, execute() would return only after giving the thread up, with its staging
         // directory still there.
         grace: Duration::from_secs(120),
+        ..Limits::default()
     };
     let err = expect_err(store.run(&req), "a clone from a silent server");
     assert_eq!(err.code, ErrorCode::Stalled, "{err}");

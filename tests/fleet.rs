@@ -44,6 +44,7 @@ impl Env {
                 time_limit: Duration::from_secs(300),
                 stall_limit: Duration::from_secs(60),
                 grace: Duration::from_secs(2),
+                ..Limits::default()
             },
         }
     }

@@ -49,6 +49,7 @@ impl Store {
                 time_limit: Duration::from_secs(300),
                 stall_limit: Duration::from_secs(60),
                 grace: Duration::from_secs(2),
+                ..Limits::default()
             },
             redactor: Redactor::default(),
         }
@@ -349,4 +350,81 @@ fn repositories_are_never_stored_inside_each_other() {
     let err = store.run(&forged).expect_err("inside a bare repository");
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
     fsck(&mirror.dest).expect("the mirror is intact");
+}
+
+#[test]
+fn an_upstream_that_loses_its_refs_does_not_wipe_the_mirror() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    let url = daemon.url("alpha.git");
+    let req = store.request(&url, Operation::Mirror);
+    store.run(&req).expect("the mirror");
+    let before = refs(&req.dest);
+    assert!(before.len() > 1);
+
+    // Upstream suddenly lists no refs at all (a glitch, a wiped server, a hostile one).
+    let upstream = fx.repo("alpha.git");
+    let listed = run_git(&upstream, &["for-each-ref", "--format=%(refname)"]);
+    for name in listed.lines() {
+        run_git(&upstream, &["update-ref", "-d", name]);
+    }
+    let sync = store.request(&url, Operation::Sync);
+    let err = store
+        .run(&sync)
+        .expect_err("a sync that would delete every ref");
+    assert_eq!(err.code, ErrorCode::PruneRefused, "{err}");
+    assert!(err.message.contains("--force-prune"), "{err}");
+    assert_eq!(refs(&req.dest), before, "refs were deleted");
+    fsck(&req.dest).expect("the mirror is intact");
+
+    // Asked for explicitly, the deletion happens.
+    let mut forced = sync;
+    forced.limits.force_prune = true;
+    let result = store.run(&forced).expect("a forced prune");
+    assert_eq!(result.num_refs_deleted as usize, before.len(), "{result:?}");
+    assert!(refs(&req.dest).is_empty());
+}
+
+/// A git:// server that answers every request with one `ERR` packet carrying `message`: what no
+/// real server sends, so a few lines of our own.
+fn err_server(message: String) -> u16 {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("an address").port();
+    std::thread::spawn(move || {
+        // Each attempt is one connection; a test makes a few at most.
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let line = format!("ERR {message}\n");
+            let _ = stream.write_all(format!("{:04x}{line}", line.len() + 4).as_bytes());
+        }
+    });
+    port
+}
+
+#[test]
+fn server_text_cannot_steer_a_terminal_or_grow_without_bound() {
+    let hostile = format!(
+        "\u{1b}]0;owned\u{7}\u{1b}[2J\rreal error\u{202e}gnp.exe\u{2066} {}",
+        "x".repeat(20_000)
+    );
+    let port = err_server(hostile);
+    let store = Store::new();
+    let req = store.request(&format!("git://127.0.0.1:{port}/o/r"), Operation::Mirror);
+    let err = store.run(&req).expect_err("the server's error");
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    assert!(!err.message.chars().any(unsafe_char), "{:?}", err.message);
+    assert!(err.message.contains("real error"), "{:?}", err.message);
+    assert!(
+        err.message.chars().count() <= gitfleet_git::MAX_MESSAGE_CHARS + 1,
+        "{} characters",
+        err.message.chars().count()
+    );
 }

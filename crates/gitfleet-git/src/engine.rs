@@ -29,7 +29,7 @@ pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Time limits of one attempt.
+/// What one attempt may do: how long it may take, and how much of a mirror a sync may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// The whole operation (default 30 minutes).
@@ -38,6 +38,11 @@ pub struct Limits {
     pub stall_limit: Duration,
     /// How long to wait for the git thread to notice an interrupt before giving up on it.
     pub grace: Duration,
+    /// A sync refuses to delete more than this percentage of the refs it keeps (when more than
+    /// [`PRUNE_FEW`] would go), and always refuses to delete all of them (default 50).
+    pub max_prune_percent: u8,
+    /// Delete whatever the remote no longer lists, however much that is.
+    pub force_prune: bool,
 }
 
 impl Default for Limits {
@@ -46,9 +51,14 @@ impl Default for Limits {
             time_limit: Duration::from_secs(30 * 60),
             stall_limit: Duration::from_secs(120),
             grace: Duration::from_secs(10),
+            max_prune_percent: 50,
+            force_prune: false,
         }
     }
 }
+
+/// Up to this many refs may go in one sync whatever their share (unless they are all there is).
+pub const PRUNE_FEW: usize = 10;
 
 /// One operation on one repository.
 #[derive(Debug, Clone)]
@@ -248,6 +258,8 @@ pub fn execute(
             .unwrap_or_else(|| TaskError::new(ErrorCode::Internal, "interrupted"))),
         other => other,
     };
+    // Every error leaves the engine printable and bounded, whatever a server put into it.
+    let outcome = outcome.map_err(|e| TaskError::new(e.code, crate::printable(&e.message)));
     outcome.map(|mut result| {
         // The pack's size is exact; the sampled counter misses what arrived after the last tick.
         result.bytes_received = result.bytes_received.max(tracker.current().bytes_received);
@@ -913,10 +925,13 @@ fn prune(
         return Ok(false);
     }
     let mut edits = Vec::new();
+    let mut kept_before = 0;
     for (name, id) in local {
-        if upstream.contains(name.as_bytes().as_bstr())
-            || !prefixes.iter().any(|p| name.starts_with(p.as_str()))
-        {
+        if !prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+            continue;
+        }
+        kept_before += 1;
+        if upstream.contains(name.as_bytes().as_bstr()) {
             continue;
         }
         let Ok(full_name) = gix::refs::FullName::try_from(name.as_str()) else {
@@ -936,9 +951,33 @@ fn prune(
     if edits.is_empty() {
         return Ok(false);
     }
+    check_prune(req, edits.len(), kept_before)?;
     repo.edit_references(edits)
         .map_err(|e| git_error(req, "pruning refs of", &e))?;
     Ok(true)
+}
+
+/// A mirror is a backup: a remote that suddenly lists no refs, or far fewer (a glitch, a
+/// misconfigured server, a compromised account), must not wipe it. Deleting `deleting` of the
+/// `kept` refs a sync manages is refused when it is all of them, or more than the allowed share
+/// of more than a few, unless the request forces it.
+fn check_prune(req: &Request, deleting: usize, kept: usize) -> Result<(), TaskError> {
+    let limits = &req.limits;
+    let all = deleting == kept;
+    let too_many =
+        deleting > PRUNE_FEW && deleting * 100 > kept * usize::from(limits.max_prune_percent);
+    if limits.force_prune || !(all || too_many) {
+        return Ok(());
+    }
+    Err(TaskError::new(
+        ErrorCode::PruneRefused,
+        format!(
+            "{} no longer lists {deleting} of the {kept} refs kept; refusing to delete {}, they \
+             are kept (sync with --force-prune to delete them)",
+            req.url.display(),
+            if all { "all of them" } else { "that many" },
+        ),
+    ))
 }
 
 /// Every direct ref and the object it points to.

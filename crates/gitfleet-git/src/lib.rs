@@ -14,6 +14,7 @@ mod place;
 mod progress;
 mod secret;
 mod target;
+mod text;
 mod threads;
 mod url;
 
@@ -23,4 +24,5 @@ pub use layout::Layout;
 pub use progress::Progress;
 pub use secret::{Credentials, CredentialsConfig, Redactor, Secret, scrub_userinfo};
 pub use target::{InitName, Source, Target, is_task_id};
+pub use text::{MAX_MESSAGE_CHARS, printable};
 pub use url::{LocalPaths, Policy, RepoUrl, Scheme, UrlError};

@@ -92,6 +92,8 @@ impl Redactor {
         }
     }
 
+    /// `text` without secrets, made safe to show ([`crate::printable`]): every message that
+    /// leaves the engine passes here, server text included.
     pub fn redact(&self, text: &str) -> String {
         let mut out = scrub_userinfo(text);
         for s in &self.secrets {
@@ -104,7 +106,7 @@ impl Redactor {
                 out = out.replace(&encoded, "***");
             }
         }
-        out
+        crate::printable(&out)
     }
 }
 

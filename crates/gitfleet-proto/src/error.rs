@@ -33,6 +33,12 @@ pub enum ErrorCode {
     Protocol,
     /// A bug or a crash inside gitfleet (for example a panicking worker).
     Internal,
+    /// A sync would have deleted every ref, or more than the allowed share of them, because the
+    /// remote stopped listing them: the refs were kept (a mirror is a backup).
+    PruneRefused,
+    /// The remote sent more than a limit allows (bytes, object size, refs, ref name length), or
+    /// too slowly.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -63,6 +69,8 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Protocol => "protocol",
             ErrorCode::Internal => "internal",
+            ErrorCode::PruneRefused => "prune_refused",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }

@@ -178,6 +178,14 @@ pub struct WorkArgs {
     /// Delay before the first retry; it doubles for each further one (with jitter).
     #[arg(long, default_value_t = 60.0, value_name = "SECS")]
     pub retry_delay: f64,
+    /// A sync refuses to delete more than this percentage of a repository's refs (when more
+    /// than 10 would go; deleting all of them is always refused): a remote that suddenly lists
+    /// far fewer refs must not wipe a mirror.
+    #[arg(long, default_value_t = 50, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub prune_limit: u8,
+    /// Delete every ref the remote no longer lists, however many.
+    #[arg(long)]
+    pub force_prune: bool,
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
@@ -214,6 +222,8 @@ impl WorkArgs {
             limits: gitfleet_git::Limits {
                 time_limit: Duration::from_secs(self.time_limit.max(1)),
                 stall_limit: Duration::from_secs(self.stall_limit.max(1)),
+                max_prune_percent: self.prune_limit,
+                force_prune: self.force_prune,
                 ..gitfleet_git::Limits::default()
             },
         };
