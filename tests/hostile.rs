@@ -386,23 +386,35 @@ fn an_upstream_that_loses_its_refs_does_not_wipe_the_mirror() {
     assert!(refs(&req.dest).is_empty());
 }
 
-/// A git:// server that answers every request with one `ERR` packet carrying `message`: what no
-/// real server sends, so a few lines of our own.
-fn err_server(message: String) -> u16 {
-    use std::io::{Read, Write};
+/// A git:// server of our own for what no real server does (lying, endless, trickling): reads
+/// the request line of each connection and hands the connection to `respond`. Its threads end
+/// when the client hangs up (a write fails) or after a few connections.
+fn fake_git_server(respond: fn(&mut std::net::TcpStream)) -> u16 {
+    use std::io::Read;
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
     let port = listener.local_addr().expect("an address").port();
     std::thread::spawn(move || {
-        // Each attempt is one connection; a test makes a few at most.
         for stream in listener.incoming().take(8) {
             let Ok(mut stream) = stream else { return };
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            let line = format!("ERR {message}\n");
-            let _ = stream.write_all(format!("{:04x}{line}", line.len() + 4).as_bytes());
+            std::thread::spawn(move || {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                respond(&mut stream);
+            });
         }
     });
     port
+}
+
+/// One pkt-line.
+fn pkt(line: &str) -> Vec<u8> {
+    format!("{:04x}{line}", line.len() + 4).into_bytes()
+}
+
+const SOME_ID: &str = "1111111111111111111111111111111111111111";
+
+fn hostile_request(store: &Store, port: u16) -> Request {
+    store.request(&format!("git://127.0.0.1:{port}/o/r"), Operation::Mirror)
 }
 
 #[test]
@@ -411,7 +423,13 @@ fn server_text_cannot_steer_a_terminal_or_grow_without_bound() {
         "\u{1b}]0;owned\u{7}\u{1b}[2J\rreal error\u{202e}gnp.exe\u{2066} {}",
         "x".repeat(20_000)
     );
-    let port = err_server(hostile);
+    static MESSAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MESSAGE.get_or_init(|| hostile);
+    let port = fake_git_server(|stream| {
+        use std::io::Write;
+        let message = MESSAGE.get().expect("set");
+        let _ = stream.write_all(&pkt(&format!("ERR {message}\n")));
+    });
     let store = Store::new();
     let req = store.request(&format!("git://127.0.0.1:{port}/o/r"), Operation::Mirror);
     let err = store.run(&req).expect_err("the server's error");
@@ -427,4 +445,142 @@ fn server_text_cannot_steer_a_terminal_or_grow_without_bound() {
         "{} characters",
         err.message.chars().count()
     );
+}
+
+#[test]
+fn an_endless_ref_advertisement_is_cut_off() {
+    let port = fake_git_server(|stream| {
+        use std::io::Write;
+        let first = format!("{SOME_ID} HEAD\0multi_ack side-band-64k ofs-delta\n");
+        if stream.write_all(&pkt(&first)).is_err() {
+            return;
+        }
+        for n in 0u64.. {
+            let line = format!("{SOME_ID} refs/heads/branch-{n:020}\n");
+            if stream.write_all(&pkt(&line)).is_err() {
+                return;
+            }
+        }
+    });
+    let store = Store::new();
+    let mut req = hostile_request(&store, port);
+    req.limits.max_listing_bytes = 1 << 20;
+    let err = store.run(&req).expect_err("an endless listing");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("while listing refs"), "{err}");
+    assert!(!req.dest.exists());
+}
+
+#[test]
+fn too_many_refs_and_too_long_names_are_refused() {
+    let port = fake_git_server(|stream| {
+        use std::io::Write;
+        let long = "x".repeat(2000);
+        let mut out = pkt(&format!(
+            "{SOME_ID} HEAD\0multi_ack side-band-64k ofs-delta\n"
+        ));
+        out.extend(pkt(&format!("{SOME_ID} refs/heads/{long}\n")));
+        out.extend(b"0000");
+        let _ = stream.write_all(&out);
+    });
+    let store = Store::new();
+    let err = store
+        .run(&hostile_request(&store, port))
+        .expect_err("a long ref name");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("ref name longer"), "{err}");
+    let mut req = hostile_request(&store, port);
+    req.limits.max_refs = 1;
+    req.limits.max_ref_name = 4096;
+    let err = store.run(&req).expect_err("two refs");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("more than 1 refs"), "{err}");
+}
+
+#[test]
+fn a_trickling_server_is_dropped() {
+    let port = fake_git_server(|stream| {
+        use std::io::Write;
+        // A byte now and then: never silent for the stall limit, never done.
+        for byte in pkt(&format!("{SOME_ID} HEAD\0multi_ack\n"))
+            .into_iter()
+            .cycle()
+        {
+            if stream.write_all(&[byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    let store = Store::new();
+    let mut req = hostile_request(&store, port);
+    req.limits.min_rate = 100;
+    req.limits.rate_window = Duration::from_secs(2);
+    let err = store.run(&req).expect_err("too slow");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("bytes/s"), "{err}");
+}
+
+#[test]
+fn transfer_and_object_size_limits_hold() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = Store::new();
+    // big.git holds four incompressible 1 MiB blobs.
+    let mut req = store.request(&daemon.url("big.git"), Operation::Mirror);
+    req.limits.max_bytes = 1 << 20;
+    let err = store.run(&req).expect_err("over the transfer limit");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("in one transfer"), "{err}");
+    assert!(!req.dest.exists());
+
+    let mut req = store.request(&daemon.url("big.git"), Operation::Mirror);
+    req.limits.max_object_bytes = 512 << 10;
+    let err = store.run(&req).expect_err("over the object size limit");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(!req.dest.exists());
+    store
+        .run(&store.request(&daemon.url("big.git"), Operation::Mirror))
+        .expect("within the default limits");
+}
+
+#[test]
+fn a_server_that_advertises_what_it_never_sends_fails_the_clone() {
+    let port = fake_git_server(|stream| {
+        use std::io::{Read, Write};
+        let mut out = pkt(&format!(
+            "{SOME_ID} HEAD\0multi_ack multi_ack_detailed side-band-64k ofs-delta\n"
+        ));
+        out.extend(pkt(&format!("{SOME_ID} refs/heads/main\n")));
+        out.extend(b"0000");
+        if stream.write_all(&out).is_err() {
+            return;
+        }
+        // Read the wants up to `done`, then answer with an empty pack.
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"done") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        // An empty pack: the header and its SHA-1, on side band 1, then a flush.
+        let mut pack = b"\x01PACK\0\0\0\x02\0\0\0\0".to_vec();
+        pack.extend([
+            0x02, 0x9d, 0x08, 0x82, 0x3b, 0xd8, 0xa8, 0xea, 0xb5, 0x10, 0xad, 0x6a, 0xc7, 0x5c,
+            0x82, 0x3c, 0xfd, 0x3e, 0xd3, 0x1e,
+        ]);
+        let mut out = pkt("NAK\n");
+        out.extend(format!("{:04x}", pack.len() + 4).into_bytes());
+        out.extend(pack);
+        out.extend(b"0000");
+        let _ = stream.write_all(&out);
+    });
+    let store = Store::new();
+    let req = hostile_request(&store, port);
+    let err = store.run(&req).expect_err("a ref to an object never sent");
+    assert_eq!(err.code, ErrorCode::Protocol, "{err}");
+    assert!(err.message.contains("did not send it"), "{err}");
+    assert!(!req.dest.exists(), "a broken mirror was published");
 }

@@ -10,10 +10,12 @@
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter};
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use gix_transport::Protocol;
+
+use crate::meter::{Meter, Metered};
 use gix_transport::client::git::{self, blocking_io::Connection};
 
 /// git's own port for `git://`.
@@ -24,7 +26,7 @@ const DEFAULT_PORT: u16 = 9418;
 /// read from memory rather than with two syscalls each.
 const BUFFER: usize = 64 * 1024;
 
-pub(crate) type DaemonConnection = Connection<BufReader<TcpStream>, BufWriter<TcpStream>>;
+pub(crate) type DaemonConnection = Connection<BufReader<Metered<TcpStream>>, BufWriter<TcpStream>>;
 
 /// A git:// transport to `url`'s host, asking for the repository at `url`'s path.
 ///
@@ -35,6 +37,7 @@ pub(crate) fn connect(
     url: &gix::Url,
     connect_timeout: Duration,
     io_timeout: Duration,
+    meter: Arc<Meter>,
 ) -> io::Result<DaemonConnection> {
     let host = url
         .host()
@@ -57,7 +60,7 @@ pub(crate) fn connect(
                 stream.set_write_timeout(Some(io_timeout))?;
                 let write = stream.try_clone()?;
                 return Ok(Connection::new(
-                    BufReader::with_capacity(BUFFER, stream),
+                    BufReader::with_capacity(BUFFER, Metered::new(stream, meter.clone())),
                     BufWriter::with_capacity(BUFFER, write),
                     Protocol::V2,
                     url.path.clone(),

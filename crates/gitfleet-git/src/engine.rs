@@ -18,6 +18,7 @@ use gix::progress::tree::Root;
 use gix::remote::Direction;
 
 use crate::error::{classify, describe};
+use crate::meter::{Meter, OverLimit};
 use crate::place::Found;
 use crate::progress::{Progress, Tracker};
 use crate::url::is_loopback_host;
@@ -43,6 +44,22 @@ pub struct Limits {
     pub max_prune_percent: u8,
     /// Delete whatever the remote no longer lists, however much that is.
     pub force_prune: bool,
+    /// Bytes one transfer may receive (default 20 GiB).
+    pub max_bytes: u64,
+    /// Bytes a server may send while listing its refs, which are held in memory (default
+    /// 128 MiB; git:// only: gix's http transport gives no hook to count them).
+    pub max_listing_bytes: u64,
+    /// The largest object a pack may hold, unpacked (default 512 MiB): a small delta can
+    /// declare a huge result, which would be built in memory.
+    pub max_object_bytes: u64,
+    /// Refs a remote may list (default 1,000,000).
+    pub max_refs: usize,
+    /// The longest ref name a remote may list, in bytes (default 1,024).
+    pub max_ref_name: usize,
+    /// Fewer bytes than `min_rate` per second, averaged over `rate_window`, abort the attempt
+    /// (default 1 byte/s over 60 s): a server that sends a byte now and then holds no thread.
+    pub min_rate: u64,
+    pub rate_window: Duration,
 }
 
 impl Default for Limits {
@@ -53,6 +70,13 @@ impl Default for Limits {
             grace: Duration::from_secs(10),
             max_prune_percent: 50,
             force_prune: false,
+            max_bytes: 20 << 30,
+            max_listing_bytes: 128 << 20,
+            max_object_bytes: 512 << 20,
+            max_refs: 1_000_000,
+            max_ref_name: 1024,
+            min_rate: 1,
+            rate_window: Duration::from_secs(60),
         }
     }
 }
@@ -80,6 +104,8 @@ const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const TIMED_OUT: u8 = 2;
 const STALLED: u8 = 3;
+const TOO_MUCH: u8 = 4;
+const TOO_SLOW: u8 = 5;
 
 /// Shared between the caller and a running operation: cancel it from any thread.
 #[derive(Debug, Clone, Default)]
@@ -130,6 +156,22 @@ impl Control {
                     "{} of {url} stalled: no progress for {}s",
                     req.operation,
                     req.limits.stall_limit.as_secs()
+                ),
+            )),
+            TOO_MUCH => Some(TaskError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} of {url} received more than the limit of {} bytes",
+                    req.operation, req.limits.max_bytes
+                ),
+            )),
+            TOO_SLOW => Some(TaskError::new(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "{} of {url} received fewer than {} bytes/s over {}s",
+                    req.operation,
+                    req.limits.min_rate,
+                    req.limits.rate_window.as_secs()
                 ),
             )),
             _ => None,
@@ -188,13 +230,16 @@ pub fn execute(
     let mut tracker = Tracker::new(root.clone());
     let (tx, rx) = mpsc::channel();
     let commit = Arc::new(Commit::default());
+    let meter = Meter::new(req.limits.max_listing_bytes, req.limits.max_bytes);
     {
         let req = req.clone();
         let layout = layout.clone();
         let interrupt = control.interrupt.clone();
         let commit = commit.clone();
+        let meter = meter.clone();
         let spawned = crate::threads::spawn(Box::new(move || {
             let _running = crate::threads::Running::start();
+            let _meter = crate::meter::install(meter);
             let progress = root.add_child("gitfleet");
             let result = run(&req, &layout, progress, &interrupt, &commit, &tx);
             let _ = tx.send(Event::Done(Box::new(result)));
@@ -211,6 +256,8 @@ pub fn execute(
     let mut last_reported: Option<(Phase, u8)> = None;
     let mut last_activity = (tracker.activity(), Instant::now());
     let mut interrupted_at: Option<Instant> = None;
+    // Bytes received at the start of the current rate window.
+    let mut window = (Instant::now(), 0u64);
     let outcome = loop {
         match rx.recv_timeout(tick) {
             Ok(Event::Phase(phase)) => tracker.enter(phase),
@@ -241,6 +288,23 @@ pub fn execute(
             } else if now.duration_since(last_activity.1) >= req.limits.stall_limit {
                 control.stop(STALLED);
                 interrupted_at = Some(now);
+            } else {
+                // On the wire where gitfleet reads it (git://), else the pack bytes gix counts.
+                let received = meter.read().max(sample.bytes_received);
+                if sample.bytes_received > req.limits.max_bytes {
+                    control.stop(TOO_MUCH);
+                    interrupted_at = Some(now);
+                } else if now.duration_since(window.0) >= req.limits.rate_window {
+                    let expected = req
+                        .limits
+                        .min_rate
+                        .saturating_mul(req.limits.rate_window.as_secs());
+                    if received.saturating_sub(window.1) < expected {
+                        control.stop(TOO_SLOW);
+                        interrupted_at = Some(now);
+                    }
+                    window = (now, received);
+                }
             }
         } else if interrupted_at.is_some_and(|at| now.duration_since(at) >= req.limits.grace)
             && commit.try_abandon()
@@ -460,6 +524,19 @@ fn clone(
     Ok(result)
 }
 
+/// How every repository is opened: with no global or system configuration (no credential
+/// helpers, no insteadOf), gix's pack threads shared among the running operations, and no
+/// object built bigger than the limit.
+fn open_options(req: &Request) -> gix::open::Options {
+    gix::open::Options::isolated().config_overrides([
+        format!("pack.threads={}", crate::threads::pack_threads()),
+        format!(
+            "gitoxide.objects.allocLimit={}",
+            req.limits.max_object_bytes
+        ),
+    ])
+}
+
 /// A clone with a working tree, by gix's `PrepareFetch` (which also checks it out).
 fn checkout_clone(
     req: &Request,
@@ -468,12 +545,15 @@ fn checkout_clone(
     interrupt: &AtomicBool,
     events: &mpsc::Sender<Event>,
 ) -> Result<(gix::Repository, u64), TaskError> {
+    // gix lists and fetches in one call here: the listing budget cannot be told from the
+    // transfer's, so the transfer limit applies from the start.
+    listing_done();
     let mut prepare = gix::clone::PrepareFetch::new(
         req.url.fetch_url().clone(),
         path,
         gix::create::Kind::WithWorktree,
         gix::create::Options::default(),
-        gix::open::Options::isolated(),
+        open_options(req),
     )
     .map_err(|e| git_error(req, "clone of", &e))?
     .with_fetch_options(ref_map_options())
@@ -517,7 +597,7 @@ fn bare_clone(
 ) -> Result<(gix::Repository, u64), TaskError> {
     crate::fresh::init_bare(path)
         .map_err(|e| storage_error(req, "cannot create the repository", &e))?;
-    let repo = gix::open_opts(path, gix::open::Options::isolated())
+    let repo = gix::open_opts(path, open_options(req))
         .map_err(|e| git_error(req, "initialising the clone of", &e))?;
     let (specs, tags) = fetch_specs(req.operation);
     let mut remote = repo
@@ -535,6 +615,7 @@ fn bare_clone(
         &mut transport,
         &mut authenticate,
         specs,
+        &req.limits,
         &mut fetch_progress,
         interrupt,
     )
@@ -641,9 +722,7 @@ fn sync(
     commit: &Commit,
     events: &mpsc::Sender<Event>,
 ) -> Result<SyncResult, TaskError> {
-    let options = gix::open::Options::isolated()
-        .config_overrides([format!("pack.threads={}", crate::threads::pack_threads())]);
-    let repo = gix::open_opts(&req.dest, options)
+    let repo = gix::open_opts(&req.dest, open_options(req))
         .map_err(|e| git_error(req, "opening the repository of", &e))?;
     let before = ref_snapshot(&repo).map_err(|e| git_error(req, "reading refs of", &e))?;
     // The URL of this request and the refspecs of the repository's kind: nothing from the
@@ -659,7 +738,17 @@ fn sync(
     let mut fetch_progress = progress.add_child("fetch");
     let listed = (|| -> gix::Result<Listed> {
         let prepare = connection.prepare_fetch(&mut fetch_progress, ref_map_options())?;
+        listing_done();
         let mappings = &prepare.ref_map().mappings;
+        if let Err(e) = check_listing(
+            &req.limits,
+            prepare.ref_map().remote_refs.iter().map(|r| r.unpack().0),
+        ) {
+            return Ok(Listed::Refused(TaskError::new(
+                ErrorCode::LimitExceeded,
+                e.0,
+            )));
+        }
         let upstream: HashSet<BString> = mappings.iter().filter_map(|m| m.local.clone()).collect();
         if is_up_to_date(mappings, &before) {
             // Nothing to negotiate or write: gix would otherwise rewrite every ref (one lock
@@ -673,6 +762,7 @@ fn sync(
         Ok(Listed::Fetched(upstream, pack_size(&outcome.status)))
     })();
     let (upstream, pack_bytes, received) = match listed {
+        Ok(Listed::Refused(e)) => return Err(with_url(req, e)),
         Ok(Listed::UpToDate(upstream)) => (upstream, 0, false),
         Ok(Listed::Fetched(upstream, bytes)) => (upstream, bytes, true),
         Ok(Listed::Narrow(upstream, specs)) => {
@@ -698,6 +788,9 @@ fn sync(
     } else {
         None
     };
+    if let Some(fetched) = &fetched {
+        restore_missing_tips(req, &repo, &before, fetched)?;
+    }
     let pruned = prune(
         req,
         &repo,
@@ -723,6 +816,39 @@ enum Listed {
     Fetched(HashSet<BString>, u64),
     /// A few of many refs changed: fetch just these refspecs.
     Narrow(HashSet<BString>, Vec<BString>),
+    /// The listing broke a limit.
+    Refused(TaskError),
+}
+
+/// The refs are listed: the operation's meter moves on to the transfer limit.
+pub(crate) fn listing_done() {
+    if let Some(meter) = crate::meter::current() {
+        meter.listing_done();
+    }
+}
+
+/// Refuses a listing of more refs, or longer names, than the limits allow.
+pub(crate) fn check_listing<'a>(
+    limits: &Limits,
+    names: impl Iterator<Item = &'a gix::bstr::BStr>,
+) -> Result<(), OverLimit> {
+    let mut count = 0usize;
+    for name in names {
+        count += 1;
+        if count > limits.max_refs {
+            return Err(OverLimit(format!(
+                "the server lists more than {} refs",
+                limits.max_refs
+            )));
+        }
+        if name.len() > limits.max_ref_name {
+            return Err(OverLimit(format!(
+                "the server lists a ref name longer than {} bytes",
+                limits.max_ref_name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Below this many refs a full fetch is cheap enough.
@@ -817,7 +943,9 @@ fn daemon_transport(
     // A little longer than the stall limit, so that the watcher reports `stalled` first and the
     // read then returns and frees the thread well within the grace period.
     let io_timeout = req.limits.stall_limit + Duration::from_secs(1);
-    match crate::daemon::connect(req.url.fetch_url(), CONNECT_TIMEOUT, io_timeout) {
+    // The operation's meter (none outside `execute`: no budget then).
+    let meter = crate::meter::current().unwrap_or_else(|| Meter::new(u64::MAX, u64::MAX));
+    match crate::daemon::connect(req.url.fetch_url(), CONNECT_TIMEOUT, io_timeout, meter) {
         Ok(connection) => Ok(Some(Box::new(connection))),
         Err(e) => Err(TaskError::new(
             ErrorCode::Network,
@@ -980,6 +1108,72 @@ fn check_prune(req: &Request, deleting: usize, kept: usize) -> Result<(), TaskEr
     ))
 }
 
+/// The refs new or moved since `before` whose object is not in the repository: a server can
+/// advertise a ref to an object it never sends, and the mirror would look complete and be broken.
+fn missing_tips(
+    repo: &gix::Repository,
+    before: &BTreeMap<String, gix::ObjectId>,
+    after: &BTreeMap<String, gix::ObjectId>,
+) -> Vec<(String, gix::ObjectId)> {
+    after
+        .iter()
+        .filter(|(name, id)| before.get(*name) != Some(*id) && !repo.has_object(*id))
+        .map(|(name, id)| (name.clone(), *id))
+        .collect()
+}
+
+fn missing_tip_error(req: &Request, (name, id): &(String, gix::ObjectId)) -> TaskError {
+    TaskError::new(
+        ErrorCode::Protocol,
+        format!(
+            "{}: the server advertised {} at {id} but did not send it",
+            req.url.display(),
+            crate::printable(name)
+        ),
+    )
+}
+
+/// After a sync fetched refs to objects it never received: puts each such ref back where it was
+/// (or removes it, if it is new), so that the repository stays whole, and reports the first.
+fn restore_missing_tips(
+    req: &Request,
+    repo: &gix::Repository,
+    before: &BTreeMap<String, gix::ObjectId>,
+    after: &BTreeMap<String, gix::ObjectId>,
+) -> Result<(), TaskError> {
+    use gix::refs::transaction::{Change, LogChange, PreviousValue, RefEdit, RefLog};
+    let missing = missing_tips(repo, before, after);
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let mut edits = Vec::new();
+    for (name, id) in &missing {
+        let Ok(full_name) = gix::refs::FullName::try_from(name.as_str()) else {
+            continue;
+        };
+        let expected = PreviousValue::MustExistAndMatch(gix::refs::Target::Object(*id));
+        let change = match before.get(name) {
+            Some(old) => Change::Update {
+                log: LogChange::default(),
+                expected,
+                new: gix::refs::Target::Object(*old),
+            },
+            None => Change::Delete {
+                expected,
+                log: RefLog::AndReference,
+            },
+        };
+        edits.push(RefEdit {
+            change,
+            name: full_name,
+            deref: false,
+        });
+    }
+    repo.edit_references(edits)
+        .map_err(|e| git_error(req, "restoring refs of", &e))?;
+    Err(missing_tip_error(req, first))
+}
+
 /// Every direct ref and the object it points to.
 fn ref_snapshot(repo: &gix::Repository) -> gix::Result<BTreeMap<String, gix::ObjectId>> {
     let mut out = BTreeMap::new();
@@ -1052,6 +1246,10 @@ fn summarize(
         }
     }
     let changed = result.num_refs_created + result.num_refs_updated > 0;
+    // Every tip written must be here (and the history walk below fails on a missing commit).
+    if let Some(missing) = missing_tips(repo, before, after).first() {
+        return Err(missing_tip_error(req, missing));
+    }
 
     // A no-op sync finds the count in the cache and never loads the object database.
     let digest = refs_digest(after);

@@ -3,6 +3,7 @@
 use gitfleet_proto::{ErrorCode, TaskError};
 
 use crate::Redactor;
+use crate::meter::OverLimit;
 
 /// Errors of the engine are task errors: a stable code and a redacted message.
 pub type GitError = TaskError;
@@ -13,6 +14,13 @@ pub(crate) fn classify(err: &(dyn std::error::Error + 'static)) -> ErrorCode {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut io_kind = None;
     while let Some(e) = current {
+        let over_limit = e.is::<OverLimit>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<OverLimit>());
+        if over_limit {
+            return ErrorCode::LimitExceeded;
+        }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             io_kind.get_or_insert(io.kind());
         }
@@ -34,6 +42,16 @@ pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> 
         "credentials",
     ]) {
         return ErrorCode::AuthFailed;
+    }
+    // gix keeps no type for its allocation limit, and its error type hides our `OverLimit`
+    // from a chain walk when it wraps one: the words are the only handle.
+    if has(&[
+        "too large to fit in memory",
+        "the server lists more than",
+        "the server lists a ref name longer than",
+        "the server sent more than",
+    ]) {
+        return ErrorCode::LimitExceeded;
     }
     if has(&[
         "http status 404",

@@ -10,6 +10,7 @@ mod error;
 mod fresh;
 mod layout;
 mod marker;
+mod meter;
 mod place;
 mod progress;
 mod secret;

@@ -186,6 +186,28 @@ pub struct WorkArgs {
     /// Delete every ref the remote no longer lists, however many.
     #[arg(long)]
     pub force_prune: bool,
+    /// Bytes one transfer may receive (suffixes K, M, G, T: powers of 1024).
+    #[arg(long, default_value = "20G", value_name = "SIZE", value_parser = parse_size)]
+    pub max_bytes: u64,
+    /// The largest object a pack may hold, unpacked.
+    #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    pub max_object_size: u64,
+    /// Bytes a server may send while listing refs (git://; held in memory).
+    #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = parse_size)]
+    pub max_listing_size: u64,
+    /// Refs a remote may list.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_refs: usize,
+    /// The longest ref name a remote may list, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub max_ref_name: usize,
+    /// Abort an attempt that receives fewer bytes per second than this, averaged over
+    /// --rate-window.
+    #[arg(long, default_value_t = 1, value_name = "BYTES")]
+    pub min_rate: u64,
+    /// The window --min-rate is averaged over.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub rate_window: u64,
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
@@ -224,6 +246,13 @@ impl WorkArgs {
                 stall_limit: Duration::from_secs(self.stall_limit.max(1)),
                 max_prune_percent: self.prune_limit,
                 force_prune: self.force_prune,
+                max_bytes: self.max_bytes,
+                max_object_bytes: self.max_object_size,
+                max_listing_bytes: self.max_listing_size,
+                max_refs: self.max_refs,
+                max_ref_name: self.max_ref_name,
+                min_rate: self.min_rate,
+                rate_window: Duration::from_secs(self.rate_window.max(1)),
                 ..gitfleet_git::Limits::default()
             },
         };
@@ -238,5 +267,37 @@ impl WorkArgs {
             node,
             executor: std::sync::Arc::new(executor),
         }
+    }
+}
+
+/// `512`, `64K`, `512M`, `20G`, `1T` (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&text[..i], 10),
+        Some((i, 'M' | 'm')) => (&text[..i], 20),
+        Some((i, 'G' | 'g')) => (&text[..i], 30),
+        Some((i, 'T' | 't')) => (&text[..i], 40),
+        _ => (text, 0),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (a number with K, M, G or T)"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{text}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }
