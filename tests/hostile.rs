@@ -584,3 +584,40 @@ fn a_server_that_advertises_what_it_never_sends_fails_the_clone() {
     assert!(err.message.contains("did not send it"), "{err}");
     assert!(!req.dest.exists(), "a broken mirror was published");
 }
+
+#[test]
+fn locks_a_crash_left_are_cleared_and_a_live_one_is_reported() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let url = daemon.url("alpha.git");
+    let first = Store::new();
+    let req = first.request(&url, Operation::Mirror);
+    first.run(&req).expect("the mirror");
+    // A crash in the middle of a ref update, an hour ago.
+    let stale = [
+        req.dest.join("packed-refs.lock"),
+        req.dest.join("refs/heads/main.lock"),
+    ];
+    let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for lock in &stale {
+        std::fs::create_dir_all(lock.parent().expect("a parent")).expect("mkdir");
+        std::fs::File::create(lock)
+            .and_then(|f| f.set_modified(an_hour_ago))
+            .expect("an old lock");
+    }
+    fx.mutate("alpha.git");
+    first
+        .run(&first.request(&url, Operation::Sync))
+        .expect("stale locks do not block a sync");
+    assert!(stale.iter().all(|lock| !lock.exists()));
+    fsck(&req.dest).expect("intact");
+
+    // A lock taken after this process opened the root is someone else's, working right now.
+    let live = req.dest.join("packed-refs.lock");
+    std::fs::write(&live, "").expect("a live lock");
+    let err = first
+        .run(&first.request(&url, Operation::Sync))
+        .expect_err("a live lock");
+    assert_eq!(err.code, ErrorCode::Storage, "{err}");
+    assert!(live.exists());
+}

@@ -183,6 +183,7 @@ fn server_greets_with_jetstream_info() {
 fn max_payload_option_reaches_the_server() {
     let server = NatsServer::start_with(NatsOptions {
         max_payload: Some(4 * 1024 * 1024),
+        ..NatsOptions::default()
     });
     let info = info(&server);
     assert_eq!(info["max_payload"], 4 * 1024 * 1024, "INFO: {info}");

@@ -42,6 +42,11 @@ static SERVER_COUNTER: AtomicUsize = AtomicUsize::new(0);
 pub struct NatsOptions {
     /// The server's `max_payload` in bytes (nats-server's default is 1 MiB).
     pub max_payload: Option<usize>,
+    /// A config file to include (copied beside the generated one), e.g. deploy/'s users and
+    /// permissions.
+    pub include: Option<PathBuf>,
+    /// Environment of the server process (what an included file's `$NAME`s read).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running `nats-server -js`; killed (its whole process group) on drop.
@@ -222,6 +227,12 @@ impl NatsServer {
         if let Some(max_payload) = self.options.max_payload {
             config.push_str(&format!("max_payload: {max_payload}\n"));
         }
+        if let Some(include) = &self.options.include {
+            let name = include.file_name().expect("an included file has a name");
+            std::fs::copy(include, self.dir.path().join(name))
+                .unwrap_or_else(|e| panic!("copying {}: {e}", include.display()));
+            config.push_str(&format!("include ./{}\n", name.to_string_lossy()));
+        }
         std::fs::write(self.config_path(), config).expect("writing the nats-server config");
     }
 
@@ -238,6 +249,7 @@ impl NatsServer {
             .arg(self.config_path())
             .arg("-l")
             .arg(self.log_path())
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)

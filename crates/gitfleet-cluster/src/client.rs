@@ -9,6 +9,7 @@ use gitfleet_proto::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth::NatsAuth;
 use crate::infra::{ClusterError, Nats};
 use crate::subjects::Subjects;
 
@@ -34,9 +35,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connects anonymously (or with credentials in the URL).
     pub async fn connect(url: &str, prefix: &str) -> Result<Client, ClientError> {
+        Self::connect_with(url, prefix, &NatsAuth::default()).await
+    }
+
+    pub async fn connect_with(
+        url: &str,
+        prefix: &str,
+        auth: &NatsAuth,
+    ) -> Result<Client, ClientError> {
         let subjects = Subjects::new(prefix).map_err(ClusterError::Config)?;
-        let nats = Nats::connect(url, subjects, "gitfleet-client").await?;
+        let nats = Nats::connect_with(url, subjects, "gitfleet-client", auth).await?;
         Ok(Client {
             nats,
             timeout: Duration::from_secs(60),
@@ -56,14 +66,29 @@ impl Client {
         let request = async_nats::Request::new()
             .payload(gitfleet_proto::to_json(request).into())
             .timeout(Some(self.timeout));
-        let response = self
-            .nats
-            .client
-            .send_request(subject, request)
-            .await
-            .map_err(|e| {
+        // A request the server does not permit is dropped, not failed: its refusal arrives as an
+        // event, which ends the wait at once with the server's words.
+        let mut refusals = self.nats.refusals.clone();
+        // Not connected because the server refused the credentials: say so now, not after the
+        // request's timeout.
+        let not_connected =
+            self.nats.client.connection_state() != async_nats::connection::State::Connected;
+        if let Some(why) = refusals.borrow_and_update().clone()
+            && not_connected
+            && why.contains("authorization")
+        {
+            return Err(ClusterError::PermissionDenied(format!("{operation}: {why}")).into());
+        }
+        let sent = self.nats.client.send_request(subject, request);
+        let response = tokio::select! {
+            response = sent => response.map_err(|e| {
                 ClusterError::Request(format!("{operation}: {e} (is a gitfleet node running?)"))
-            })?;
+            })?,
+            Ok(()) = refusals.changed() => {
+                let why = refusals.borrow().clone().unwrap_or_default();
+                return Err(ClusterError::PermissionDenied(format!("{operation}: {why}")).into());
+            }
+        };
         match gitfleet_proto::from_json::<ApiReply<Resp>>(&response.payload) {
             Ok(ApiReply::Ok(v)) => Ok(v),
             Ok(ApiReply::Error(e)) => Err(ClientError::Api(e)),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+use crate::auth::NatsAuth;
 use crate::subjects::Subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,8 @@ pub enum ClusterError {
     Config(String),
     #[error("NATS request failed: {0}")]
     Request(String),
+    #[error("the NATS server refused: {0}")]
+    PermissionDenied(String),
 }
 
 /// Everything a node or a client holds on to.
@@ -24,6 +27,34 @@ pub struct Nats {
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     pub subjects: Subjects,
+    /// The server's latest refusal of this connection: bad credentials, or a permissions
+    /// violation (which the server reports asynchronously, not as the failure of a publish).
+    pub refusals: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// What a connection event says about the server refusing this client, if anything.
+fn refusal(event: &async_nats::Event) -> Option<String> {
+    use async_nats::{ClientError, Event, ServerError};
+    match event {
+        Event::ServerError(ServerError::AuthorizationViolation) => {
+            Some("authorization violation: the credentials were not accepted".into())
+        }
+        // A connection refused at CONNECT, while it keeps retrying.
+        Event::ClientError(ClientError::Other(text))
+            if text.contains("authorization") || text.contains("authentication") =>
+        {
+            Some(format!(
+                "{}: the credentials were not accepted",
+                gitfleet_git::printable(text)
+            ))
+        }
+        Event::ServerError(ServerError::Other(text))
+            if text.to_ascii_lowercase().contains("permissions violation") =>
+        {
+            Some(gitfleet_git::printable(text))
+        }
+        _ => None,
+    }
 }
 
 /// How JetStream resources are created.
@@ -46,8 +77,32 @@ pub const NODE_TTL: Duration = Duration::from_secs(6);
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Nats {
+    /// Connects anonymously (or with credentials in the URL).
     pub async fn connect(url: &str, subjects: Subjects, name: &str) -> Result<Nats, ClusterError> {
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(url, subjects, name, &NatsAuth::default()).await
+    }
+
+    /// Connects with `auth`'s credentials and TLS settings.
+    pub async fn connect_with(
+        url: &str,
+        subjects: Subjects,
+        name: &str,
+        auth: &NatsAuth,
+    ) -> Result<Nats, ClusterError> {
+        let shown = gitfleet_git::scrub_userinfo(url);
+        let (refused, refusals) = tokio::sync::watch::channel(None::<String>);
+        let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+            let refused = refused.clone();
+            async move {
+                if let Some(why) = refusal(&event) {
+                    tracing::warn!(why = %why, "the NATS server refused");
+                    refused.send_replace(Some(why));
+                }
+            }
+        });
+        let client = auth
+            .apply(options)
+            .await?
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -57,20 +112,21 @@ impl Nats {
                     .map(|u| u.trim().parse::<async_nats::ServerAddr>())
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| ClusterError::Connect {
-                        url: url.to_string(),
-                        message: e.to_string(),
+                        url: shown.clone(),
+                        message: gitfleet_git::scrub_userinfo(&e.to_string()),
                     })?,
             )
             .await
             .map_err(|e| ClusterError::Connect {
-                url: url.to_string(),
-                message: e.to_string(),
+                url: shown.clone(),
+                message: gitfleet_git::scrub_userinfo(&e.to_string()),
             })?;
         let jetstream = jetstream::new(client.clone());
         Ok(Nats {
             client,
             jetstream,
             subjects,
+            refusals,
         })
     }
 

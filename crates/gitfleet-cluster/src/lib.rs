@@ -3,6 +3,7 @@
 //! (progress events, cancel requests), and a request/reply API any NATS client can use.
 
 pub mod api;
+mod auth;
 pub mod client;
 mod infra;
 mod kv_store;
@@ -11,6 +12,7 @@ pub mod placement;
 pub mod subjects;
 mod takeover;
 
+pub use auth::NatsAuth;
 pub use client::{Client, ClientError};
 pub use infra::{ClusterError, Durability, Nats};
 pub use kv_store::{KvStore, LINGER};

@@ -385,7 +385,16 @@ fn run(
         }
         (Operation::Init, Found::Ours(_)) => Ok(SyncResult::default()),
         // Cloning what is already there is a sync: running the same request twice is harmless.
-        (_, Found::Ours(kind)) => sync(req, kind, progress, interrupt, commit, events),
+        (_, Found::Ours(kind)) => {
+            let git_dir = if kind == Operation::Checkout {
+                req.dest.join(".git")
+            } else {
+                req.dest.clone()
+            };
+            crate::locks::clear_stale(&git_dir, layout.opened_at())
+                .map_err(|e| with_url(req, e))?;
+            sync(req, kind, progress, interrupt, commit, events)
+        }
         (Operation::Init, Found::Absent) => init(req, layout, commit),
         (_, Found::Absent) => clone(req, layout, progress, interrupt, commit, events),
     }

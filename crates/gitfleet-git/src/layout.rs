@@ -16,6 +16,9 @@ const STAGING_DIR: &str = "staging";
 pub struct Layout {
     root: PathBuf,
     marker_key: MarkerKey,
+    /// When this process opened the root: a lock file older than this is a crash's leftover
+    /// (locks.rs).
+    opened_at: std::time::SystemTime,
 }
 
 impl Layout {
@@ -24,7 +27,11 @@ impl Layout {
         std::fs::create_dir_all(root.join(STATE_DIR).join(STAGING_DIR))?;
         let root = std::fs::canonicalize(root)?;
         let marker_key = MarkerKey::load_or_create(&root.join(STATE_DIR))?;
-        Ok(Layout { root, marker_key })
+        Ok(Layout {
+            root,
+            marker_key,
+            opened_at: std::time::SystemTime::now(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -33,6 +40,10 @@ impl Layout {
 
     pub(crate) fn marker_key(&self) -> &MarkerKey {
         &self.marker_key
+    }
+
+    pub(crate) fn opened_at(&self) -> std::time::SystemTime {
+        self.opened_at
     }
 
     /// gitfleet's own files: task records, locks, staging.

@@ -9,6 +9,7 @@ mod engine;
 mod error;
 mod fresh;
 mod layout;
+mod locks;
 mod marker;
 mod meter;
 mod place;

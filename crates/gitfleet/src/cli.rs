@@ -37,6 +37,9 @@ pub struct Cli {
     )]
     pub prefix: String,
 
+    #[command(flatten)]
+    pub nats_auth: NatsAuthArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -299,5 +302,51 @@ mod tests {
         assert_eq!(parse_size("20G"), Ok(20 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+}
+
+/// Who this process is to the NATS server. Passwords and tokens come from the environment only
+/// (`GITFLEET_NATS_PASSWORD`, `GITFLEET_NATS_TOKEN`): flags show in process listings.
+#[derive(Debug, Args)]
+pub struct NatsAuthArgs {
+    /// A NATS `.creds` file (JWT and nkey seed).
+    #[arg(long, global = true, env = "GITFLEET_NATS_CREDS", value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// A file holding an nkey seed.
+    #[arg(long, global = true, env = "GITFLEET_NATS_NKEY", value_name = "FILE")]
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS user name; the password is GITFLEET_NATS_PASSWORD.
+    #[arg(long, global = true, env = "GITFLEET_NATS_USER", value_name = "NAME")]
+    pub nats_user: Option<String>,
+    /// CA certificates (PEM) that sign the NATS server's certificate; requires TLS.
+    #[arg(long, global = true, env = "GITFLEET_NATS_CA", value_name = "FILE")]
+    pub nats_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for servers that verify clients, with --nats-key.
+    #[arg(long, global = true, env = "GITFLEET_NATS_CERT", value_name = "FILE")]
+    pub nats_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, global = true, env = "GITFLEET_NATS_KEY", value_name = "FILE")]
+    pub nats_key: Option<PathBuf>,
+}
+
+impl NatsAuthArgs {
+    /// The options with the secrets from the environment.
+    pub fn auth(&self) -> gitfleet_cluster::NatsAuth {
+        let secret = |var: &str| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(gitfleet_git::Secret::new)
+        };
+        gitfleet_cluster::NatsAuth {
+            creds_file: self.nats_creds.clone(),
+            nkey_file: self.nats_nkey.clone(),
+            user: self.nats_user.clone(),
+            password: secret("GITFLEET_NATS_PASSWORD"),
+            token: secret("GITFLEET_NATS_TOKEN"),
+            tls_ca: self.nats_ca.clone(),
+            tls_cert: self.nats_cert.clone(),
+            tls_key: self.nats_key.clone(),
+        }
     }
 }

@@ -15,8 +15,13 @@ use crate::cli::{Cli, Command, RunArgs, Sources};
 use crate::display::Display;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(nats) = cli.nats.as_deref() {
-        return remote(nats, &cli.prefix, &cli.root, cli.command).await;
+    if let Some(url) = cli.nats.clone() {
+        let cluster = crate::remote::Cluster {
+            url,
+            prefix: cli.prefix.clone(),
+            auth: cli.nats_auth.auth(),
+        };
+        return remote(&cluster, &cli.root, cli.command).await;
     }
     match cli.command {
         Command::Node(_) | Command::Nodes { .. } => {
@@ -49,46 +54,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn remote(
-    nats: &str,
-    prefix: &str,
+    cluster: &crate::remote::Cluster,
     root: &std::path::Path,
     command: Command,
 ) -> anyhow::Result<ExitCode> {
     use crate::remote::{self, RemoteWork};
+    let nats = cluster;
     match command {
         Command::Schema => {
             print!("{}", gitfleet_proto::clone_task_schema());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Node(args) => remote::node(nats, prefix, root, args).await,
-        Command::Nodes { json } => remote::nodes(nats, prefix, json).await,
-        Command::Status { tasks, json } => remote::status(nats, prefix, &tasks, json).await,
-        Command::Cancel { tasks } => remote::cancel(nats, prefix, &tasks).await,
+        Command::Node(args) => remote::node(nats, root, args).await,
+        Command::Nodes { json } => remote::nodes(nats, json).await,
+        Command::Status { tasks, json } => remote::status(nats, &tasks, json).await,
+        Command::Cancel { tasks } => remote::cancel(nats, &tasks).await,
         Command::Mirror { sources, bare, run } => {
             let op = if bare {
                 Operation::Bare
             } else {
                 Operation::Mirror
             };
-            remote::work(nats, prefix, RemoteWork::Submit(sources, op), &run).await
+            remote::work(nats, RemoteWork::Submit(sources, op), &run).await
         }
         Command::Clone { sources, run } => {
-            remote::work(
-                nats,
-                prefix,
-                RemoteWork::Submit(sources, Operation::Checkout),
-                &run,
-            )
-            .await
+            remote::work(nats, RemoteWork::Submit(sources, Operation::Checkout), &run).await
         }
         Command::Init {
             names,
             run,
             worktree,
-        } => remote::work(nats, prefix, RemoteWork::Init(names, worktree), &run).await,
-        Command::Sync { sources, run } => {
-            remote::work(nats, prefix, RemoteWork::Sync(sources), &run).await
-        }
+        } => remote::work(nats, RemoteWork::Init(names, worktree), &run).await,
+        Command::Sync { sources, run } => remote::work(nats, RemoteWork::Sync(sources), &run).await,
     }
 }
 

@@ -22,8 +22,7 @@ use crate::embedded::{hostname, print_tasks, read_sources};
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn node(
-    nats_url: &str,
-    prefix: &str,
+    cluster: &Cluster,
     root: &std::path::Path,
     args: NodeArgs,
 ) -> anyhow::Result<ExitCode> {
@@ -58,11 +57,17 @@ pub async fn node(
         args.concurrency,
         node_id.clone(),
     );
-    let subjects = Subjects::new(prefix).map_err(anyhow::Error::msg)?;
-    let nats = Nats::connect(nats_url, subjects, &format!("gitfleet-node-{node_id}")).await?;
+    let subjects = Subjects::new(&cluster.prefix).map_err(anyhow::Error::msg)?;
+    let nats = Nats::connect_with(
+        &cluster.url,
+        subjects,
+        &format!("gitfleet-node-{node_id}"),
+        &cluster.auth,
+    )
+    .await?;
     eprintln!(
         "gitfleet: node {node_id} joining the cluster at {}",
-        gitfleet_git::scrub_userinfo(nats_url)
+        cluster.shown_url()
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -83,6 +88,24 @@ pub async fn node(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the cluster is and who this process is to it.
+pub struct Cluster {
+    pub url: String,
+    pub prefix: String,
+    pub auth: gitfleet_cluster::NatsAuth,
+}
+
+impl Cluster {
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect_with(&self.url, &self.prefix, &self.auth).await?)
+    }
+
+    /// The NATS URL without the password it may hold.
+    fn shown_url(&self) -> String {
+        gitfleet_git::scrub_userinfo(&self.url)
+    }
+}
+
 pub enum RemoteWork {
     Submit(Sources, Operation),
     /// Names, and whether they get a working tree.
@@ -97,13 +120,8 @@ fn rejected_error(e: &ApiError) -> TaskError {
     )
 }
 
-pub async fn work(
-    nats_url: &str,
-    prefix: &str,
-    work: RemoteWork,
-    run: &RunArgs,
-) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(nats_url, prefix).await?;
+pub async fn work(cluster: &Cluster, work: RemoteWork, run: &RunArgs) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
     let mut display = Display::new(run.json);
     let mut events = client.watch().await?;
     let started = Instant::now();
@@ -229,13 +247,8 @@ pub async fn work(
     })
 }
 
-pub async fn status(
-    nats_url: &str,
-    prefix: &str,
-    filter: &[String],
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(nats_url, prefix).await?;
+pub async fn status(cluster: &Cluster, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
     let tasks = if filter.is_empty() {
         client.list_all().await?
     } else {
@@ -245,12 +258,12 @@ pub async fn status(
         }
         tasks
     };
-    print_tasks(&tasks, json, nats_url)?;
+    print_tasks(&tasks, json, &cluster.shown_url())?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn cancel(nats_url: &str, prefix: &str, tasks: &[String]) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(nats_url, prefix).await?;
+pub async fn cancel(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
     let reply = client.cancel(tasks.to_vec()).await?;
     for id in &reply.cancelled {
         println!("cancelling {id}");
@@ -262,8 +275,8 @@ pub async fn cancel(nats_url: &str, prefix: &str, tasks: &[String]) -> anyhow::R
     })
 }
 
-pub async fn nodes(nats_url: &str, prefix: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(nats_url, prefix).await?;
+pub async fn nodes(cluster: &Cluster, json: bool) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
     let reply = client.nodes().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&reply.nodes)?);

@@ -29,6 +29,15 @@ fn start_node(nats: &NatsServer, id: &str) -> Node {
 }
 
 fn start_node_in(nats: &NatsServer, id: &str, root: tempfile::TempDir) -> Node {
+    start_node_with(nats, id, root, &[])
+}
+
+fn start_node_with(
+    nats: &NatsServer,
+    id: &str,
+    root: tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> Node {
     let child = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
         .args(["--nats", &nats.url(), "--root"])
         .arg(root.path())
@@ -43,6 +52,7 @@ fn start_node_in(nats: &NatsServer, id: &str, root: tempfile::TempDir) -> Node {
             "0.2",
         ])
         .env_remove("GITFLEET_TOKEN")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -791,4 +801,156 @@ async fn init_worktree_and_a_changed_scheme_over_the_cluster() {
         stdout.contains("git://"),
         "the stored url changed: {stdout}"
     );
+}
+
+/// The NATS users of deploy/nats/authorization.conf on a real nats-server: a submitter may use
+/// the request API, but cannot publish a job, a heartbeat or a status event, nor cancel, and is
+/// told so at once; without credentials nothing connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitter_cannot_act_as_a_node() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let users = [
+        ("GITFLEET_NODE_PASSWORD", "node-pw-1"),
+        ("GITFLEET_SUBMITTER_PASSWORD", "submitter-pw-2"),
+        ("GITFLEET_ADMIN_PASSWORD", "admin-pw-3"),
+    ];
+    let nats = NatsServer::start_with(gitfleet_tests::NatsOptions {
+        include: Some(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/authorization.conf"),
+        ),
+        env: users
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    });
+    let node = start_node_with(
+        &nats,
+        "solo",
+        tempfile::tempdir().expect("tempdir"),
+        &[
+            ("GITFLEET_NATS_USER", "gitfleet-node"),
+            ("GITFLEET_NATS_PASSWORD", "node-pw-1"),
+        ],
+    );
+    let as_user = |user: &str, password: &str| gitfleet_cluster::NatsAuth {
+        user: Some(user.into()),
+        password: Some(gitfleet_git::Secret::new(password)),
+        ..Default::default()
+    };
+    let submitter = Client::connect_with(
+        &nats.url(),
+        "gitfleet",
+        &as_user("gitfleet-submitter", "submitter-pw-2"),
+    )
+    .await
+    .expect("connect");
+    wait_for_nodes(&submitter, 1).await;
+
+    // The request API works.
+    let reply = submitter
+        .submit(&SubmitRequest {
+            repositories: vec![daemon.url("alpha.git")],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("a submitter may submit");
+    let id = reply.tasks[0].task_id.clone().expect("a task");
+    let task = wait_final(&submitter, std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    assert_eq!(task.status.status_type, StatusType::Completed);
+
+    // Cancel is for admins: refused at once, with the server's words.
+    let started = std::time::Instant::now();
+    let err = submitter
+        .cancel(vec![id.clone()])
+        .await
+        .expect_err("a submitter may not cancel");
+    assert!(
+        err.to_string()
+            .to_ascii_lowercase()
+            .contains("permissions violation"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    let admin = Client::connect_with(
+        &nats.url(),
+        "gitfleet",
+        &as_user("gitfleet-admin", "admin-pw-3"),
+    )
+    .await
+    .expect("connect");
+    admin
+        .cancel(vec![id.clone()])
+        .await
+        .expect("an admin may cancel");
+
+    // A job, a heartbeat and a status event from a submitter are refused by the server.
+    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
+    let raw = async_nats::ConnectOptions::new()
+        .user_and_password("gitfleet-submitter".into(), "submitter-pw-2".into())
+        .event_callback(move |event| {
+            let refused_tx = refused_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = refused_tx.send(e.to_string());
+                }
+            }
+        })
+        .connect(nats.url())
+        .await
+        .expect("connect");
+    let beta = gitfleet_proto::JobMessage {
+        task_id: "0123456789abcdef".into(),
+        url: daemon.url("beta.git"),
+        operation: gitfleet_proto::Operation::Mirror,
+        path: "beta.git".into(),
+    };
+    for subject in [
+        "gitfleet.jobs.solo".to_string(),
+        "$KV.GITFLEET_NODES.intruder".to_string(),
+        format!("gitfleet.status.{id}"),
+        "$JS.API.STREAM.INFO.GITFLEET_JOBS".to_string(),
+    ] {
+        raw.publish(subject.clone(), gitfleet_proto::to_json(&beta).into())
+            .await
+            .expect("publish");
+        raw.flush().await.expect("flush");
+        let why = tokio::time::timeout(Duration::from_secs(10), refused.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no refusal for {subject}"))
+            .expect("a refusal");
+        assert!(
+            why.to_ascii_lowercase().contains("permissions violation"),
+            "{subject}: {why}"
+        );
+    }
+    assert_eq!(submitter.nodes().await.expect("nodes").nodes.len(), 1);
+    assert!(!node.root.path().join("127.0.0.1_").exists());
+
+    // No credentials, no connection.
+    let anonymous = tokio::time::timeout(
+        Duration::from_secs(20),
+        Client::connect(&nats.url(), "gitfleet"),
+    )
+    .await;
+    match anonymous {
+        Ok(Ok(client)) => {
+            let err = client
+                .nodes()
+                .await
+                .expect_err("anonymous requests are refused");
+            assert!(err.to_string().contains("authorization"), "{err}");
+        }
+        Ok(Err(e)) => assert!(e.to_string().to_ascii_lowercase().contains("author"), "{e}"),
+        Err(_) => panic!("an anonymous connect hung"),
+    }
 }
