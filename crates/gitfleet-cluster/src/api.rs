@@ -24,6 +24,8 @@ pub const MAX_REPOSITORIES: usize = 2_000;
 /// Tasks per `list` page at most; pages also stop before their reply would pass this many bytes.
 pub const MAX_PAGE: usize = 200;
 const MAX_REPLY_BYTES: usize = 512 << 10;
+/// The longest idempotency key, in bytes (it is stored in every record of the request).
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub const MSGPACK: &str = "application/msgpack";
 const QUEUE_GROUP: &str = "gitfleet-api";
 /// Tasks of one request enqueued at once: each is a few round trips (create, publish, their
@@ -323,6 +325,16 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
             "use the sync subject to sync",
         ));
     }
+    if request
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(ApiError::new(
+            ApiErrorCode::BadRequest,
+            format!("idempotency_key is longer than {MAX_IDEMPOTENCY_KEY} bytes"),
+        ));
+    }
     let nodes = live_nodes(&ctx.nodes).await?;
     let nodes = &nodes;
     let request = &request;
@@ -469,7 +481,14 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
         if request.status.is_some_and(|s| s != task.status.status_type) {
             continue;
         }
-        let size = gitfleet_proto::to_json(&task).len();
+        let mut task = task;
+        let mut size = gitfleet_proto::to_json(&task).len();
+        if size > MAX_REPLY_BYTES / 2 {
+            // A record this large (written before records were bounded) must not end the
+            // listing: it is listed without its last result (`get` has it whole).
+            task.last_sync = None;
+            size = gitfleet_proto::to_json(&task).len();
+        }
         if tasks.len() == limit || bytes + size > MAX_REPLY_BYTES {
             next = tasks.last().map(|t: &CloneTask| t.id.clone());
             break;

@@ -30,6 +30,9 @@ pub struct KvStore {
     /// every `put`: a deferred write goes ahead only while it is still the latest.
     latest: Arc<Mutex<HashMap<String, u64>>>,
     puts: Arc<AtomicU64>,
+    /// Tasks whose latest final state could not be stored: their jobs must not be
+    /// acknowledged.
+    unstored: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// How long an intermediate state waits before it is written.
@@ -54,6 +57,7 @@ impl KvStore {
             known: Arc::default(),
             latest: Arc::default(),
             puts: Arc::default(),
+            unstored: Arc::default(),
         }
     }
 
@@ -142,23 +146,29 @@ impl KvStore {
     }
 }
 
-impl TaskStore for KvStore {
-    fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
-        // A node's Registry tracks only the tasks placed on it, as their jobs arrive; unfinished
-        // work comes back by redelivery, not from here. Reading the whole bucket at every node
-        // start would cost a round trip per task.
-        Box::pin(std::future::ready(Ok(Vec::new())))
+impl KvStore {
+    /// Whether the latest final state of `id` failed to be stored.
+    pub fn is_unstored(&self, id: &str) -> bool {
+        self.unstored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(id)
     }
 
-    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+    /// Registers a `put` of `task` in call order and, for an intermediate state, schedules its
+    /// deferred write; for a final state, returns the write to run.
+    fn start_put(
+        &self,
+        task: &CloneTask,
+    ) -> Option<impl Future<Output = std::io::Result<()>> + 'static> {
         let put = self.puts.fetch_add(1, Ordering::Relaxed) + 1;
         self.latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(task.id.clone(), put);
+        let store = self.clone();
+        let task = task.clone();
         if !task.status.status_type.is_final() {
-            let store = self.clone();
-            let task = task.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(LINGER).await;
                 if store.is_latest(&task.id, put) {
@@ -168,12 +178,50 @@ impl TaskStore for KvStore {
                     store.done(&task.id, put);
                 }
             });
-            return Box::pin(std::future::ready(Ok(())));
+            return None;
         }
-        Box::pin(async move {
-            let result = self.write_persistently(task, put).await;
-            self.done(&task.id, put);
+        Some(async move {
+            let result = store.write_persistently(&task, put).await;
+            store.done(&task.id, put);
+            let mut unstored = store
+                .unstored
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if result.is_err() {
+                unstored.insert(task.id.clone());
+            } else {
+                unstored.remove(&task.id);
+            }
             result
+        })
+    }
+}
+
+impl TaskStore for KvStore {
+    fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
+        // A node's Registry tracks only the tasks placed on it, as their jobs arrive; unfinished
+        // work comes back by redelivery, not from here. Reading the whole bucket at every node
+        // start would cost a round trip per task.
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+        match self.start_put(task) {
+            Some(write) => Box::pin(write),
+            None => Box::pin(std::future::ready(Ok(()))),
+        }
+    }
+
+    /// The Registry goes on while a final state is written (a NATS outage is retried for
+    /// minutes: awaiting it in the actor would stall every other task); it broadcasts the
+    /// state once the write is done, in order.
+    fn put_queued(&self, task: &CloneTask) -> Option<StoreFuture<'static, ()>> {
+        Some(match self.start_put(task) {
+            Some(write) => {
+                let handle = tokio::spawn(write);
+                Box::pin(async move { handle.await.map_err(io)? })
+            }
+            None => Box::pin(std::future::ready(Ok(()))),
         })
     }
 }

@@ -111,6 +111,14 @@ pub async fn run_node(
         max_ack_pending: i64::try_from(concurrency.saturating_mul(4).max(16)).unwrap_or(64),
         ..Default::default()
     };
+    // A takeover that died half-way leaves `takeover-<us>`, which filters our subject: a work
+    // queue stream allows one consumer per subject, so ours could not be created. Removing it
+    // releases what it held to us.
+    let leftover = format!("takeover-{}", options.node_id);
+    if stream.consumer_info(&leftover).await.is_ok() {
+        tracing::warn!(consumer = %leftover, "removing a takeover consumer left on our jobs");
+        let _ = stream.delete_consumer(&leftover).await;
+    }
     let open_jobs = || async {
         let consumer = stream
             .get_or_create_consumer(
@@ -206,10 +214,18 @@ pub async fn run_node(
                     // broadcasts): now the job may go. A plain ack (no confirmation round
                     // trip): if it is lost, the job comes back after the ack wait and `accept`
                     // finds the task finished and acknowledges it then.
-                    if let Some(message) = held.remove(&task.id)
-                        && let Err(e) = message.ack().await
-                    {
-                        tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
+                    // A final state that could not be stored (a long NATS outage) is not
+                    // acknowledged: the job comes back after a while and runs again.
+                    if let Some(message) = held.remove(&task.id) {
+                        let acked = if store.is_unstored(&task.id) {
+                            tracing::warn!(task = %task.id, "final state not stored; the job will run again");
+                            message.ack_with(AckKind::Nak(Some(UNSTORED_RETRY))).await
+                        } else {
+                            message.ack().await
+                        };
+                        if let Err(e) = acked {
+                            tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
+                        }
                     }
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -223,6 +239,9 @@ pub async fn run_node(
     let _ = nats.client.flush().await;
     Ok(())
 }
+
+/// When a job whose final state could not be stored comes back.
+const UNSTORED_RETRY: Duration = Duration::from_secs(30);
 
 async fn accept(
     fleet: &Fleet,

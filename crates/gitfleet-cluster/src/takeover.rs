@@ -42,7 +42,7 @@ pub async fn take_over_dead_nodes(
         .await
         .map_err(|e| err("consumers", e))?;
     let mut moved = 0;
-    for name in names {
+    for name in &names {
         let Some(node) = name.strip_prefix("node-") else {
             continue;
         };
@@ -53,7 +53,7 @@ pub async fn take_over_dead_nodes(
         // may predate that: only a consumer older than a heartbeat's lifetime whose node is
         // still silent now is an orphan.
         let mut candidate: consumer::PullConsumer = stream
-            .get_consumer(&name)
+            .get_consumer(name)
             .await
             .map_err(|e| err("consumer", e))?;
         let created = candidate
@@ -76,10 +76,41 @@ pub async fn take_over_dead_nodes(
         }
         tracing::warn!(node, "node is gone; taking over its jobs");
         stream
-            .delete_consumer(&name)
+            .delete_consumer(name)
             .await
             .map_err(|e| err("delete consumer", e))?;
         moved += drain(nats, &stream, node, live).await?;
+    }
+    // Jobs published to a node after its takeover (the publisher's list of live nodes predated
+    // its departure), or to a node that died before it made its consumer, wait on a subject
+    // nobody consumes: move those too.
+    let prefix = nats.subjects.jobs("");
+    let mut pending: Vec<String> = Vec::new();
+    let mut subjects = stream
+        .info_with_subjects(nats.subjects.jobs_all())
+        .await
+        .map_err(|e| err("stream subjects", e))?;
+    while let Some(entry) = subjects.next().await {
+        let (subject, count) = entry.map_err(|e| err("stream subjects", e))?;
+        if let Some(node) = subject.strip_prefix(&prefix)
+            && count > 0
+            && !live.iter().any(|n| n == node)
+            && !names.contains(&nats.subjects.node_consumer(node))
+        {
+            pending.push(node.to_string());
+        }
+    }
+    for node in pending {
+        if nodes
+            .get(&node)
+            .await
+            .map_err(|e| err("heartbeat", e))?
+            .is_some()
+        {
+            continue;
+        }
+        tracing::warn!(node = %node, "jobs wait for a node that is gone; moving them");
+        moved += drain(nats, &stream, &node, live).await?;
     }
     Ok(moved)
 }

@@ -1194,6 +1194,23 @@ fn ref_snapshot(repo: &gix::Repository) -> gix::Result<BTreeMap<String, gix::Obj
     Ok(out)
 }
 
+/// The longest ref name a result lists, in bytes: a record holds up to four lists of
+/// [`SyncResult::MAX_LISTED`] names, and must stay far below NATS' payload limit.
+const MAX_LISTED_NAME: usize = 256;
+
+/// A ref name as a result lists it: printable, and cut (with `…`) beyond [`MAX_LISTED_NAME`].
+fn listed_name(name: &str) -> String {
+    let name = crate::printable(name);
+    if name.len() <= MAX_LISTED_NAME {
+        return name;
+    }
+    let mut end = MAX_LISTED_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &name[..end])
+}
+
 /// `<git dir>/gitfleet-commits` caches the number of commits reachable from the refs, with a
 /// digest of the refs it was counted for: a sync that changed nothing reads it instead of walking
 /// the whole history again. A missing, stale or unreadable cache only costs the walk.
@@ -1236,13 +1253,13 @@ fn summarize(
             None => {
                 result.num_refs_created += 1;
                 if result.refs_created.len() < listed {
-                    result.refs_created.push(name.clone());
+                    result.refs_created.push(listed_name(name));
                 }
             }
             Some(old) if old != id => {
                 result.num_refs_updated += 1;
                 if result.refs_updated.len() < listed {
-                    result.refs_updated.push(name.clone());
+                    result.refs_updated.push(listed_name(name));
                 }
             }
             Some(_) => {}
@@ -1251,7 +1268,7 @@ fn summarize(
     for name in before.keys().filter(|n| !after.contains_key(*n)) {
         result.num_refs_deleted += 1;
         if result.refs_deleted.len() < listed {
-            result.refs_deleted.push(name.clone());
+            result.refs_deleted.push(listed_name(name));
         }
     }
     let changed = result.num_refs_created + result.num_refs_updated > 0;
@@ -1327,13 +1344,13 @@ fn summarize(
         result.num_branches += 1;
         if result.branches.len() < listed {
             result.branches.push(Branch {
-                name: short.to_string(),
+                name: listed_name(short),
                 commit: id.to_string(),
             });
         }
     }
     if let Ok(Some(head)) = repo.head_name() {
-        result.default_branch = Some(head.shorten().to_string());
+        result.default_branch = Some(listed_name(&head.shorten().to_string()));
     }
     result.head_commit = repo.head_id().ok().map(|id| id.to_string());
     Ok(result)

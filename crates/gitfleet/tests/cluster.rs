@@ -954,3 +954,111 @@ async fn a_submitter_cannot_act_as_a_node() {
         Err(_) => panic!("an anonymous connect hung"),
     }
 }
+
+/// A takeover consumer left on a node's subject does not keep that node from starting; jobs
+/// waiting for a node that is gone, with no consumer at all, are moved; an overlong
+/// idempotency key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let _first = start_node(&nats, "node-a");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let raw = async_nats::connect(nats.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(raw);
+    let stream = jetstream
+        .get_stream("GITFLEET_JOBS")
+        .await
+        .expect("the jobs stream");
+    stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("takeover-node-b".into()),
+            filter_subject: "gitfleet.jobs.node-b".into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("a leftover takeover consumer");
+    let _second = start_node(&nats, "node-b");
+    wait_for_nodes(&client, 2).await;
+    let repositories: Vec<String> = REPOS.iter().map(|r| daemon.url(r)).collect();
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories,
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .map(|t| t.task_id.clone().expect("a task"))
+        .collect();
+    let done = wait_final(&client, &ids).await;
+    assert!(
+        done.iter().any(|t| t.node.as_deref() == Some("node-b")),
+        "node-b got no work: {done:#?}"
+    );
+    assert!(
+        done.iter()
+            .all(|t| t.status.status_type == StatusType::Completed),
+        "{done:#?}"
+    );
+
+    // A job for a node that never was: moved to a live one (which finds the task finished).
+    let task = &done[0];
+    let job = gitfleet_proto::JobMessage {
+        task_id: task.id.clone(),
+        url: task.url.clone(),
+        operation: gitfleet_proto::Operation::Sync,
+        path: gitfleet_git::Target::of_task(task)
+            .expect("a target")
+            .relative()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    jetstream
+        .publish("gitfleet.jobs.ghost", gitfleet_proto::to_json(&job).into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let waiting = || async {
+        let mut subjects = stream
+            .info_with_subjects("gitfleet.jobs.ghost")
+            .await
+            .expect("subjects");
+        let mut count = 0;
+        while let Some(entry) = subjects.next().await {
+            count += entry.expect("a subject").1;
+        }
+        count
+    };
+    assert_eq!(waiting().await, 1);
+    let mut moved = false;
+    for _ in 0..400 {
+        if waiting().await == 0 {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(moved, "the ghost's job was never moved");
+
+    let err = client
+        .submit(&SubmitRequest {
+            repositories: vec![daemon.url("alpha.git")],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: Some("k".repeat(10_000)),
+        })
+        .await
+        .expect_err("an overlong key");
+    assert!(err.to_string().contains("idempotency_key"), "{err}");
+}
