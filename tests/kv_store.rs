@@ -207,12 +207,13 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     let (now, _) = stored(&node).await;
     assert!(now.status.status_type.is_final(), "{now:?}");
 
-    // Another writer (a takeover: a newer attempt on another node) moves the revision on.
+    // Another writer (a takeover: a newer generation on another node) moves the revision on.
     let (current, revision) = stored(&api).await;
     let mut newer = current;
     newer.status = CloneStatus::cloning(0);
     newer.attempts = 3;
     newer.node = Some("n2".into());
+    newer.generation += 1;
     assert!(
         api.compare_and_set(&newer, revision)
             .await
@@ -245,4 +246,56 @@ async fn a_transition_is_one_round_trip_and_a_stale_revision_never_wins() {
     let (now, _) = stored(&node).await;
     assert!(now.status.status_type.is_final(), "{now:?}");
     assert_eq!(now.attempts, 3);
+}
+
+/// A new request is a new generation: the late result of the request before it (a node that was
+/// slow, or a takeover's presumed-dead owner) never replaces its fresh `queued`, even with a
+/// higher attempt number; writes of the current generation go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_result_of_an_older_generation_never_replaces_a_newer_request() {
+    let server = NatsServer::start();
+    let (_api_nats, api) = connect(&server).await;
+    let (_node_nats, node) = connect(&server).await;
+    let mut first = task();
+    first.generation = 1;
+    first.node = Some("n1".into());
+    assert!(
+        api.compare_and_set(&first, 0)
+            .await
+            .expect("the first request")
+    );
+    let (current, revision) = stored(&node).await;
+    node.remember(&current, revision);
+
+    // A second request (say a sync) queues generation 2 while the first is still running.
+    let mut second = current.clone();
+    second.generation = 2;
+    second.attempts = 0;
+    second.status = CloneStatus::queued();
+    assert!(
+        api.compare_and_set(&second, revision)
+            .await
+            .expect("the second request")
+    );
+
+    let mut late = current;
+    late.attempts = 5;
+    late.status = CloneStatus::completed();
+    node.put(&late)
+        .await
+        .expect("a late write is dropped, not an error");
+    let (now, _) = stored(&node).await;
+    assert_eq!(now.generation, 2);
+    assert_eq!(now.status.status_type, StatusType::Queued, "{now:?}");
+
+    // The second generation's own result is stored.
+    let mut done = now;
+    done.attempts = 1;
+    done.status = CloneStatus::completed();
+    node.put(&done)
+        .await
+        .expect("the current generation's result");
+    let (now, _) = stored(&node).await;
+    assert_eq!(now.status.status_type, StatusType::Completed);
+    assert_eq!(now.generation, 2);
 }

@@ -57,11 +57,16 @@ struct Extra {
     /// `status.error`.
     error: Option<Box<str>>,
     idempotency_key: Option<Box<str>>,
+    /// The cluster's request generation (0 in embedded mode).
+    generation: u64,
 }
 
 impl Extra {
     fn is_empty(&self) -> bool {
-        self.id.is_none() && self.error.is_none() && self.idempotency_key.is_none()
+        self.id.is_none()
+            && self.error.is_none()
+            && self.idempotency_key.is_none()
+            && self.generation == 0
     }
 }
 
@@ -267,6 +272,7 @@ impl TaskTable {
             id: hex.is_none().then(|| task.id.into_boxed_str()),
             error: task.status.error.map(String::into_boxed_str),
             idempotency_key: task.idempotency_key.map(String::into_boxed_str),
+            generation: task.generation,
         };
         if !extra.is_empty() {
             record.extra = Some(Box::new(extra));
@@ -305,6 +311,7 @@ impl TaskTable {
                 .and_then(|i| self.nodes.get(i as usize))
                 .map(|n| n.to_string()),
             idempotency_key: text(|e| &e.idempotency_key),
+            generation: extra.map_or(0, |e| e.generation),
             last_sync: r.last_sync.as_deref().map(|bytes| {
                 decode_sync(bytes).unwrap_or_else(|| {
                     tracing::error!("undecodable last result in the registry (a bug)");
@@ -708,6 +715,7 @@ mod tests {
         full.finished_at = Some(Timestamp::UNIX_EPOCH);
         full.node = Some("node-1".into());
         full.idempotency_key = Some(String::new());
+        full.generation = 7;
         full.last_sync = Some(full_result());
         let mut odd_ids = Vec::new();
         for id in [

@@ -23,6 +23,9 @@ pub struct Job {
     pub attempt: u32,
     /// Which request this is (set by the Supervisor): fences retries of superseded requests.
     pub generation: u64,
+    /// The cluster's generation of the task record this job was issued for, written into
+    /// every state of the task (0 in embedded mode).
+    pub fence: u64,
 }
 
 impl Job {
@@ -47,6 +50,7 @@ impl Job {
             dest,
             attempt: 0,
             generation: 0,
+            fence: 0,
         }
     }
 }

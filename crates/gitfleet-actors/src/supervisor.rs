@@ -182,13 +182,14 @@ impl Actor for Supervisor {
                     job.attempt = 1;
                     state.next_generation += 1;
                     state.pending.insert(job.task_id.clone(), job.generation);
-                    let task = CloneTask::new(
+                    let mut task = CloneTask::new(
                         job.task_id.clone(),
                         job.display.clone(),
                         job.operation,
                         job.dest.to_string_lossy().into_owned(),
                         Timestamp::now(),
                     );
+                    task.generation = job.fence;
                     let _ = state.registry.cast(RegistryMsg::Queued(Box::new(task)));
                     outcomes.push(Submitted::Accepted(job.task_id.clone()));
                     state.queue.push_back(job);

@@ -211,6 +211,7 @@ async fn enqueue(
         return out;
     };
     let mut revision = None;
+    let mut generation = 0;
     // The first try starts from what the caller read (`None`: a new task, one create and no
     // read); only a conflict costs a read.
     let mut first = Some(known);
@@ -266,9 +267,12 @@ async fn enqueue(
         task.finished_at = None;
         task.updated_at = jiff::Timestamp::now();
         task.idempotency_key = idempotency_key.map(str::to_string);
+        // A new request is a new generation: late writes of the one before never replace it.
+        task.generation += 1;
         match ctx.store.compare_and_set(&task, rev).await {
             Ok(true) => {
                 revision = Some(rev);
+                generation = task.generation;
                 publish_state(&ctx.nats, &task).await;
                 break;
             }
@@ -289,6 +293,7 @@ async fn enqueue(
         url: target.display(),
         operation,
         path: target.relative().to_string_lossy().into_owned(),
+        generation,
     };
     let mut headers = HeaderMap::new();
     // One enqueue, one job, even if this publish is retried.

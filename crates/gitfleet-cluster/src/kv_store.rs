@@ -288,11 +288,12 @@ impl KvStore {
                     None => (None, 0),
                 },
             };
+            // A later request or a takeover moved the task to a newer generation: what an
+            // older one still writes (a node that was only slow) is dropped.
             if let Some(current) = &current
-                && current.attempts > task.attempts
-                && current.node != task.node
+                && current.generation > task.generation
             {
-                tracing::info!(task = %task.id, "dropping a late update of a superseded attempt");
+                tracing::info!(task = %task.id, "dropping a late update of a superseded generation");
                 return Ok(());
             }
             // An intermediate state never replaces the final state of its attempt or a later
@@ -301,6 +302,7 @@ impl KvStore {
             if let Some(current) = &current
                 && current.status.status_type.is_final()
                 && !task.status.status_type.is_final()
+                && current.generation == task.generation
                 && current.attempts >= task.attempts
             {
                 tracing::debug!(task = %task.id, "dropping an intermediate state older than the stored final one");

@@ -172,10 +172,11 @@ pub async fn run_node(
                     last_takeover = tokio::time::Instant::now();
                     let nats = nats.clone();
                     let nodes = nodes.clone();
+                    let store = store.clone();
                     let me = options.node_id.clone();
                     takeover = Some(tokio::spawn(async move {
                         let Ok(live) = api::live_nodes(&nodes).await else { return };
-                        match crate::takeover::take_over_dead_nodes(&nats, &nodes, &me, &live).await {
+                        match crate::takeover::take_over_dead_nodes(&nats, &store, &nodes, &me, &live).await {
                             Ok(0) => {}
                             Ok(moved) => tracing::warn!(moved, "took over jobs of departed nodes"),
                             Err(e) => tracing::warn!(error = %e, "takeover failed"),
@@ -298,10 +299,15 @@ async fn accept(
             return;
         }
     };
-    // Cancelled (or finished) before it reached us: nothing to do, and running it again would
-    // be harmless but wasteful.
-    if task.status.status_type.is_final() {
+    // Cancelled (or finished) before it reached us, or superseded by a later request or a
+    // takeover: nothing to do, and running it again would be harmless but wasteful.
+    if task.status.status_type.is_final() || job.generation < task.generation {
         let _ = message.ack().await;
+        return;
+    }
+    if job.generation > task.generation {
+        tracing::warn!(task = %job.task_id, "dropping a job of a generation its task never had");
+        let _ = message.ack_with(AckKind::Term).await;
         return;
     }
     let mut operation = job.operation;
@@ -316,6 +322,10 @@ async fn accept(
             .map_err(|e| TaskError::new(e.code, e.message)),
         None => Ok(Job::new(layout, &target, operation)),
     };
+    let planned = planned.map(|mut job| {
+        job.fence = task.generation;
+        job
+    });
     let planned = match planned {
         Ok(planned) => planned,
         Err(error) => {

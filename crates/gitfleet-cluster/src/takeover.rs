@@ -11,9 +11,10 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer;
 use futures_util::{StreamExt, TryStreamExt};
-use gitfleet_proto::JobMessage;
+use gitfleet_proto::{JobMessage, StatusType};
 
 use crate::infra::{ClusterError, Nats};
+use crate::kv_store::KvStore;
 use crate::placement;
 
 fn err(what: &str, e: impl std::fmt::Display) -> ClusterError {
@@ -24,6 +25,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> ClusterError {
 /// heartbeat to their new owners. Returns how many jobs moved.
 pub async fn take_over_dead_nodes(
     nats: &Nats,
+    store: &KvStore,
     nodes: &async_nats::jetstream::kv::Store,
     me: &str,
     live: &[String],
@@ -79,7 +81,7 @@ pub async fn take_over_dead_nodes(
             .delete_consumer(name)
             .await
             .map_err(|e| err("delete consumer", e))?;
-        moved += drain(nats, &stream, node, live).await?;
+        moved += drain(nats, store, &stream, node, live).await?;
     }
     // Jobs published to a node after its takeover (the publisher's list of live nodes predated
     // its departure), or to a node that died before it made its consumer, wait on a subject
@@ -110,13 +112,14 @@ pub async fn take_over_dead_nodes(
             continue;
         }
         tracing::warn!(node = %node, "jobs wait for a node that is gone; moving them");
-        moved += drain(nats, &stream, &node, live).await?;
+        moved += drain(nats, store, &stream, &node, live).await?;
     }
     Ok(moved)
 }
 
 async fn drain(
     nats: &Nats,
+    store: &KvStore,
     stream: &async_nats::jetstream::stream::Stream,
     dead: &str,
     live: &[String],
@@ -154,6 +157,13 @@ async fn drain(
             let Some(owner) = placement::owner(&job.task_id, live) else {
                 break;
             };
+            // The move is a new generation of the task: whatever the node presumed dead still
+            // writes (it may only have been slow) no longer counts. A job its task has moved
+            // past (finished, a later request) is dropped.
+            let Some(job) = next_generation(store, job, owner).await? else {
+                message.double_ack().await.map_err(|e| err("ack", e))?;
+                continue;
+            };
             let mut headers = HeaderMap::new();
             let sequence = message
                 .info()
@@ -161,11 +171,15 @@ async fn drain(
                 .unwrap_or_default();
             headers.insert(
                 "Nats-Msg-Id",
-                format!("{}:takeover:{sequence}", job.task_id).as_str(),
+                format!("{}:takeover:{sequence}:{}", job.task_id, job.generation).as_str(),
             );
             let ack = nats
                 .jetstream
-                .publish_with_headers(nats.subjects.jobs(owner), headers, message.payload.clone())
+                .publish_with_headers(
+                    nats.subjects.jobs(owner),
+                    headers,
+                    gitfleet_proto::to_json(&job).into(),
+                )
                 .await
                 .map_err(|e| err("republish", e))?;
             ack.await.map_err(|e| err("republish", e))?;
@@ -182,4 +196,46 @@ async fn drain(
         .await
         .map_err(|e| err("delete drain consumer", e))?;
     Ok(moved)
+}
+
+/// Moves `job`'s task to the next generation, queued for `owner`, and returns the job for it;
+/// `None` when the task is gone, finished, or already of a later generation.
+async fn next_generation(
+    store: &KvStore,
+    mut job: JobMessage,
+    owner: &str,
+) -> Result<Option<JobMessage>, ClusterError> {
+    for _ in 0..8 {
+        let Some((mut task, revision)) =
+            store.get(&job.task_id).await.map_err(|e| err("read", e))?
+        else {
+            return Ok(None);
+        };
+        // This move, made before by a takeover that failed to republish: republish it.
+        if task.generation == job.generation + 1
+            && task.node.as_deref() == Some(owner)
+            && task.status.status_type == StatusType::Queued
+        {
+            job.generation = task.generation;
+            return Ok(Some(job));
+        }
+        if task.status.status_type.is_final() || task.generation != job.generation {
+            return Ok(None);
+        }
+        task.generation += 1;
+        task.status = gitfleet_proto::CloneStatus::queued();
+        task.phase = None;
+        task.attempts = 0;
+        task.node = Some(owner.to_string());
+        task.updated_at = jiff::Timestamp::now();
+        if store
+            .compare_and_set(&task, revision)
+            .await
+            .map_err(|e| err("write", e))?
+        {
+            job.generation = task.generation;
+            return Ok(Some(job));
+        }
+    }
+    Err(err("write", "the task is being updated concurrently"))
 }

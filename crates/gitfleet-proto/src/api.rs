@@ -176,4 +176,8 @@ pub struct JobMessage {
     pub operation: Operation,
     /// Where the repository lives below the node's storage root.
     pub path: String,
+    /// The task record's generation this job was issued for: a node runs it only while the
+    /// record still has it (a later request or a takeover supersedes it).
+    #[serde(default)]
+    pub generation: u64,
 }

@@ -245,6 +245,11 @@ pub struct CloneTask {
     /// The idempotency key of the request that queued the task (cluster API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Which request of the task this record belongs to (cluster): the API counts it up with
+    /// every request, a takeover with every move to another node, and a node's write of an
+    /// older generation never replaces a newer one. 0 in embedded mode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
     /// The result of the latest successful clone or sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<SyncResult>,
@@ -274,6 +279,7 @@ impl CloneTask {
             finished_at: None,
             node: None,
             idempotency_key: None,
+            generation: 0,
             last_sync: None,
         }
     }
@@ -285,4 +291,8 @@ pub fn clone_task_schema() -> String {
     let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
     text.push('\n');
     text
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

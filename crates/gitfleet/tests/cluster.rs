@@ -698,6 +698,7 @@ async fn forged_jobs_write_nothing() {
             url: beta_url.clone(),
             operation: gitfleet_proto::Operation::Mirror,
             path: alpha_relative.clone(),
+            generation: alpha.generation,
         },
         // Into gitfleet's own directory.
         gitfleet_proto::JobMessage {
@@ -705,6 +706,7 @@ async fn forged_jobs_write_nothing() {
             url: beta_url.clone(),
             operation: gitfleet_proto::Operation::Mirror,
             path: ".gitfleet/evil.git".into(),
+            generation: 1,
         },
         // A well-formed job for a task nobody submitted.
         gitfleet_proto::JobMessage {
@@ -712,6 +714,7 @@ async fn forged_jobs_write_nothing() {
             url: beta_url.clone(),
             operation: gitfleet_proto::Operation::Mirror,
             path: beta.relative().to_string_lossy().into_owned(),
+            generation: 1,
         },
     ];
     let raw = async_nats::connect(nats.url()).await.expect("connect");
@@ -913,6 +916,7 @@ async fn a_submitter_cannot_act_as_a_node() {
         url: daemon.url("beta.git"),
         operation: gitfleet_proto::Operation::Mirror,
         path: "beta.git".into(),
+        generation: 1,
     };
     for subject in [
         "gitfleet.jobs.solo".to_string(),
@@ -1022,6 +1026,7 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
             .relative()
             .to_string_lossy()
             .into_owned(),
+        generation: task.generation,
     };
     jetstream
         .publish("gitfleet.jobs.ghost", gitfleet_proto::to_json(&job).into())
