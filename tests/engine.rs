@@ -12,8 +12,8 @@ use gitfleet_git::{
 };
 use gitfleet_proto::{ErrorCode, Operation, Phase, SyncResult, TaskError};
 use gitfleet_tests::{
-    Fixtures, GitDaemon, HttpOptions, HttpServer, free_port, fsck, head_target, mirror_clone,
-    objects, refs, remote_urls, run_git, wait_until,
+    Fixtures, GitDaemon, HttpOptions, HttpServer, TestCa, TlsProxy, free_port, fsck, head_target,
+    mirror_clone, objects, refs, remote_urls, run_git, try_mirror_clone, wait_until,
 };
 use tempfile::TempDir;
 
@@ -55,6 +55,7 @@ impl Store {
             credentials: None,
             limits: limits(),
             redactor: Redactor::default(),
+            addresses: None,
         }
     }
 
@@ -962,4 +963,46 @@ fn second_mirror_into_an_existing_repository_is_a_sync() {
     assert_eq!((refs(&req.dest), objects(&req.dest)), before);
     fsck(&req.dest).expect("still passes fsck");
     assert!(store.staging().is_empty());
+}
+
+/// https against a TLS server whose certificate a test CA signed: refused until the CA is
+/// trusted (`--ca-file`), then the same mirror as `git clone --mirror`, credentials included.
+#[test]
+fn mirror_over_https_with_a_test_ca_equals_git_clone_mirror() {
+    let fx = Fixtures::new();
+    let (user, token) = ("alice", "tls-s3cret");
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            auth: Some((user.to_owned(), token.to_owned())),
+            ..HttpOptions::default()
+        },
+    );
+    let proxy = TlsProxy::start(server.port());
+    let ca = TestCa::get();
+    let store = Store::new();
+    let url = proxy.url("alpha.git");
+    let req = with_credentials(store.request(&url, Operation::Mirror), user, token);
+    // The only test in this process that trusts the CA, so this one runs first.
+    let err = expect_err(store.run(&req), "an untrusted certificate");
+    assert_eq!(err.code, ErrorCode::Network, "{err}");
+    assert!(!req.dest.exists());
+
+    gitfleet_git::trust_ca_file(ca.ca_file()).expect("trusting the test CA");
+    store.run(&req).expect("the mirror over https");
+    let reference = tempdir();
+    let reference_dest = reference.path().join("reference.git");
+    let authenticated = format!(
+        "https://{user}:{token}@localhost:{}",
+        &url["https://localhost:".len()..]
+    );
+    try_mirror_clone(
+        &authenticated,
+        &reference_dest,
+        &[&format!("http.sslCAInfo={}", ca.ca_file().display())],
+    )
+    .expect("git clone --mirror over https");
+    assert_same_as_reference(&req.dest, &reference_dest);
+    let config_text = std::fs::read_to_string(req.dest.join("config")).expect("the config");
+    assert!(!config_text.contains(token), "{config_text}");
 }

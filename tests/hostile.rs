@@ -52,6 +52,7 @@ impl Store {
                 ..Limits::default()
             },
             redactor: Redactor::default(),
+            addresses: None,
         }
     }
 

@@ -12,6 +12,7 @@ mod fixtures;
 mod gitcli;
 mod http;
 mod nats;
+mod tls;
 
 pub use daemon::GitDaemon;
 pub use fixtures::Fixtures;
@@ -21,3 +22,4 @@ pub use gitcli::{
 };
 pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
 pub use nats::{NatsOptions, NatsServer};
+pub use tls::{TestCa, TlsProxy};

@@ -82,12 +82,15 @@ impl Executor for GitExecutor {
         control: &Control,
         on_progress: &mut dyn FnMut(&Progress),
     ) -> Result<SyncResult, TaskError> {
-        if job.operation != Operation::Init {
-            // Resolving here (not at submit time) keeps DNS off the actor threads.
+        // Resolving here (not at submit time) keeps DNS off the actor threads; the transfer
+        // then connects to the addresses checked here.
+        let addresses = if job.operation == Operation::Init {
+            None
+        } else {
             self.policy
                 .check_resolved(&job.url)
-                .map_err(|e| TaskError::new(e.code, e.message))?;
-        }
+                .map_err(|e| TaskError::new(e.code, e.message))?
+        };
         let credentials = self.credentials.for_url(&job.url);
         let mut redactor = self.credentials.redactor();
         if let Some(c) = &credentials {
@@ -100,6 +103,7 @@ impl Executor for GitExecutor {
             credentials,
             limits: self.limits,
             redactor,
+            addresses,
         };
         gitfleet_git::execute(&request, &self.layout, control, on_progress)
     }

@@ -35,6 +35,7 @@ pub(crate) type DaemonConnection = Connection<BufReader<Metered<TcpStream>>, Buf
 /// a thread blocked forever. Every resolved address is tried in turn.
 pub(crate) fn connect(
     url: &gix::Url,
+    addresses: Option<&[SocketAddr]>,
     connect_timeout: Duration,
     io_timeout: Duration,
     meter: Arc<Meter>,
@@ -44,10 +45,14 @@ pub(crate) fn connect(
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "git:// URL without a host"))?;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let port = url.port.unwrap_or(DEFAULT_PORT);
-    let addrs: Vec<SocketAddr> = (bare, port)
-        .to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("could not resolve {bare}: {e}")))?
-        .collect();
+    // The addresses the policy checked, when it did: never resolved a second time.
+    let addrs: Vec<SocketAddr> = match addresses {
+        Some(checked) => checked.to_vec(),
+        None => (bare, port)
+            .to_socket_addrs()
+            .map_err(|e| io::Error::new(e.kind(), format!("could not resolve {bare}: {e}")))?
+            .collect(),
+    };
     let mut last_err = io::Error::new(
         io::ErrorKind::NotFound,
         format!("could not resolve {bare}: no addresses"),

@@ -24,12 +24,6 @@ use crate::progress::{Progress, Tracker};
 use crate::url::is_loopback_host;
 use crate::{Credentials, Layout, Redactor, RepoUrl, Scheme};
 
-/// Installs the process-wide TLS crypto provider (ring). Call once at start-up, before any
-/// HTTPS or TLS connection; later calls do nothing.
-pub fn init_tls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// What one attempt may do: how long it may take, and how much of a mirror a sync may delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -95,6 +89,10 @@ pub struct Request {
     pub limits: Limits,
     /// Secrets to scrub from every message.
     pub redactor: Redactor,
+    /// The addresses the policy checked for the URL's host: a git:// or http(s) transfer
+    /// connects to these and resolves nothing again (a name cannot point elsewhere between the
+    /// check and the connection). `None`: resolve as usual.
+    pub addresses: Option<Vec<std::net::SocketAddr>>,
 }
 
 /// How long to wait for a git:// server to accept the connection.
@@ -954,7 +952,13 @@ fn daemon_transport(
     let io_timeout = req.limits.stall_limit + Duration::from_secs(1);
     // The operation's meter (none outside `execute`: no budget then).
     let meter = crate::meter::current().unwrap_or_else(|| Meter::new(u64::MAX, u64::MAX));
-    match crate::daemon::connect(req.url.fetch_url(), CONNECT_TIMEOUT, io_timeout, meter) {
+    match crate::daemon::connect(
+        req.url.fetch_url(),
+        req.addresses.as_deref(),
+        CONNECT_TIMEOUT,
+        io_timeout,
+        meter,
+    ) {
         Ok(connection) => Ok(Some(Box::new(connection))),
         Err(e) => Err(TaskError::new(
             ErrorCode::Network,
@@ -989,7 +993,7 @@ fn open_transport(
     .map_err(|e| git_error(req, what, &e))?;
     if is_http {
         transport
-            .configure(&http_options(req))
+            .configure(&http_options(req, req.addresses.clone()))
             .map_err(|e| git_error(req, what, &e))?;
     }
     Ok(transport)
@@ -997,9 +1001,34 @@ fn open_transport(
 
 /// gitfleet's HTTP settings. Redirects are not followed: a redirect could send the request, and
 /// with it credentials, to another host or to an address the policy refuses.
-fn http_options(req: &Request) -> gix_transport::client::blocking_io::http::Options {
+fn http_options(
+    req: &Request,
+    addresses: Option<Vec<std::net::SocketAddr>>,
+) -> gix_transport::client::blocking_io::http::Options {
     use gix_transport::client::blocking_io::http::options::FollowRedirects;
+    let host = req
+        .url
+        .host()
+        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
+    // The client as gix builds it, plus: the checked addresses for the host, and the extra
+    // certificate authorities.
+    let configure_client: Box<
+        gix_transport::client::blocking_io::http::reqwest::ConfigureClientFn,
+    > = Box::new(move |mut builder| {
+        if let (Some(host), Some(addresses)) = (&host, &addresses) {
+            builder = builder.resolve_to_addrs(host, addresses);
+        }
+        if let Some(roots) = crate::tls::extra_roots() {
+            builder = builder.tls_certs_merge(roots.iter().cloned());
+        }
+        Ok(builder)
+    });
+    let backend = gix_transport::client::blocking_io::http::reqwest::Options {
+        configure_client: Some(configure_client),
+        configure_request: None,
+    };
     gix_transport::client::blocking_io::http::Options {
+        backend: Some(Arc::new(std::sync::Mutex::new(backend))),
         follow_redirects: FollowRedirects::None,
         user_agent: Some(concat!("gitfleet/", env!("CARGO_PKG_VERSION")).to_string()),
         connect_timeout: Some(CONNECT_TIMEOUT),

@@ -18,13 +18,15 @@ mod secret;
 mod target;
 mod text;
 mod threads;
+mod tls;
 mod url;
 
-pub use engine::{Control, Limits, Request, execute, init_tls};
+pub use engine::{Control, Limits, Request, execute};
 pub use error::GitError;
 pub use layout::Layout;
 pub use progress::Progress;
 pub use secret::{Credentials, CredentialsConfig, Redactor, Secret, scrub_userinfo};
 pub use target::{InitName, Source, Target, is_task_id};
 pub use text::{MAX_MESSAGE_CHARS, printable};
+pub use tls::{init_tls, trust_ca_file};
 pub use url::{LocalPaths, Policy, RepoUrl, Scheme, UrlError};

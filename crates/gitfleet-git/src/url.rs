@@ -4,7 +4,7 @@
 //! [`Policy::check`] before any transport sees it.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Component, Path, PathBuf};
 
 use gitfleet_proto::ErrorCode;
@@ -553,30 +553,35 @@ impl Policy {
         Ok(())
     }
 
-    /// Like [`Policy::check`], and also resolves the host name when private addresses are
-    /// refused, so that a public-looking name pointing at 127.0.0.1 is refused too. Blocking.
-    pub fn check_resolved(&self, url: &RepoUrl) -> Result<(), UrlError> {
+    /// Like [`Policy::check`], and, when private addresses are refused, resolves the host name
+    /// so that a public-looking name pointing at 127.0.0.1 is refused too. Returns the
+    /// addresses it checked: the transfer must connect to those and resolve nothing again
+    /// (`None`: nothing to pin). Blocking.
+    pub fn check_resolved(&self, url: &RepoUrl) -> Result<Option<Vec<SocketAddr>>, UrlError> {
         self.check(url)?;
         if self.allow_private {
-            return Ok(());
+            return Ok(None);
         }
         let Some(host) = url.host() else {
-            return Ok(());
+            return Ok(None);
         };
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if bare.parse::<IpAddr>().is_ok() {
-            return Ok(());
+            return Ok(None);
         }
         let port = url.port.or(url.scheme.default_port()).unwrap_or(0);
-        if let Ok(addrs) = (bare, port).to_socket_addrs()
-            && addrs.into_iter().any(|a| is_private(a.ip()))
-        {
+        let addrs: Vec<SocketAddr> = match (bare, port).to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            // Unresolvable: the transport fails with a network error of its own.
+            Err(_) => return Ok(None),
+        };
+        if addrs.iter().any(|a| is_private(a.ip())) {
             return Err(UrlError::denied(
                 &url.display(),
                 format!("'{bare}' resolves to a private or loopback address"),
             ));
         }
-        Ok(())
+        Ok(Some(addrs).filter(|a| !a.is_empty()))
     }
 }
 

@@ -224,12 +224,24 @@ pub struct WorkArgs {
         value_delimiter = ','
     )]
     pub token_hosts: Vec<String>,
+    /// Certificate authorities (PEM) to trust for https remotes, besides the system's.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// A file of `HOST USERNAME TOKEN_FILE` lines: which token goes to which host.
     #[arg(long, value_name = "FILE", env = "GITFLEET_CREDENTIALS")]
     pub credentials: Option<PathBuf>,
 }
 
 impl WorkArgs {
+    /// Trusts `--ca-file`'s certificate authorities for https remotes.
+    pub fn trust_ca(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.ca_file {
+            gitfleet_git::trust_ca_file(path)
+                .map_err(|e| anyhow::anyhow!("cannot use the CA file {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// The actors' configuration: a pool of `concurrency` workers running git with these limits.
     pub fn fleet_config(
         &self,

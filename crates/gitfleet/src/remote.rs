@@ -50,6 +50,7 @@ pub async fn node(
     }
     policy.allowed_hosts = args.allow_hosts.clone();
     let credentials = crate::credentials::load(&args.work, None)?;
+    args.work.trust_ca()?;
     let config = args.work.fleet_config(
         &layout,
         policy.clone(),
