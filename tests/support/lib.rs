@@ -12,6 +12,7 @@ mod fixtures;
 mod gitcli;
 mod http;
 mod nats;
+mod sshd;
 mod tls;
 
 pub use daemon::GitDaemon;
@@ -22,4 +23,5 @@ pub use gitcli::{
 };
 pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
 pub use nats::{NatsOptions, NatsServer};
+pub use sshd::SshServer;
 pub use tls::{TestCa, TlsProxy};

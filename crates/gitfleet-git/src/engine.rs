@@ -985,8 +985,8 @@ fn open_transport(
         url,
         gix_transport::client::blocking_io::connect::Options {
             version: gix::protocol::transport::Protocol::V2,
-            // The `ssh` program found on PATH, never a shell command line.
-            ssh: Default::default(),
+            // The `ssh` program found on PATH with gitfleet's options (ssh.rs).
+            ssh: crate::ssh::options(),
             trace: false,
         },
     )

@@ -224,6 +224,12 @@ pub struct WorkArgs {
         value_delimiter = ','
     )]
     pub token_hosts: Vec<String>,
+    /// The private key for ssh remotes (the only identity offered).
+    #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KEY")]
+    pub ssh_key: Option<PathBuf>,
+    /// Host keys of ssh remotes (a known_hosts file): any other host key fails the transfer.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KNOWN_HOSTS")]
+    pub ssh_known_hosts: Option<PathBuf>,
     /// Certificate authorities (PEM) to trust for https remotes, besides the system's.
     #[arg(long, value_name = "FILE", env = "GITFLEET_CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -233,8 +239,14 @@ pub struct WorkArgs {
 }
 
 impl WorkArgs {
-    /// Trusts `--ca-file`'s certificate authorities for https remotes.
-    pub fn trust_ca(&self) -> anyhow::Result<()> {
+    /// Trusts `--ca-file`'s certificate authorities for https remotes, and sets how ssh
+    /// remotes are reached.
+    pub fn transport_settings(&self) -> anyhow::Result<()> {
+        gitfleet_git::configure_ssh(gitfleet_git::SshSettings {
+            identity: self.ssh_key.clone(),
+            known_hosts: self.ssh_known_hosts.clone(),
+        })
+        .map_err(|e| anyhow::anyhow!("cannot use the ssh settings: {e}"))?;
         if let Some(path) = &self.ca_file {
             gitfleet_git::trust_ca_file(path)
                 .map_err(|e| anyhow::anyhow!("cannot use the CA file {}: {e}", path.display()))?;

@@ -246,7 +246,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
         .into_iter()
         .collect();
     let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
-    run.work.trust_ca()?;
+    run.work.transport_settings()?;
     let config = run.work.fleet_config(
         &layout,
         policy.clone(),

@@ -50,7 +50,7 @@ pub async fn node(
     }
     policy.allowed_hosts = args.allow_hosts.clone();
     let credentials = crate::credentials::load(&args.work, None)?;
-    args.work.trust_ca()?;
+    args.work.transport_settings()?;
     let config = args.work.fleet_config(
         &layout,
         policy.clone(),
