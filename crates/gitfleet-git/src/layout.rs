@@ -10,6 +10,8 @@ use crate::marker::MarkerKey;
 
 pub(crate) const STATE_DIR: &str = ".gitfleet";
 const STAGING_DIR: &str = "staging";
+/// Written once the repositories of an earlier version were adopted ([`Layout::adopt_once`]).
+const ADOPTED: &str = "markers-adopted";
 
 /// The storage root and everything derived from it.
 #[derive(Debug, Clone)]
@@ -58,6 +60,28 @@ impl Layout {
     /// Where `target`'s repository is stored below this root.
     pub fn path_of(&self, target: &Target) -> PathBuf {
         self.root.join(target.relative())
+    }
+
+    /// Once per root: marks the repositories an earlier gitfleet made before repositories had
+    /// markers, so that they keep syncing. `stored` lists them, as gitfleet's own task records
+    /// (their path, and whether they were finished) say: only a repository at the path of a
+    /// completed task is adopted, as the kind its task and path say. Returns how many were
+    /// marked; later calls do nothing (`.gitfleet/markers-adopted`).
+    pub fn adopt_once(&self, stored: &[(PathBuf, gitfleet_proto::Operation)]) -> io::Result<usize> {
+        let done = self.state_dir().join(ADOPTED);
+        if done.exists() {
+            return Ok(0);
+        }
+        let mut adopted = 0;
+        for (dest, kind) in stored {
+            match self.adopt(dest, *kind) {
+                Ok(true) => adopted += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(path = %dest.display(), error = %e, "not adopted"),
+            }
+        }
+        std::fs::write(&done, format!("{adopted}\n"))?;
+        Ok(adopted)
     }
 
     /// A fresh, unique staging path on the same file system as the root, so that the final

@@ -139,6 +139,46 @@ impl Layout {
         }
     }
 
+    /// Marks the repository of `kind` at `dest` as this root's, if it has no marker: for the
+    /// repositories an earlier gitfleet made before there were markers (see
+    /// [`Layout::adopt_once`]). The way there is walked as for any other access. Returns whether it
+    /// marked it; a path with nothing, or nothing like a git directory, is left alone.
+    pub(crate) fn adopt(&self, dest: &Path, kind: Operation) -> Result<bool, TaskError> {
+        let relative = self.below_root(dest)?;
+        let Some((parent, leaf)) = self.walk(relative, false)? else {
+            return Ok(false);
+        };
+        let Ok(repo) = rustix::fs::openat(&parent, leaf, DIR_FLAGS, Mode::empty()) else {
+            return Ok(false);
+        };
+        let git_dir = if is_bare_name(leaf) {
+            repo
+        } else {
+            match rustix::fs::openat(&repo, ".git", DIR_FLAGS, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(_) => return Ok(false),
+            }
+        };
+        let present =
+            |name: &str| rustix::fs::statat(&git_dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        if present(MARKER_FILE) || !(present("HEAD") && present("objects")) {
+            return Ok(false);
+        }
+        let marker = rustix::fs::openat(
+            &git_dir,
+            MARKER_FILE,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        )
+        .map_err(|e| io_error(dest, &e.into()))?;
+        std::io::Write::write_all(
+            &mut File::from(marker),
+            self.marker_key().seal(relative, kind).as_bytes(),
+        )
+        .map_err(|e| io_error(dest, &e))?;
+        Ok(true)
+    }
+
     /// `dest` below the root, made only of plain names, not in gitfleet's own directory.
     fn below_root<'a>(&self, dest: &'a Path) -> Result<&'a Path, TaskError> {
         let relative = dest.strip_prefix(self.root()).ok().filter(|r| {

@@ -455,3 +455,37 @@ fn secrets_in_urls_show_nowhere() {
         }
     }
 }
+
+/// A root an earlier version filled (no markers) keeps syncing: its completed repositories are
+/// adopted once, on the first run; after that an unmarked repository is a conflict again.
+#[test]
+fn repositories_of_an_earlier_version_are_adopted_once() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let tasks = status_json(root.path());
+    let path = PathBuf::from(task_for(&tasks, "alpha")["path"].as_str().expect("a path"));
+    // What an earlier version left: no marker, no adoption yet.
+    std::fs::remove_file(path.join("gitfleet-marker")).expect("the marker");
+    std::fs::remove_file(root.path().join(".gitfleet/markers-adopted")).expect("the flag");
+    let out = run(gitfleet(root.path()).args(["sync"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 repositories of an earlier version"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(path.join("gitfleet-marker").is_file());
+
+    std::fs::remove_file(path.join("gitfleet-marker")).expect("the marker");
+    let out = run(gitfleet(root.path()).args(["sync", "--json"]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"conflict\""),
+        "{}",
+        text(&out.stdout)
+    );
+}
