@@ -287,8 +287,15 @@ pub fn execute(
                 control.stop(STALLED);
                 interrupted_at = Some(now);
             } else {
-                // On the wire where gitfleet reads it (git://), else the pack bytes gix counts.
-                let received = meter.read().max(sample.bytes_received);
+                // On the wire where gitfleet reads it (git://: progress messages count too),
+                // else the pack bytes gix counts, which only flow once the pack does: before
+                // that, a server still counting objects is judged by the stall limit alone.
+                let on_wire = meter.read();
+                let received = on_wire.max(sample.bytes_received);
+                let measurable = on_wire > 0 || sample.phase >= Phase::Receiving;
+                if !measurable {
+                    window = (now, received);
+                }
                 if sample.bytes_received > req.limits.max_bytes {
                     control.stop(TOO_MUCH);
                     interrupted_at = Some(now);
@@ -370,8 +377,7 @@ fn run(
                 req.dest.display()
             ),
         )),
-        // A repository made by `init` has no upstream: there is nothing to fetch, and asking
-        // again for it is harmless.
+        // A repository made by `init` has no upstream: there is nothing to fetch.
         (_, Found::Ours(Operation::Init)) if req.operation != Operation::Init => {
             Err(TaskError::new(
                 ErrorCode::Conflict,
@@ -381,6 +387,7 @@ fn run(
                 ),
             ))
         }
+        // Asking again for a repository `init` made is harmless.
         (Operation::Init, Found::Ours(_)) => Ok(SyncResult::default()),
         // Cloning what is already there is a sync: running the same request twice is harmless.
         (_, Found::Ours(kind)) => {
@@ -993,7 +1000,7 @@ fn open_transport(
     .map_err(|e| git_error(req, what, &e))?;
     if is_http {
         transport
-            .configure(&http_options(req, req.addresses.clone()))
+            .configure(&http_options(req))
             .map_err(|e| git_error(req, what, &e))?;
     }
     Ok(transport)
@@ -1001,15 +1008,13 @@ fn open_transport(
 
 /// gitfleet's HTTP settings. Redirects are not followed: a redirect could send the request, and
 /// with it credentials, to another host or to an address the policy refuses.
-fn http_options(
-    req: &Request,
-    addresses: Option<Vec<std::net::SocketAddr>>,
-) -> gix_transport::client::blocking_io::http::Options {
+fn http_options(req: &Request) -> gix_transport::client::blocking_io::http::Options {
     use gix_transport::client::blocking_io::http::options::FollowRedirects;
     let host = req
         .url
         .host()
         .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
+    let addresses = req.addresses.clone();
     // The client as gix builds it, plus: the checked addresses for the host, and the extra
     // certificate authorities.
     let configure_client: Box<
