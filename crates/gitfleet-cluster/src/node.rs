@@ -51,6 +51,7 @@ pub async fn run_node(
         .await
         .map_err(|e| ClusterError::Config(e.to_string()))?;
     let started_at = jiff::Timestamp::now();
+    adopt_earlier_repositories(&store, &layout, &options.node_id).await;
 
     let mut background = tokio::task::JoinSet::new();
     // Status events: every transition of this node's tasks, and their progress.
@@ -239,6 +240,53 @@ pub async fn run_node(
     fleet.shutdown().await;
     let _ = nats.client.flush().await;
     Ok(())
+}
+
+/// Once per root, before any job: marks the repositories an earlier version made on this node
+/// (no markers then), as the task bucket records them completed here, so that they keep
+/// syncing. A one-time read of the whole bucket; a failure leaves the repositories unmarked
+/// (their syncs then report `conflict`) and is tried again at the next start.
+async fn adopt_earlier_repositories(store: &KvStore, layout: &gitfleet_git::Layout, me: &str) {
+    if layout.adopted_already() {
+        return;
+    }
+    // A root with nothing in it (a new node) has nothing to adopt: no need to read the bucket.
+    let holds_repositories = std::fs::read_dir(layout.root()).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+    });
+    if !holds_repositories {
+        if let Err(e) = layout.adopt_once(std::iter::empty()) {
+            tracing::warn!(error = %e, "cannot record that there is nothing to adopt");
+        }
+        return;
+    }
+    let ids = match store.ids().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list tasks to adopt earlier repositories");
+            return;
+        }
+    };
+    let mut mine = Vec::new();
+    for id in ids {
+        match store.get(&id).await {
+            Ok(Some((task, _))) if task.node.as_deref() == Some(me) => mine.push(task),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read tasks to adopt earlier repositories");
+                return;
+            }
+        }
+    }
+    let layout = layout.clone();
+    match tokio::task::spawn_blocking(move || layout.adopt_once(&mine)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(adopted)) => tracing::warn!(adopted, "marked repositories of an earlier version"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot adopt earlier repositories"),
+        Err(e) => tracing::warn!(error = %e, "adopting earlier repositories failed"),
+    }
 }
 
 /// When a job whose final state could not be stored comes back.

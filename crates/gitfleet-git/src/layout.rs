@@ -62,19 +62,40 @@ impl Layout {
         self.root.join(target.relative())
     }
 
+    /// Whether [`Layout::adopt_once`] already ran on this root.
+    pub fn adopted_already(&self) -> bool {
+        self.state_dir().join(ADOPTED).exists()
+    }
+
     /// Once per root: marks the repositories an earlier gitfleet made before repositories had
-    /// markers, so that they keep syncing. `stored` lists them, as gitfleet's own task records
-    /// (their path, and whether they were finished) say: only a repository at the path of a
-    /// completed task is adopted, as the kind its task and path say. Returns how many were
-    /// marked; later calls do nothing (`.gitfleet/markers-adopted`).
-    pub fn adopt_once(&self, stored: &[(PathBuf, gitfleet_proto::Operation)]) -> io::Result<usize> {
+    /// markers, so that they keep syncing. `stored` are gitfleet's own task records of this
+    /// root: only a repository at the path of a completed task (re-derived from its URL) is
+    /// adopted, as the kind its task and path say. Returns how many were marked; later calls do
+    /// nothing (`.gitfleet/markers-adopted`).
+    pub fn adopt_once<'a>(
+        &self,
+        stored: impl IntoIterator<Item = &'a gitfleet_proto::CloneTask>,
+    ) -> io::Result<usize> {
+        use gitfleet_proto::{Operation, StatusType};
         let done = self.state_dir().join(ADOPTED);
         if done.exists() {
             return Ok(0);
         }
         let mut adopted = 0;
-        for (dest, kind) in stored {
-            match self.adopt(dest, *kind) {
+        for task in stored {
+            if task.status.status_type != StatusType::Completed && task.last_sync.is_none() {
+                continue;
+            }
+            let Ok(target) = Target::of_task(task) else {
+                continue;
+            };
+            let kind = match task.operation {
+                Operation::Sync if target.is_bare() => Operation::Mirror,
+                Operation::Sync => Operation::Checkout,
+                op => op,
+            };
+            let dest = self.path_of(&target);
+            match self.adopt(&dest, kind) {
                 Ok(true) => adopted += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(path = %dest.display(), error = %e, "not adopted"),

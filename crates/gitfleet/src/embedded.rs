@@ -177,21 +177,8 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
     let known = store.load_all_sync()?;
     // Repositories an earlier version made carry no marker: once, adopt those that this root's
     // own records say it finished, so that they keep syncing.
-    let earlier: Vec<(std::path::PathBuf, Operation)> = known
-        .iter()
-        .filter(|t| t.status.status_type == StatusType::Completed || t.last_sync.is_some())
-        .filter_map(|t| {
-            let target = Target::of_task(t).ok()?;
-            let kind = match t.operation {
-                Operation::Sync if target.is_bare() => Operation::Mirror,
-                Operation::Sync => Operation::Checkout,
-                op => op,
-            };
-            Some((layout.path_of(&target), kind))
-        })
-        .collect();
     let adopted = layout
-        .adopt_once(&earlier)
+        .adopt_once(&known)
         .context("cannot adopt the repositories of an earlier version")?;
     if adopted > 0 {
         eprintln!("gitfleet: {adopted} repositories of an earlier version marked as this root's");

@@ -1067,3 +1067,56 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
         .expect_err("an overlong key");
     assert!(err.to_string().contains("idempotency_key"), "{err}");
 }
+
+/// A node whose root an earlier version filled (no markers) adopts, once, the repositories the
+/// task bucket says it completed, and keeps syncing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_adopts_the_repositories_of_an_earlier_version() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let node = start_node(&nats, "solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: vec![daemon.url("alpha.git")],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let id = reply.tasks[0].task_id.clone().expect("a task");
+    let task = wait_final(&client, std::slice::from_ref(&id))
+        .await
+        .remove(0);
+    assert_eq!(task.status.status_type, StatusType::Completed);
+
+    // Stop the node and make its root look like an earlier version's.
+    let mut node = node;
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    let root = std::mem::replace(&mut node.root, tempfile::tempdir().expect("tempdir"));
+    let repo = Path::new(&task.path).to_path_buf();
+    std::fs::remove_file(repo.join("gitfleet-marker")).expect("the marker");
+    std::fs::remove_file(root.path().join(".gitfleet/markers-adopted")).expect("the flag");
+    let _node = start_node_in(&nats, "solo", root);
+    wait_for_nodes(&client, 1).await;
+    let reply = client
+        .sync(&gitfleet_proto::SyncRequest {
+            repositories: vec![id.clone()],
+        })
+        .await
+        .expect("sync");
+    assert!(reply.tasks[0].error.is_none(), "{reply:?}");
+    let synced = wait_final(&client, &[id]).await.remove(0);
+    assert_eq!(
+        synced.status.status_type,
+        StatusType::Completed,
+        "{synced:?}"
+    );
+    assert!(repo.join("gitfleet-marker").is_file());
+}
