@@ -249,7 +249,11 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
                 .iter()
                 .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
         )
-        .filter_map(|url| url.host().map(str::to_string))
+        // As host patterns match them: an IPv6 address without its brackets.
+        .filter_map(|url| {
+            url.host()
+                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        })
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
