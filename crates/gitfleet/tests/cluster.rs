@@ -65,6 +65,21 @@ fn start_node_with(
     }
 }
 
+/// `gitfleet --nats URL ARGS...`: its exit code, standard output and standard error.
+fn run_cli(nats: &NatsServer, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
+        .args(["--nats", &nats.url()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gitfleet");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 async fn wait_for_nodes(client: &Client, n: usize) {
     for _ in 0..300 {
         if client.nodes().await.is_ok_and(|r| r.nodes.len() == n) {
@@ -590,19 +605,7 @@ async fn the_command_line_talks_to_the_cluster() {
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
-            .args(["--nats", &nats.url()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run gitfleet");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| run_cli(&nats, args);
     let (code, stdout, stderr) = cli(&[
         "mirror",
         "--json",
@@ -757,19 +760,7 @@ async fn init_worktree_and_a_changed_scheme_over_the_cluster() {
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let cli = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
-            .args(["--nats", &nats.url()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run gitfleet");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| run_cli(&nats, args);
     let (code, stdout, stderr) = cli(&["init", "--worktree", "team/tools"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let (code, stdout, stderr) = cli(&["status", "--json", "team/tools"]);
