@@ -299,3 +299,49 @@ async fn a_late_result_of_an_older_generation_never_replaces_a_newer_request() {
     assert_eq!(now.status.status_type, StatusType::Completed);
     assert_eq!(now.generation, 2);
 }
+
+/// A record larger than a `list` reply may hold (written before records were bounded) does not
+/// end the listing: it is listed without its last result, and the tasks after it still come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_record_does_not_hide_the_tasks_after_it() {
+    let server = NatsServer::start();
+    let (nats, store) = connect(&server).await;
+    let mut big = task();
+    let name = "x".repeat(2_000);
+    let mut result = gitfleet_proto::SyncResult::default();
+    for list in [
+        &mut result.refs_created,
+        &mut result.refs_updated,
+        &mut result.refs_deleted,
+    ] {
+        list.extend((0..100).map(|i| format!("refs/heads/{i}-{name}")));
+    }
+    big.last_sync = Some(result);
+    assert!(gitfleet_proto::to_json(&big).len() > 512 << 10);
+    assert!(store.compare_and_set(&big, 0).await.expect("a big record"));
+    let mut after = task();
+    after.id = "ffffffffffffffff".into();
+    assert!(
+        store
+            .compare_and_set(&after, 0)
+            .await
+            .expect("a later record")
+    );
+
+    let ctx = gitfleet_cluster::api::ApiContext {
+        nats: nats.clone(),
+        store: store.clone(),
+        nodes: nats.nodes().await.expect("the nodes bucket"),
+        policy: gitfleet_git::Policy::strict(),
+    };
+    let reply =
+        gitfleet_cluster::api::handle(&ctx, "list", b"{}", gitfleet_proto::Encoding::Json).await;
+    let reply: gitfleet_proto::ApiReply<gitfleet_proto::ListReply> =
+        gitfleet_proto::from_json(&reply).expect("a list reply");
+    let gitfleet_proto::ApiReply::Ok(list) = reply else {
+        panic!("an error: {reply:?}");
+    };
+    let ids: Vec<&str> = list.tasks.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [ID, "ffffffffffffffff"]);
+    assert!(list.tasks[0].last_sync.is_none());
+}
