@@ -80,6 +80,23 @@ fn run_cli(nats: &NatsServer, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Mirrors `url` through the cluster and returns its completed task.
+async fn mirror_one(client: &Client, url: &str) -> CloneTask {
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: vec![url.to_string()],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let id = reply.tasks[0].task_id.clone().expect("a task");
+    let task = wait_final(client, &[id]).await.remove(0);
+    assert_eq!(task.status.status_type, StatusType::Completed, "{task:?}");
+    task
+}
+
 async fn wait_for_nodes(client: &Client, n: usize) {
     for _ in 0..300 {
         if client.nodes().await.is_ok_and(|r| r.nodes.len() == n) {
@@ -664,21 +681,8 @@ async fn forged_jobs_write_nothing() {
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let submit = |url: String| SubmitRequest {
-        repositories: vec![url],
-        operation: gitfleet_proto::Operation::Mirror,
-        worktree: false,
-        idempotency_key: None,
-    };
-    let reply = client
-        .submit(&submit(daemon.url("alpha.git")))
-        .await
-        .expect("submit");
-    let alpha_id = reply.tasks[0].task_id.clone().expect("a task");
-    let alpha = wait_final(&client, std::slice::from_ref(&alpha_id))
-        .await
-        .remove(0);
-    assert_eq!(alpha.status.status_type, StatusType::Completed);
+    let alpha = mirror_one(&client, &daemon.url("alpha.git")).await;
+    let alpha_id = alpha.id.clone();
     let alpha_dir = Path::new(&alpha.path).to_path_buf();
     let alpha_refs = refs(&alpha_dir);
 
@@ -731,12 +735,7 @@ async fn forged_jobs_write_nothing() {
             .expect("stored");
     }
     // A real request after them: once it is done, the node has been through the forged jobs.
-    let reply = client
-        .submit(&submit(daemon.url("org-a/utils.git")))
-        .await
-        .expect("submit");
-    let sentinel = reply.tasks[0].task_id.clone().expect("a task");
-    wait_final(&client, &[sentinel]).await;
+    mirror_one(&client, &daemon.url("org-a/utils.git")).await;
 
     let root = node.root.path();
     assert!(!root.join(".gitfleet/evil.git").exists());
@@ -843,20 +842,8 @@ async fn a_submitter_cannot_act_as_a_node() {
     wait_for_nodes(&submitter, 1).await;
 
     // The request API works.
-    let reply = submitter
-        .submit(&SubmitRequest {
-            repositories: vec![daemon.url("alpha.git")],
-            operation: gitfleet_proto::Operation::Mirror,
-            worktree: false,
-            idempotency_key: None,
-        })
-        .await
-        .expect("a submitter may submit");
-    let id = reply.tasks[0].task_id.clone().expect("a task");
-    let task = wait_final(&submitter, std::slice::from_ref(&id))
-        .await
-        .remove(0);
-    assert_eq!(task.status.status_type, StatusType::Completed);
+    let task = mirror_one(&submitter, &daemon.url("alpha.git")).await;
+    let id = task.id.clone();
 
     // Cancel is for admins: refused at once, with the server's words.
     let started = std::time::Instant::now();
@@ -1075,20 +1062,8 @@ async fn a_node_adopts_the_repositories_of_an_earlier_version() {
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let reply = client
-        .submit(&SubmitRequest {
-            repositories: vec![daemon.url("alpha.git")],
-            operation: gitfleet_proto::Operation::Mirror,
-            worktree: false,
-            idempotency_key: None,
-        })
-        .await
-        .expect("submit");
-    let id = reply.tasks[0].task_id.clone().expect("a task");
-    let task = wait_final(&client, std::slice::from_ref(&id))
-        .await
-        .remove(0);
-    assert_eq!(task.status.status_type, StatusType::Completed);
+    let task = mirror_one(&client, &daemon.url("alpha.git")).await;
+    let id = task.id.clone();
 
     // Stop the node and make its root look like an earlier version's.
     let mut node = node;
