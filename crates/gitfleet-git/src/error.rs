@@ -2,7 +2,6 @@
 
 use gitfleet_proto::{ErrorCode, TaskError};
 
-use crate::Redactor;
 use crate::meter::OverLimit;
 
 /// Errors of the engine are task errors: a stable code and a redacted message.
@@ -131,8 +130,8 @@ pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> 
     ErrorCode::Protocol
 }
 
-/// The whole error chain as one line, secrets removed.
-pub(crate) fn describe(err: &(dyn std::error::Error + 'static), redactor: &Redactor) -> String {
+/// The whole error chain as one line (secrets are removed where the error leaves the engine).
+pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
@@ -142,7 +141,7 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static), redactor: &Redac
         }
         current = e.source();
     }
-    redactor.redact(&parts.join(": ").replace('\n', " "))
+    parts.join(": ").replace('\n', " ")
 }
 
 #[cfg(test)]

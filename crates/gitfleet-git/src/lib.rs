@@ -7,7 +7,6 @@
 mod daemon;
 mod engine;
 mod error;
-mod fresh;
 mod layout;
 mod locks;
 mod marker;

@@ -1,13 +1,12 @@
-//! Counting what a server sends over the connections gitfleet opens itself (git://), and
-//! stopping it at a budget: a server that advertises refs without end would otherwise fill
+//! Counting what a server sends over the connections gitfleet opens, and stopping it at a
+//! budget: a server that advertises refs without end would otherwise fill
 //! memory before any ref could be looked at, and one that sends data without end would fill the
 //! disk.
 //!
 //! The budget is small while refs are listed (the advertisement is held in memory) and grows by
 //! the transfer limit once the listing is done ([`Meter::listing_done`]). One meter serves one
-//! operation; the git thread running it finds it with [`current`].
+//! attempt, and every transport the attempt opens counts against it.
 
-use std::cell::RefCell;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,30 +87,6 @@ impl<R: Read> Read for Metered<R> {
         let n = self.inner.read(buf)?;
         self.meter.count(n)?;
         Ok(n)
-    }
-}
-
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<Meter>>> = const { RefCell::new(None) };
-}
-
-/// Makes `meter` the one of the operation running on this thread until the guard is dropped.
-pub(crate) fn install(meter: Arc<Meter>) -> Installed {
-    CURRENT.with(|c| *c.borrow_mut() = Some(meter));
-    Installed
-}
-
-/// The meter of the operation running on this thread.
-pub(crate) fn current() -> Option<Arc<Meter>> {
-    CURRENT.with(|c| c.borrow().clone())
-}
-
-/// Uninstalls the thread's meter when dropped.
-pub(crate) struct Installed;
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        CURRENT.with(|c| *c.borrow_mut() = None);
     }
 }
 

@@ -62,10 +62,10 @@ pub(crate) fn fetch(
         gix::credentials::helper::Action,
     ) -> gix::Result<Option<gix::credentials::protocol::Outcome>>,
     refspecs: &[&str],
-    limits: &crate::Limits,
+    at: &super::Attempt<'_>,
     progress: &mut gix::progress::tree::Item,
-    interrupt: &AtomicBool,
 ) -> gix::Result<Fetched> {
+    let interrupt: &AtomicBool = at.interrupt;
     let mut handshake = gix::protocol::handshake(
         &mut *transport,
         gix::protocol::transport::Service::UploadPack,
@@ -91,8 +91,10 @@ pub(crate) fn fetch(
     let ref_map = handshake
         .prepare_lsrefs_or_extract_refmap(user_agent(), false, context)?
         .fetch_blocking(&mut *progress, &mut *transport, false)?;
-    crate::engine::listing_done();
-    crate::engine::check_listing(limits, ref_map.remote_refs.iter().map(|r| r.unpack().0))
+    at.meter.listing_done();
+    at.req
+        .limits
+        .check_listing(ref_map.remote_refs.iter().map(|r| r.unpack().0))
         .map_err(gix::Error::from_error)?;
 
     let refs = packed_refs(&ref_map.mappings);
@@ -119,7 +121,7 @@ pub(crate) fn fetch(
                         thread_limit: Some(crate::threads::pack_threads()),
                         // No object is built bigger than this, however small its delta.
                         alloc_limit_bytes: Some(
-                            usize::try_from(limits.max_object_bytes).unwrap_or(usize::MAX),
+                            usize::try_from(at.req.limits.max_object_bytes).unwrap_or(usize::MAX),
                         ),
                         ..Default::default()
                     },
