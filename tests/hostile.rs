@@ -473,6 +473,37 @@ fn an_endless_ref_advertisement_is_cut_off() {
 }
 
 #[test]
+fn an_endless_ref_advertisement_over_http_is_cut_off() {
+    let port = fake_git_server(|stream| {
+        use std::io::Write;
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-git-upload-pack-advertisement\r\n\
+                    Connection: close\r\n\r\n";
+        let mut start = head.as_bytes().to_vec();
+        start.extend(pkt("# service=git-upload-pack\n"));
+        start.extend(b"0000");
+        start.extend(pkt(&format!(
+            "{SOME_ID} HEAD\0multi_ack side-band-64k ofs-delta\n"
+        )));
+        if stream.write_all(&start).is_err() {
+            return;
+        }
+        for n in 0u64.. {
+            let line = format!("{SOME_ID} refs/heads/branch-{n:020}\n");
+            if stream.write_all(&pkt(&line)).is_err() {
+                return;
+            }
+        }
+    });
+    let store = Store::new();
+    let mut req = store.request(&format!("http://127.0.0.1:{port}/o/r"), Operation::Mirror);
+    req.limits.max_listing_bytes = 1 << 20;
+    let err = store.run(&req).expect_err("an endless listing");
+    assert_eq!(err.code, ErrorCode::LimitExceeded, "{err}");
+    assert!(err.message.contains("while listing refs"), "{err}");
+    assert!(!req.dest.exists());
+}
+
+#[test]
 fn too_many_refs_and_too_long_names_are_refused() {
     let port = fake_git_server(|stream| {
         use std::io::Write;

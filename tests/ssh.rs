@@ -2,6 +2,7 @@
 //! run): host keys are checked strictly against the operator's known_hosts, and a mirror over
 //! ssh equals `git clone --mirror` of the same repository.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use gitfleet_git::{Control, Layout, Limits, Policy, Redactor, Request, SshSettings, Target};
@@ -36,6 +37,7 @@ fn mirror_over_ssh_checks_the_host_key_and_equals_the_source() {
     gitfleet_git::configure_ssh(SshSettings {
         identity: Some(server.client_key()),
         known_hosts: Some(server.wrong_known_hosts()),
+        ..Default::default()
     })
     .expect("ssh settings");
     let err = run().expect_err("a host key that is not the known one");
@@ -43,18 +45,34 @@ fn mirror_over_ssh_checks_the_host_key_and_equals_the_source() {
     // connection ending.
     assert_eq!(err.code, gitfleet_proto::ErrorCode::Network, "{err}");
     assert!(!req.dest.exists(), "{err}");
+    // ssh's own words name the cause, instead of going to the terminal raw.
+    assert!(err.message.contains("host key"), "{err}");
+
+    // A key of its own for the host: the default key is not offered to it.
+    gitfleet_git::configure_ssh(SshSettings {
+        identity: Some(server.client_key()),
+        host_identities: BTreeMap::from([("127.0.0.1".into(), server.other_key())]),
+        known_hosts: Some(server.known_hosts()),
+    })
+    .expect("ssh settings");
+    let err = run().expect_err("a key the server does not accept");
+    assert_eq!(err.code, gitfleet_proto::ErrorCode::AuthFailed, "{err}");
+    assert!(!req.dest.exists(), "{err}");
 
     gitfleet_git::configure_ssh(SshSettings {
         identity: Some(server.client_key()),
         known_hosts: Some(server.known_hosts()),
+        ..Default::default()
     })
     .expect("ssh settings");
     run().expect("the mirror over ssh");
     assert_eq!(refs(&req.dest), refs(&source));
     assert_eq!(objects(&req.dest), objects(&source));
-    // And a sync over ssh.
+    // And a sync over ssh, connecting to the address a policy checked (the host key is still
+    // looked up under the URL's host).
     let sync = Request {
         operation: Operation::Sync,
+        addresses: Some(vec![([127, 0, 0, 1], server.port()).into()]),
         ..req.clone()
     };
     gitfleet_git::execute(&sync, &layout, &Control::new(), &mut |_| {}).expect("a sync over ssh");

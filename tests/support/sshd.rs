@@ -108,9 +108,18 @@ impl SshServer {
         )
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The key the server accepts.
     pub fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
+    }
+
+    /// A key the server does not accept.
+    pub fn other_key(&self) -> PathBuf {
+        self.dir.path().join("other_key")
     }
 
     /// The server's host key, as a known_hosts file.

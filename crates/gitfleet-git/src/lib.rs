@@ -7,6 +7,7 @@
 mod daemon;
 mod engine;
 mod error;
+mod http;
 mod layout;
 mod locks;
 mod marker;

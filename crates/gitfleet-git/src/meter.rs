@@ -54,8 +54,18 @@ impl Meter {
     }
 
     fn count(&self, n: usize) -> io::Result<()> {
-        let total = self.read.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-        if total <= self.budget.load(Ordering::SeqCst) {
+        self.charge(n);
+        self.check()
+    }
+
+    /// Counts `n` bytes received.
+    pub(crate) fn charge(&self, n: usize) {
+        self.read.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// An error once more was received than the budget allows.
+    pub(crate) fn check(&self) -> io::Result<()> {
+        if self.read() <= self.budget.load(Ordering::SeqCst) {
             return Ok(());
         }
         let listing = self.listing.load(Ordering::SeqCst);

@@ -224,9 +224,10 @@ pub struct WorkArgs {
         value_delimiter = ','
     )]
     pub token_hosts: Vec<String>,
-    /// The private key for ssh remotes (the only identity offered).
-    #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KEY")]
-    pub ssh_key: Option<PathBuf>,
+    /// The private key for ssh remotes (the only identity offered); `HOST=FILE` gives one
+    /// host a key of its own, which no other host is offered (repeatable).
+    #[arg(long = "ssh-key", value_name = "[HOST=]FILE", env = "GITFLEET_SSH_KEY")]
+    pub ssh_keys: Vec<String>,
     /// Host keys of ssh remotes (a known_hosts file): any other host key fails the transfer.
     #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KNOWN_HOSTS")]
     pub ssh_known_hosts: Option<PathBuf>,
@@ -242,11 +243,24 @@ impl WorkArgs {
     /// Trusts `--ca-file`'s certificate authorities for https remotes, and sets how ssh
     /// remotes are reached.
     pub fn transport_settings(&self) -> anyhow::Result<()> {
-        gitfleet_git::configure_ssh(gitfleet_git::SshSettings {
-            identity: self.ssh_key.clone(),
+        let mut ssh = gitfleet_git::SshSettings {
             known_hosts: self.ssh_known_hosts.clone(),
-        })
-        .map_err(|e| anyhow::anyhow!("cannot use the ssh settings: {e}"))?;
+            ..Default::default()
+        };
+        for key in &self.ssh_keys {
+            // `HOST=FILE`, unless what comes before `=` is a path.
+            match key.split_once('=') {
+                Some((host, file)) if !host.is_empty() && !host.contains('/') => {
+                    ssh.host_identities.insert(host.to_string(), file.into());
+                }
+                _ if ssh.identity.is_some() => {
+                    anyhow::bail!("--ssh-key: only one key may be for every host; use HOST=FILE")
+                }
+                _ => ssh.identity = Some(key.into()),
+            }
+        }
+        gitfleet_git::configure_ssh(ssh)
+            .map_err(|e| anyhow::anyhow!("cannot use the ssh settings: {e}"))?;
         if let Some(path) = &self.ca_file {
             gitfleet_git::trust_ca_file(path)
                 .map_err(|e| anyhow::anyhow!("cannot use the CA file {}: {e}", path.display()))?;

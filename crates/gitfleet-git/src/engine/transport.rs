@@ -1,6 +1,6 @@
 //! Choosing and opening the transport of an attempt, with gitfleet's own settings: our own
-//! git:// connection (daemon.rs), gix's http(s) with the checked addresses and no redirects, and
-//! `ssh` with the operator's options (ssh.rs). Nothing comes from the repository's
+//! git:// connection (daemon.rs), gix's http(s) with metered bodies, the checked addresses and
+//! no redirects (http.rs), and our own `ssh` connection with the operator's options (ssh.rs). Nothing comes from the repository's
 //! configuration: that would let whoever wrote it choose the ssh command (`core.sshCommand`), a
 //! proxy, extra headers, or turn off certificate checks (`http.sslVerify`).
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitfleet_proto::{ErrorCode, TaskError};
+use gix_transport::client::TransportWithoutIO as _;
 use gix_transport::client::blocking_io::Transport;
 
 use super::{Attempt, Request, git_error};
@@ -82,31 +83,40 @@ pub(super) fn connect<'remote, 'repo>(
     Ok(connection)
 }
 
-/// A transport to the request's URL: our own for git:// (daemon.rs), otherwise gix's, with
-/// gitfleet's own settings.
+/// A transport to the request's URL, with gitfleet's own settings.
 pub(super) fn open(at: &Attempt<'_>, what: &str) -> Result<BoxedTransport, TaskError> {
     let req = at.req;
-    if req.url.scheme() == Scheme::Git {
-        return daemon(at);
-    }
     let url = req.url.fetch_url().clone();
-    let is_http = matches!(url.scheme, gix::url::Scheme::Http | gix::url::Scheme::Https);
-    let mut transport = gix_transport::client::blocking_io::connect::connect(
-        url,
-        gix_transport::client::blocking_io::connect::Options {
-            version: gix::protocol::transport::Protocol::V2,
-            // The `ssh` program found on PATH with gitfleet's options (ssh.rs).
-            ssh: crate::ssh::options(),
-            trace: false,
-        },
-    )
-    .map_err(|e| git_error(what, &e))?;
-    if is_http {
-        transport
-            .configure(&http_options(req))
-            .map_err(|e| git_error(what, &e))?;
+    let unreachable = |e: std::io::Error| {
+        TaskError::new(ErrorCode::Network, format!("cannot reach the server: {e}"))
+    };
+    match req.url.scheme() {
+        Scheme::Git => daemon(at),
+        Scheme::Http | Scheme::Https => {
+            let mut transport = crate::http::transport(url, at.meter.clone());
+            transport
+                .configure(&http_options(req))
+                .map_err(|e| git_error(what, &e))?;
+            Ok(Box::new(transport))
+        }
+        Scheme::Ssh => crate::ssh::connect(
+            &url,
+            req.addresses.as_deref(),
+            CONNECT_TIMEOUT,
+            at.meter.clone(),
+            at.interrupt.clone(),
+        )
+        .map(|connection| Box::new(connection) as BoxedTransport)
+        .map_err(unreachable),
+        // A local repository, which the operator's policy allowed: `git-upload-pack` run by gix.
+        Scheme::File => gix_transport::client::blocking_io::file::connect(
+            url.path.clone(),
+            gix::protocol::transport::Protocol::V2,
+            false,
+        )
+        .map(|transport| Box::new(transport) as BoxedTransport)
+        .map_err(|e| git_error(what, &e)),
     }
-    Ok(transport)
 }
 
 /// Our own git:// transport (daemon.rs).
