@@ -617,6 +617,121 @@ fn a_server_that_advertises_what_it_never_sends_fails_the_clone() {
     assert!(!req.dest.exists(), "a broken mirror was published");
 }
 
+/// A git:// server that passes connections through to `upstream` until `lie` is set, and then
+/// advertises `refs/heads/main` at an object it never sends: an empty pack, whatever is asked.
+fn turncoat_server(upstream: u16, lie: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
+    let port = listener.local_addr().expect("an address").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut client) = stream else { return };
+            if !lie.load(Ordering::SeqCst) {
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    return;
+                };
+                let (mut client_in, mut server_out) = (
+                    client.try_clone().expect("a handle"),
+                    server.try_clone().expect("a handle"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut client_in, &mut server_out);
+                    let _ = server_out.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server, &mut client);
+                });
+                continue;
+            }
+            std::thread::spawn(move || {
+                // The request line, then the advertisement.
+                let Some(_) = read_pkt(&mut client) else {
+                    return;
+                };
+                let mut out = pkt(&format!(
+                    "{SOME_ID} HEAD\0multi_ack_detailed side-band-64k ofs-delta\n"
+                ));
+                out.extend(pkt(&format!("{SOME_ID} refs/heads/main\n")));
+                out.extend(b"0000");
+                if client.write_all(&out).is_err() {
+                    return;
+                }
+                // Wants, a flush, then haves: each later flush gets a NAK, `done` the pack.
+                let mut flushes = 0;
+                loop {
+                    match read_pkt(&mut client) {
+                        None => return,
+                        Some(None) => {
+                            flushes += 1;
+                            if flushes > 1 && client.write_all(&pkt("NAK\n")).is_err() {
+                                return;
+                            }
+                        }
+                        Some(Some(line)) if line.starts_with(b"done") => break,
+                        Some(Some(_)) => {}
+                    }
+                }
+                let mut out = pkt("NAK\n");
+                out.extend(empty_pack_on_band_one());
+                out.extend(b"0000");
+                let _ = client.write_all(&out);
+                let mut rest = Vec::new();
+                let _ = client.read_to_end(&mut rest);
+            });
+        }
+    });
+    port
+}
+
+/// One pkt-line from `stream`: `Some(None)` for a flush, `None` at the end.
+fn read_pkt(stream: &mut impl std::io::Read) -> Option<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).ok()?;
+    let len = usize::from_str_radix(std::str::from_utf8(&len).ok()?, 16).ok()?;
+    if len < 4 {
+        return Some(None);
+    }
+    let mut line = vec![0u8; len - 4];
+    stream.read_exact(&mut line).ok()?;
+    Some(Some(line))
+}
+
+/// An empty pack (its header and SHA-1) as one pkt-line on side band 1.
+fn empty_pack_on_band_one() -> Vec<u8> {
+    let mut pack = b"\x01PACK\0\0\0\x02\0\0\0\0".to_vec();
+    pack.extend([
+        0x02, 0x9d, 0x08, 0x82, 0x3b, 0xd8, 0xa8, 0xea, 0xb5, 0x10, 0xad, 0x6a, 0xc7, 0x5c, 0x82,
+        0x3c, 0xfd, 0x3e, 0xd3, 0x1e,
+    ]);
+    let mut out = format!("{:04x}", pack.len() + 4).into_bytes();
+    out.extend(pack);
+    out
+}
+
+#[test]
+fn a_sync_puts_back_refs_whose_objects_never_came() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let lie = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = turncoat_server(daemon.port(), lie.clone());
+    let store = Store::new();
+    let url = format!("git://127.0.0.1:{port}/alpha.git");
+    let req = store.request(&url, Operation::Mirror);
+    store.run(&req).expect("the mirror, passed through");
+    let before = refs(&req.dest);
+    assert!(before.contains_key("refs/heads/main"), "{before:?}");
+
+    lie.store(true, std::sync::atomic::Ordering::SeqCst);
+    let sync = store.request(&url, Operation::Sync);
+    let err = store.run(&sync).expect_err("a tip that never came");
+    assert_eq!(err.code, ErrorCode::Protocol, "{err}");
+    assert!(err.message.contains("did not send it"), "{err}");
+    // Every ref is where it was and the mirror whole: nothing is pruned by a failed sync.
+    assert_eq!(refs(&req.dest), before);
+    fsck(&req.dest).expect("a whole mirror");
+}
+
 #[test]
 fn locks_a_crash_left_are_cleared_and_a_live_one_is_reported() {
     let fx = Fixtures::new();

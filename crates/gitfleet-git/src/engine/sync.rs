@@ -49,7 +49,7 @@ pub(super) fn sync(
             )));
         }
         let mappings = &ref_map.mappings;
-        let upstream: HashSet<BString> = mappings.iter().filter_map(|m| m.local.clone()).collect();
+        let upstream = Upstream::of(mappings);
         // Nothing to negotiate or write. Refs none of the refspecs match count as none at all:
         // prune decides what that may delete.
         if is_up_to_date(mappings, &before) || ref_map.is_missing_required_mapping() {
@@ -89,12 +89,17 @@ pub(super) fn sync(
     };
     if let Some(fetched) = &fetched {
         restore_missing_tips(&repo, &before, fetched)?;
+        // A tip gix refused to write because its object never came leaves the ref where it
+        // was: the mirror is whole, but not what the remote advertised.
+        if let Some(unsent) = upstream.unsent(&repo, fetched).first() {
+            return Err(missing_tip_error(unsent));
+        }
     }
     let pruned = prune(
         &req.limits,
         &repo,
         &specs,
-        &upstream,
+        &upstream.names,
         fetched.as_ref().unwrap_or(&before),
     )?;
     let after = if pruned {
@@ -110,13 +115,43 @@ pub(super) fn sync(
 /// What the ref listing of a sync decided.
 enum Listed {
     /// Every ref is where the remote has it: nothing was fetched.
-    UpToDate(HashSet<BString>),
+    UpToDate(Upstream),
     /// Fetched, with the pack's size.
-    Fetched(HashSet<BString>, u64),
+    Fetched(Upstream, u64),
     /// A few of many refs changed: fetch just these refspecs.
-    Narrow(HashSet<BString>, Vec<BString>),
+    Narrow(Upstream, Vec<BString>),
     /// The listing broke a limit.
     Refused(TaskError),
+}
+
+/// The local refs the remote's listing maps to, and the object each is to point to.
+struct Upstream {
+    names: HashSet<BString>,
+    tips: Vec<(String, gix::ObjectId)>,
+}
+
+impl Upstream {
+    fn of(mappings: &[gix::remote::fetch::refmap::Mapping]) -> Upstream {
+        let names = mappings.iter().filter_map(|m| m.local.clone()).collect();
+        let tips = mappings
+            .iter()
+            .filter_map(|m| Some((m.local.as_ref()?.to_string(), m.remote.as_id()?.to_owned())))
+            .collect();
+        Upstream { names, tips }
+    }
+
+    /// The advertised tips that are neither where the fetch left the refs nor in the repository.
+    fn unsent(
+        &self,
+        repo: &gix::Repository,
+        fetched: &BTreeMap<String, gix::ObjectId>,
+    ) -> Vec<(String, gix::ObjectId)> {
+        self.tips
+            .iter()
+            .filter(|(name, id)| fetched.get(name) != Some(id) && !repo.has_object(*id))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Below this many refs a full fetch is cheap enough.
