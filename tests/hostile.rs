@@ -733,6 +733,26 @@ fn a_sync_puts_back_refs_whose_objects_never_came() {
 }
 
 #[test]
+fn the_checked_address_is_the_one_connected_to() {
+    // `.invalid` never resolves (RFC 6761): a transfer that looked the name up again would fail.
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let http = HttpServer::start(&fx.root, HttpOptions::default());
+    let store = Store::new();
+    for (scheme, port) in [("git", daemon.port()), ("http", http.port())] {
+        let url = format!("{scheme}://gitfleet-pinned.invalid:{port}/alpha.git");
+        let mut req = store.request(&url, Operation::Mirror);
+        let err = store.run(&req).expect_err("a name that does not resolve");
+        assert_eq!(err.code, ErrorCode::Network, "{err}");
+        req.addresses = Some(vec![([127, 0, 0, 1], port).into()]);
+        store
+            .run(&req)
+            .expect("the mirror from the checked address");
+        assert_eq!(refs(&req.dest), refs(&fx.repo("alpha.git")), "{scheme}");
+    }
+}
+
+#[test]
 fn locks_a_crash_left_are_cleared_and_a_live_one_is_reported() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
