@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use gitfleet_actors::{
-    Executor, Fleet, FleetConfig, Job, Registry, RegistryArgs, RegistryMsg, RetryPolicy,
+    Executor, Fleet, FleetConfig, Job, Put, Registry, RegistryArgs, RegistryMsg, RetryPolicy,
     StoreFuture, TaskStore, plan,
 };
 use gitfleet_git::{Control, Layout, Policy, Progress};
@@ -67,12 +67,12 @@ impl TaskStore for MemStore {
         Box::pin(std::future::ready(Ok(tasks)))
     }
 
-    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
+    fn put(&self, task: &CloneTask) -> Put {
         self.tasks
             .lock()
             .expect("store lock")
             .insert(task.id.clone(), task.clone());
-        Box::pin(std::future::ready(Ok(())))
+        Put::Accepted
     }
 }
 
@@ -85,8 +85,8 @@ impl TaskStore for NullStore {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    fn put<'a>(&'a self, _task: &'a CloneTask) -> StoreFuture<'a, ()> {
-        Box::pin(std::future::ready(Ok(())))
+    fn put(&self, _task: &CloneTask) -> Put {
+        Put::Accepted
     }
 }
 

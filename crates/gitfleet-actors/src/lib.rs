@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{CancelRequests, RootLock};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
-pub use store::{FileStore, StoreFuture, TaskStore};
+pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
 

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, Waker};
 
 use gitfleet_proto::{
     CloneStatus, CloneTask, ErrorCode, ProgressEvent, StatusType, SyncResult, TaskError, TaskUpdate,
@@ -14,7 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::compact::{Slot, TaskTable, Time};
-use crate::store::{StoreFuture, TaskStore};
+use crate::store::{Put, TaskStore};
 
 pub enum RegistryMsg {
     /// A new request for a task: queued (replacing any earlier state of the same task).
@@ -63,21 +62,20 @@ pub struct RegistryState {
 /// Registry waits for the store, so that memory stays bounded when the disk is slow.
 const MAX_IN_FLIGHT: usize = 65_536;
 
-/// What goes out after the writes before it: with a store that takes writes in hand
-/// ([`TaskStore::put_queued`]) the Registry goes on with its next message while a write is in
-/// flight, and this keeps what watchers and callers see in order: a transition is broadcast
-/// once the store has it (a final state: once it is durable), a progress sample after the
+/// What goes out after the writes before it: the store takes writes in hand
+/// ([`TaskStore::put`]) and the Registry goes on with its next message while a write is in
+/// flight; this keeps what watchers and callers see in order: a transition is broadcast once
+/// the store has it (a final state: once it is durable), a progress sample after the
 /// transitions before it, a `Get` or `List` answered once everything before it is stored
 /// ([`TaskStore::flush`]).
 enum Outgoing {
     State {
-        stored: StoreFuture<'static, ()>,
+        stored: Put,
         task: Box<CloneTask>,
     },
     Progress(ProgressEvent),
     Reply {
-        /// The store's flush, if it has one.
-        after: Option<StoreFuture<'static, ()>>,
+        after: Put,
         reply: Box<dyn FnOnce() + Send>,
     },
 }
@@ -160,9 +158,7 @@ async fn deliver_one(item: Outgoing, updates: &broadcast::Sender<TaskUpdate>) {
             let _ = updates.send(TaskUpdate::Progress(event));
         }
         Outgoing::Reply { after, reply } => {
-            if let Some(flushed) = after
-                && let Err(e) = flushed.await
-            {
+            if let Err(e) = after.await {
                 tracing::error!(error = %e, "cannot persist task state");
             }
             reply();
@@ -190,51 +186,32 @@ impl RegistryState {
             .record_mut(slot)
             .set_time(Time::Updated, Some(Timestamp::now()));
         let task = self.tasks.task(slot);
-        if let Some(mut stored) = self.store.put_queued(&task) {
-            // Already done (a state the store writes later): no need to go through the outbox.
-            if !self.outbox.busy()
-                && let Poll::Ready(result) = stored
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()))
-            {
-                if let Err(e) = result {
-                    tracing::error!(task = %task.id, error = %e, "cannot persist task state");
-                }
+        match self.store.put(&task) {
+            // Nothing to wait for and nothing before it to deliver: broadcast now.
+            Put::Accepted if !self.outbox.busy() => {
                 let _ = self.updates.send(TaskUpdate::State {
                     task: Box::new(task),
                 });
-                return;
             }
-            let task = Box::new(task);
-            self.outbox
-                .send(Outgoing::State { stored, task }, &self.updates)
-                .await;
-            return;
-        }
-        if let Err(e) = self.store.put(&task).await {
-            tracing::error!(task = %task.id, error = %e, "cannot persist task state");
-        }
-        let task = Box::new(task);
-        if self.outbox.busy() {
-            let stored: StoreFuture<'static, ()> = Box::pin(std::future::ready(Ok(())));
-            self.outbox
-                .send(Outgoing::State { stored, task }, &self.updates)
-                .await;
-        } else {
-            let _ = self.updates.send(TaskUpdate::State { task });
+            stored => {
+                let task = Box::new(task);
+                self.outbox
+                    .send(Outgoing::State { stored, task }, &self.updates)
+                    .await;
+            }
         }
     }
 
     /// Answers once everything before is stored and broadcast.
     async fn reply(&mut self, reply: impl FnOnce() + Send + 'static) {
-        let after = self.store.flush();
-        if after.is_some() || self.outbox.busy() {
-            let reply = Box::new(reply);
-            self.outbox
-                .send(Outgoing::Reply { after, reply }, &self.updates)
-                .await;
-        } else {
-            reply();
+        match self.store.flush() {
+            Put::Accepted if !self.outbox.busy() => reply(),
+            after => {
+                let reply = Box::new(reply);
+                self.outbox
+                    .send(Outgoing::Reply { after, reply }, &self.updates)
+                    .await;
+            }
         }
     }
 }
@@ -382,6 +359,7 @@ mod tests {
     use gitfleet_proto::{Operation, Phase};
 
     use super::*;
+    use crate::store::StoreFuture;
 
     async fn spawn(
         store: Arc<dyn TaskStore>,
@@ -425,19 +403,17 @@ mod tests {
             Box::pin(std::future::ready(Ok(Vec::new())))
         }
 
-        fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
-            Recorder::record(&self.stored, task.clone());
-            Box::pin(std::future::ready(Ok(())))
-        }
-
-        fn put_queued(&self, task: &CloneTask) -> Option<StoreFuture<'static, ()>> {
-            let delay = self.delay?;
+        fn put(&self, task: &CloneTask) -> Put {
+            let Some(delay) = self.delay else {
+                Recorder::record(&self.stored, task.clone());
+                return Put::Accepted;
+            };
             let n = self.calls.fetch_add(1, Ordering::Relaxed) as u32;
             let delay = delay.saturating_sub(Duration::from_micros(50) * n);
             let stored = Arc::clone(&self.stored);
             let task = task.clone();
             let done = tokio::time::Instant::now() + delay;
-            Some(Box::pin(async move {
+            Put::Pending(Box::pin(async move {
                 tokio::time::sleep_until(done).await;
                 Recorder::record(&stored, task);
                 Ok(())
@@ -567,6 +543,105 @@ mod tests {
             .expect("get")
             .expect("known");
         assert_eq!(got.last_sync.map(|r| r.total_commits), Some(3));
+        registry.stop(None);
+        handle.await.expect("registry stopped");
+    }
+
+    /// Holds every write of task `held` until released; takes all others at once.
+    struct Gated {
+        held: String,
+        release: Arc<tokio::sync::Semaphore>,
+        taken: Mutex<Vec<CloneTask>>,
+    }
+
+    impl TaskStore for Gated {
+        fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
+            Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+
+        fn put(&self, task: &CloneTask) -> Put {
+            self.taken.lock().expect("lock").push(task.clone());
+            if task.id != self.held {
+                return Put::Accepted;
+            }
+            let release = Arc::clone(&self.release);
+            Put::Pending(Box::pin(async move {
+                let _permit = release.acquire().await.map_err(std::io::Error::other)?;
+                Ok(())
+            }))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_that_hangs_does_not_stop_the_registry() {
+        let store = Arc::new(Gated {
+            held: queued(0).id,
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
+            taken: Mutex::new(Vec::new()),
+        });
+        let (updates, mut rx) = broadcast::channel(100);
+        let (registry, handle) = spawn(store.clone(), updates).await;
+        registry
+            .cast(RegistryMsg::Queued(Box::new(queued(0))))
+            .expect("cast");
+        let other = queued(1).id;
+        registry
+            .cast(RegistryMsg::Queued(Box::new(queued(1))))
+            .expect("cast");
+        registry
+            .cast(RegistryMsg::Started {
+                id: other.clone(),
+                attempt: 2,
+                node: "node".into(),
+            })
+            .expect("cast");
+        registry
+            .cast(RegistryMsg::Completed {
+                id: other.clone(),
+                attempt: 2,
+                result: Box::default(),
+            })
+            .expect("cast");
+        // The other task's final state reaches the store while the first write hangs.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !store
+            .taken
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|t| t.id == other && t.status.status_type == StatusType::Completed)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the Registry stopped behind a write"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // What watchers see stays in order: nothing goes out before the held write.
+        assert!(
+            rx.try_recv().is_err(),
+            "a state was broadcast before the one held"
+        );
+        store.release.add_permits(16);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let update = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("delivered once released")
+                .expect("the channel is open");
+            if let TaskUpdate::State { task } = update {
+                seen.push((task.id == other, task.status.status_type));
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (false, StatusType::Queued),
+                (true, StatusType::Queued),
+                (true, StatusType::Cloning),
+                (true, StatusType::Completed)
+            ]
+        );
         registry.stop(None);
         handle.await.expect("registry stopped");
     }

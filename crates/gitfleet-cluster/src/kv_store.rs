@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::kv;
 use futures_util::TryStreamExt;
-use gitfleet_actors::{StoreFuture, TaskStore};
+use gitfleet_actors::{Put, StoreFuture, TaskStore};
 use gitfleet_proto::{CloneTask, StatusType};
 
 /// Task records in the bucket. Clones share one cache of the records this process last read
@@ -205,24 +205,17 @@ impl TaskStore for KvStore {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 
-    fn put<'a>(&'a self, task: &'a CloneTask) -> StoreFuture<'a, ()> {
-        match self.start_put(task) {
-            Some(write) => Box::pin(write),
-            None => Box::pin(std::future::ready(Ok(()))),
-        }
-    }
-
     /// The Registry goes on while a final state is written (a NATS outage is retried for
     /// minutes: awaiting it in the actor would stall every other task); it broadcasts the
     /// state once the write is done, in order.
-    fn put_queued(&self, task: &CloneTask) -> Option<StoreFuture<'static, ()>> {
-        Some(match self.start_put(task) {
+    fn put(&self, task: &CloneTask) -> Put {
+        match self.start_put(task) {
             Some(write) => {
                 let handle = tokio::spawn(write);
-                Box::pin(async move { handle.await.map_err(io)? })
+                Put::Pending(Box::pin(async move { handle.await.map_err(io)? }))
             }
-            None => Box::pin(std::future::ready(Ok(()))),
-        })
+            None => Put::Accepted,
+        }
     }
 }
 
