@@ -166,6 +166,42 @@ pub struct RunArgs {
     pub deny_private: bool,
 }
 
+impl RunArgs {
+    /// The URL policy of an embedded run: anything the user names, narrowed by the options.
+    pub fn policy(&self) -> anyhow::Result<gitfleet_git::Policy> {
+        let mut policy = gitfleet_git::Policy::permissive();
+        if !self.allow_schemes.is_empty() {
+            policy.allowed_schemes = self
+                .allow_schemes
+                .iter()
+                .map(|s| {
+                    gitfleet_git::Scheme::parse(s)
+                        .ok_or_else(|| anyhow::anyhow!("unknown scheme '{s}' in --allow-scheme"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+        }
+        policy.allowed_hosts = self.allow_hosts.clone();
+        policy.allow_local = !self.deny_local;
+        policy.allow_private = !self.deny_private;
+        Ok(policy)
+    }
+}
+
+impl NodeArgs {
+    /// The URL policy of a node, which takes URLs from other people: strict, widened by the
+    /// options.
+    pub fn policy(&self) -> gitfleet_git::Policy {
+        let mut policy = gitfleet_git::Policy::strict();
+        policy.allow_local = self.allow_local;
+        policy.allow_private = self.allow_private;
+        if self.allow_local {
+            policy.allowed_schemes.insert(gitfleet_git::Scheme::File);
+        }
+        policy.allowed_hosts = self.allow_hosts.clone();
+        policy
+    }
+}
+
 /// How each repository is worked on, in the embedded mode and on cluster nodes alike.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
@@ -195,7 +231,7 @@ pub struct WorkArgs {
     /// The largest object a pack may hold, unpacked.
     #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
     pub max_object_size: u64,
-    /// Bytes a server may send while listing refs (git://; held in memory).
+    /// Bytes a server may send while listing refs (they are held in memory).
     #[arg(long, default_value = "128M", value_name = "SIZE", value_parser = parse_size)]
     pub max_listing_size: u64,
     /// Refs a remote may list.

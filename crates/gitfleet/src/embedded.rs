@@ -1,157 +1,25 @@
 //! The embedded mode: actors in this process, state in files under the root.
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use gitfleet_actors::{CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan_from_task};
-use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Scheme, Target, scrub_userinfo};
-use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, StatusType, TaskError};
+use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Target, scrub_userinfo};
+use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, TaskError};
 
-use crate::cli::{Cli, Command, RunArgs, Sources};
+use crate::cli::RunArgs;
 use crate::display::Display;
-
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Some(url) = cli.nats.clone() {
-        let cluster = crate::remote::Cluster {
-            url,
-            prefix: cli.prefix.clone(),
-            auth: cli.nats_auth.auth(),
-        };
-        return remote(&cluster, &cli.root, cli.command).await;
-    }
-    match cli.command {
-        Command::Node(_) | Command::Nodes { .. } => {
-            bail!("`node` and `nodes` need a cluster: pass --nats URL (or set GITFLEET_NATS)")
-        }
-        Command::Schema => {
-            print!("{}", gitfleet_proto::clone_task_schema());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Status { tasks, json } => status(&cli.root, &tasks, json),
-        Command::Cancel { tasks } => cancel(&cli.root, &tasks).await,
-        Command::Mirror { sources, bare, run } => {
-            let op = if bare {
-                Operation::Bare
-            } else {
-                Operation::Mirror
-            };
-            work(&cli.root, Work::Clone(sources, op), run).await
-        }
-        Command::Clone { sources, run } => {
-            work(&cli.root, Work::Clone(sources, Operation::Checkout), run).await
-        }
-        Command::Init {
-            names,
-            worktree,
-            run,
-        } => work(&cli.root, Work::Init(names, worktree), run).await,
-        Command::Sync { sources, run } => work(&cli.root, Work::Sync(sources), run).await,
-    }
-}
-
-async fn remote(
-    cluster: &crate::remote::Cluster,
-    root: &std::path::Path,
-    command: Command,
-) -> anyhow::Result<ExitCode> {
-    use crate::remote::{self, RemoteWork};
-    let nats = cluster;
-    match command {
-        Command::Schema => {
-            print!("{}", gitfleet_proto::clone_task_schema());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Node(args) => remote::node(nats, root, args).await,
-        Command::Nodes { json } => remote::nodes(nats, json).await,
-        Command::Status { tasks, json } => remote::status(nats, &tasks, json).await,
-        Command::Cancel { tasks } => remote::cancel(nats, &tasks).await,
-        Command::Mirror { sources, bare, run } => {
-            let op = if bare {
-                Operation::Bare
-            } else {
-                Operation::Mirror
-            };
-            remote::work(nats, RemoteWork::Submit(sources, op), &run).await
-        }
-        Command::Clone { sources, run } => {
-            remote::work(nats, RemoteWork::Submit(sources, Operation::Checkout), &run).await
-        }
-        Command::Init {
-            names,
-            run,
-            worktree,
-        } => remote::work(nats, RemoteWork::Init(names, worktree), &run).await,
-        Command::Sync { sources, run } => remote::work(nats, RemoteWork::Sync(sources), &run).await,
-    }
-}
-
-enum Work {
-    Clone(Sources, Operation),
-    Init(Vec<String>, bool),
-    Sync(Sources),
-}
-
-pub fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
-    let mut urls = sources.urls.clone();
-    if let Some(path) = &sources.file {
-        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::io::BufReader::new(
-                std::fs::File::open(path)
-                    .with_context(|| format!("cannot read url list {}", path.display()))?,
-            ))
-        };
-        for line in reader.lines() {
-            let line = line.with_context(|| format!("cannot read url list {}", path.display()))?;
-            let line = strip_comment(&line).trim();
-            if !line.is_empty() {
-                urls.push(line.to_string());
-            }
-        }
-    }
-    Ok(urls)
-}
-
-/// A URL list line without its comment: `#` at the start of the line or after white space (a `#`
-/// inside a URL, as in a password, is part of it).
-fn strip_comment(line: &str) -> &str {
-    let mut previous = ' ';
-    for (i, c) in line.char_indices() {
-        if c == '#' && previous.is_whitespace() {
-            return &line[..i];
-        }
-        previous = c;
-    }
-    line
-}
-
-fn policy(run: &RunArgs) -> anyhow::Result<Policy> {
-    let mut policy = Policy::permissive();
-    if !run.allow_schemes.is_empty() {
-        policy.allowed_schemes = run
-            .allow_schemes
-            .iter()
-            .map(|s| {
-                Scheme::parse(s).with_context(|| format!("unknown scheme '{s}' in --allow-scheme"))
-            })
-            .collect::<anyhow::Result<BTreeSet<_>>>()?;
-    }
-    policy.allowed_hosts = run.allow_hosts.clone();
-    policy.allow_local = !run.deny_local;
-    policy.allow_private = !run.deny_private;
-    Ok(policy)
-}
+use crate::inputs::{Work, read_sources};
+use crate::report::{Summary, print_tasks};
 
 fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
     Layout::open(root).with_context(|| format!("cannot use {} as the storage root", root.display()))
 }
 
-async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? else {
         bail!(
@@ -165,7 +33,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
     if removed > 0 {
         tracing::info!(removed, "removed staging directories of an interrupted run");
     }
-    let policy = policy(&run)?;
+    let policy = run.policy()?;
     let store = Arc::new(FileStore::open(&layout.state_dir())?);
     let mut display = Display::new(run.json);
     let mut jobs: Vec<Job> = Vec::new();
@@ -264,7 +132,7 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
         policy.clone(),
         credentials,
         run.concurrency,
-        hostname(),
+        crate::inputs::hostname(),
     );
     let fleet = Fleet::start(config, store.clone()).await?;
     let mut updates = fleet.subscribe();
@@ -319,40 +187,17 @@ async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Resul
         return Ok(ExitCode::from(130));
     }
 
-    let mut completed = 0usize;
-    let mut failed = Vec::new();
+    let mut summary = Summary {
+        rejected,
+        ..Summary::default()
+    };
     for id in &ids {
-        match fleet.get(id).await? {
-            Some(task) if task.status.status_type == StatusType::Completed => completed += 1,
-            Some(task) => failed.push(task),
-            None => {}
+        if let Some(task) = fleet.get(id).await? {
+            summary.add(task);
         }
     }
     fleet.shutdown().await;
-    let failed_count = failed.len() + rejected;
-    if !run.json {
-        eprintln!(
-            "gitfleet: {completed} completed, {failed_count} failed in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        for task in &failed {
-            eprintln!(
-                "  {} [{}]: {}",
-                task.url,
-                code_of(task),
-                task.status.error.as_deref().unwrap_or("unfinished")
-            );
-        }
-    }
-    Ok(if failed_count == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
-}
-
-fn code_of(task: &CloneTask) -> &'static str {
-    task.error_code.map_or("unknown", |c| c.as_str())
+    Ok(summary.finish(run.json, started.elapsed()))
 }
 
 /// The stored task for a URL or a task id.
@@ -378,7 +223,7 @@ fn find_task<'a>(
         })
 }
 
-fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
     let mut tasks = store.load_all_sync()?;
@@ -396,46 +241,7 @@ fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-/// The task table of `status` (or a JSON array).
-pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(&tasks)?);
-        return Ok(());
-    }
-    if tasks.is_empty() {
-        println!("no tasks in {place}");
-        return Ok(());
-    }
-    println!(
-        "{:<16}  {:<9}  {:>4}  {:<8}  URL / PATH / ERROR",
-        "ID", "STATUS", "PCT", "OP"
-    );
-    for t in tasks {
-        let pct = t
-            .status
-            .progress
-            .map(|p| format!("{p}%"))
-            .unwrap_or_default();
-        println!(
-            "{:<16}  {:<9}  {:>4}  {:<8}  {}",
-            t.id, t.status.status_type, pct, t.operation, t.url
-        );
-        println!("{:<16}  {:<9}  {:>4}  {:<8}  {}", "", "", "", "", t.path);
-        if let Some(error) = &t.status.error {
-            println!(
-                "{:<16}  {:<9}  {:>4}  {:<8}  [{}] {error}",
-                "",
-                "",
-                "",
-                "",
-                code_of(t)
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
+pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
     let known = store.load_all_sync()?;
@@ -488,12 +294,4 @@ async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<Exi
         }
     }
     Ok(exit)
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".into())
 }

@@ -2,10 +2,13 @@
 //! beyond reading arguments and showing progress.
 
 mod cli;
+mod commands;
 mod credentials;
 mod display;
 mod embedded;
+mod inputs;
 mod remote;
+mod report;
 
 use std::process::ExitCode;
 
@@ -40,7 +43,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match runtime.block_on(embedded::run(cli)) {
+    match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gitfleet: {e:#}");

@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
-use gitfleet_git::{Layout, Policy};
+use gitfleet_git::Layout;
 use gitfleet_proto::{
-    ApiError, CloneTask, ErrorCode, Operation, StatusType, SubmitReply, SubmitRequest, SyncRequest,
-    TaskError, TaskUpdate,
+    ApiError, CloneTask, ErrorCode, Operation, SubmitReply, SubmitRequest, SyncRequest, TaskError,
+    TaskUpdate,
 };
 
-use crate::cli::{NodeArgs, RunArgs, Sources};
+use crate::cli::{NodeArgs, RunArgs};
 use crate::display::Display;
-use crate::embedded::{hostname, print_tasks, read_sources};
+use crate::inputs::{Work, hostname, read_sources};
+use crate::report::{Summary, print_tasks};
 
 /// How often a waiting client reads the tasks no event has reported finished.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -42,13 +43,7 @@ pub async fn node(
     if removed > 0 {
         tracing::info!(removed, "removed staging directories of an interrupted run");
     }
-    let mut policy = Policy::strict();
-    policy.allow_local = args.allow_local;
-    policy.allow_private = args.allow_private;
-    if args.allow_local {
-        policy.allowed_schemes.insert(gitfleet_git::Scheme::File);
-    }
-    policy.allowed_hosts = args.allow_hosts.clone();
+    let policy = args.policy();
     let credentials = crate::credentials::load(&args.work, None)?;
     args.work.transport_settings()?;
     let config = args.work.fleet_config(
@@ -107,13 +102,6 @@ impl Cluster {
     }
 }
 
-pub enum RemoteWork {
-    Submit(Sources, Operation),
-    /// Names, and whether they get a working tree.
-    Init(Vec<String>, bool),
-    Sync(Sources),
-}
-
 fn rejected_error(e: &ApiError) -> TaskError {
     TaskError::new(
         e.task_error.unwrap_or(ErrorCode::InvalidUrl),
@@ -121,13 +109,13 @@ fn rejected_error(e: &ApiError) -> TaskError {
     )
 }
 
-pub async fn work(cluster: &Cluster, work: RemoteWork, run: &RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn work(cluster: &Cluster, work: Work, run: &RunArgs) -> anyhow::Result<ExitCode> {
     let client = cluster.client().await?;
     let mut display = Display::new(run.json);
     let mut events = client.watch().await?;
     let started = Instant::now();
     let reply: SubmitReply = match work {
-        RemoteWork::Submit(sources, operation) => {
+        Work::Clone(sources, operation) => {
             let repositories = read_sources(&sources)?;
             if repositories.is_empty() {
                 bail!("no repositories given: name URLs or use --file LIST");
@@ -141,7 +129,7 @@ pub async fn work(cluster: &Cluster, work: RemoteWork, run: &RunArgs) -> anyhow:
                 })
                 .await?
         }
-        RemoteWork::Init(names, worktree) => {
+        Work::Init(names, worktree) => {
             client
                 .submit(&SubmitRequest {
                     repositories: names,
@@ -151,7 +139,7 @@ pub async fn work(cluster: &Cluster, work: RemoteWork, run: &RunArgs) -> anyhow:
                 })
                 .await?
         }
-        RemoteWork::Sync(sources) => {
+        Work::Sync(sources) => {
             client
                 .sync(&SyncRequest {
                     repositories: read_sources(&sources)?,
@@ -213,39 +201,18 @@ pub async fn work(cluster: &Cluster, work: RemoteWork, run: &RunArgs) -> anyhow:
         }
     }
     display.finish();
-    let mut completed = 0usize;
-    let mut failed = Vec::new();
+    let mut summary = Summary {
+        rejected: failed_inputs,
+        ..Summary::default()
+    };
     for id in &ids {
         let task = match finished.remove(id) {
             Some(task) => task,
             None => client.get(id).await?,
         };
-        if task.status.status_type == StatusType::Completed {
-            completed += 1;
-        } else {
-            failed.push(task);
-        }
+        summary.add(task);
     }
-    let failed_count = failed.len() + failed_inputs;
-    if !run.json {
-        eprintln!(
-            "gitfleet: {completed} completed, {failed_count} failed in {:.1}s",
-            started.elapsed().as_secs_f64()
-        );
-        for task in &failed {
-            let code = task.error_code.map_or("unknown", |c| c.as_str());
-            eprintln!(
-                "  {} [{code}]: {}",
-                task.url,
-                task.status.error.as_deref().unwrap_or("unfinished")
-            );
-        }
-    }
-    Ok(if failed_count == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(summary.finish(run.json, started.elapsed()))
 }
 
 pub async fn status(cluster: &Cluster, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,46 @@
+//! Which mode runs a command: the embedded one (`embedded.rs`), or a cluster's client or node
+//! (`remote.rs`) when `--nats` is given.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+
+use crate::cli::{Cli, Command};
+use crate::inputs::Work;
+use crate::remote::Cluster;
+use crate::{embedded, remote};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let cluster = cli.nats.clone().map(|url| Cluster {
+        url,
+        prefix: cli.prefix.clone(),
+        auth: cli.nats_auth.auth(),
+    });
+    let root = cli.root;
+    match (cli.command, cluster) {
+        (Command::Schema, _) => {
+            print!("{}", gitfleet_proto::clone_task_schema());
+            Ok(ExitCode::SUCCESS)
+        }
+        (Command::Node(args), Some(cluster)) => remote::node(&cluster, &root, args).await,
+        (Command::Nodes { json }, Some(cluster)) => remote::nodes(&cluster, json).await,
+        (Command::Node(_) | Command::Nodes { .. }, None) => {
+            bail!("`node` and `nodes` need a cluster: pass --nats URL (or set GITFLEET_NATS)")
+        }
+        (Command::Status { tasks, json }, None) => embedded::status(&root, &tasks, json),
+        (Command::Status { tasks, json }, Some(cluster)) => {
+            remote::status(&cluster, &tasks, json).await
+        }
+        (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
+        (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,
+        (command, cluster) => {
+            let Some((work, run)) = Work::of(command) else {
+                unreachable!("every other command is work");
+            };
+            match cluster {
+                None => embedded::work(&root, work, run).await,
+                Some(cluster) => remote::work(&cluster, work, &run).await,
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! What a run is asked to work on, read the same way in the embedded and the cluster mode: the
+//! work a command names, and URL lists.
+
+use std::io::BufRead;
+
+use anyhow::Context;
+use gitfleet_proto::Operation;
+
+use crate::cli::{Command, RunArgs, Sources};
+
+/// The work of mirror, clone, init or sync.
+pub enum Work {
+    /// Clone (mirror, bare or checkout) these sources.
+    Clone(Sources, Operation),
+    /// Create these repositories; with a working tree or not.
+    Init(Vec<String>, bool),
+    /// Sync these sources (none: every repository the root or cluster knows).
+    Sync(Sources),
+}
+
+impl Work {
+    /// The work `command` names and how to run it; `None` for the other commands.
+    pub fn of(command: Command) -> Option<(Work, RunArgs)> {
+        Some(match command {
+            Command::Mirror { sources, bare, run } => {
+                let op = if bare {
+                    Operation::Bare
+                } else {
+                    Operation::Mirror
+                };
+                (Work::Clone(sources, op), run)
+            }
+            Command::Clone { sources, run } => (Work::Clone(sources, Operation::Checkout), run),
+            Command::Init {
+                names,
+                worktree,
+                run,
+            } => (Work::Init(names, worktree), run),
+            Command::Sync { sources, run } => (Work::Sync(sources), run),
+            _ => return None,
+        })
+    }
+}
+
+/// The URLs given on the command line, then those of the `--file` list.
+pub fn read_sources(sources: &Sources) -> anyhow::Result<Vec<String>> {
+    let mut urls = sources.urls.clone();
+    if let Some(path) = &sources.file {
+        let reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(
+                std::fs::File::open(path)
+                    .with_context(|| format!("cannot read url list {}", path.display()))?,
+            ))
+        };
+        for line in reader.lines() {
+            let line = line.with_context(|| format!("cannot read url list {}", path.display()))?;
+            let line = strip_comment(&line).trim();
+            if !line.is_empty() {
+                urls.push(line.to_string());
+            }
+        }
+    }
+    Ok(urls)
+}
+
+/// A URL list line without its comment: `#` at the start of the line or after white space (a `#`
+/// inside a URL, as in a password, is part of it).
+fn strip_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (i, c) in line.char_indices() {
+        if c == '#' && previous.is_whitespace() {
+            return &line[..i];
+        }
+        previous = c;
+    }
+    line
+}
+
+/// This machine's name: the default node id, and who ran a task.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}

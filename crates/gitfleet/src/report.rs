@@ -1,0 +1,97 @@
+//! What a run shows when it ends, and the task table of `status`: the same in the embedded and
+//! the cluster mode.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gitfleet_proto::{CloneTask, StatusType};
+
+/// The outcome of one run of mirror, clone, init or sync.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub completed: usize,
+    /// The tasks that did not complete, with their records.
+    pub failed: Vec<CloneTask>,
+    /// Inputs refused before they became tasks (they were shown as they were refused).
+    pub rejected: usize,
+}
+
+impl Summary {
+    /// Counts `task` by its final state.
+    pub fn add(&mut self, task: CloneTask) {
+        if task.status.status_type == StatusType::Completed {
+            self.completed += 1;
+        } else {
+            self.failed.push(task);
+        }
+    }
+
+    /// Prints the summary on standard error (not with `--json`: the updates said it all) and
+    /// returns the exit code: 0 if everything completed, 1 otherwise.
+    pub fn finish(&self, json: bool, elapsed: Duration) -> ExitCode {
+        let failed = self.failed.len() + self.rejected;
+        if !json {
+            eprintln!(
+                "gitfleet: {} completed, {failed} failed in {:.1}s",
+                self.completed,
+                elapsed.as_secs_f64()
+            );
+            for task in &self.failed {
+                eprintln!(
+                    "  {} [{}]: {}",
+                    task.url,
+                    code_of(task),
+                    task.status.error.as_deref().unwrap_or("unfinished")
+                );
+            }
+        }
+        if failed == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn code_of(task: &CloneTask) -> &'static str {
+    task.error_code.map_or("unknown", |c| c.as_str())
+}
+
+/// The task table of `status` (or a JSON array); `place` names the root or cluster.
+pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tasks)?);
+        return Ok(());
+    }
+    if tasks.is_empty() {
+        println!("no tasks in {place}");
+        return Ok(());
+    }
+    println!(
+        "{:<16}  {:<9}  {:>4}  {:<8}  URL / PATH / ERROR",
+        "ID", "STATUS", "PCT", "OP"
+    );
+    for t in tasks {
+        let pct = t
+            .status
+            .progress
+            .map(|p| format!("{p}%"))
+            .unwrap_or_default();
+        println!(
+            "{:<16}  {:<9}  {:>4}  {:<8}  {}",
+            t.id, t.status.status_type, pct, t.operation, t.url
+        );
+        println!("{:<16}  {:<9}  {:>4}  {:<8}  {}", "", "", "", "", t.path);
+        if let Some(error) = &t.status.error {
+            println!(
+                "{:<16}  {:<9}  {:>4}  {:<8}  [{}] {error}",
+                "",
+                "",
+                "",
+                "",
+                code_of(t)
+            );
+        }
+    }
+    Ok(())
+}
