@@ -60,7 +60,7 @@ pub async fn serve(ctx: ApiContext) -> Result<(), ClusterError> {
         .client
         .queue_subscribe(ctx.nats.subjects.api_all(), QUEUE_GROUP.to_string())
         .await
-        .map_err(|e| ClusterError::Request(e.to_string()))?;
+        .map_err(|e| ClusterError::request("API subscription", e))?;
     while let Some(message) = requests.next().await {
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -82,7 +82,7 @@ impl Client {
         let sent = self.nats.client.send_request(subject, request);
         let response = tokio::select! {
             response = sent => response.map_err(|e| {
-                ClusterError::Request(format!("{operation}: {e} (is a gitfleet node running?)"))
+                ClusterError::request(&format!("{operation}; is a gitfleet node running?"), e)
             })?,
             Ok(()) = refusals.changed() => {
                 let why = refusals.borrow().clone().unwrap_or_default();
@@ -93,7 +93,7 @@ impl Client {
             Ok(ApiReply::Ok(v)) => Ok(v),
             Ok(ApiReply::Error(e)) => Err(ClientError::Api(e)),
             Err(e) => {
-                Err(ClusterError::Request(format!("{operation}: unreadable reply: {e}")).into())
+                Err(ClusterError::request(&format!("{operation}: unreadable reply"), e).into())
             }
         }
     }
@@ -151,6 +151,6 @@ impl Client {
             .client
             .subscribe(self.nats.subjects.status_all())
             .await
-            .map_err(|e| ClusterError::Request(e.to_string()).into())
+            .map_err(|e| ClusterError::request("status events", e).into())
     }
 }

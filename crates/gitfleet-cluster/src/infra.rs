@@ -7,18 +7,49 @@ use async_nats::jetstream::{self, kv, stream};
 use crate::auth::NatsAuth;
 use crate::subjects::Subjects;
 
+/// The cause of a [`ClusterError`]: an async-nats error (or a message), kept whole.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The message has the credentials of the URL removed; the cause is not kept, since its
+    /// text may hold them.
     #[error("cannot connect to NATS at {url}: {message}")]
     Connect { url: String, message: String },
-    #[error("JetStream is not available or refused the setup ({what}): {message}")]
-    Setup { what: String, message: String },
+    #[error("JetStream is not available or refused the setup ({what})")]
+    Setup {
+        what: String,
+        #[source]
+        source: Cause,
+    },
     #[error("{0}")]
     Config(String),
-    #[error("NATS request failed: {0}")]
-    Request(String),
+    #[error("NATS request failed ({what})")]
+    Request {
+        what: String,
+        #[source]
+        source: Cause,
+    },
     #[error("the NATS server refused: {0}")]
     PermissionDenied(String),
+}
+
+impl ClusterError {
+    /// Creating or finding `what` (a stream, bucket or consumer) failed.
+    pub fn setup(what: &str, source: impl Into<Cause>) -> ClusterError {
+        ClusterError::Setup {
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// A request, publish or subscription for `what` failed.
+    pub fn request(what: &str, source: impl Into<Cause>) -> ClusterError {
+        ClusterError::Request {
+            what: what.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Everything a node or a client holds on to.
@@ -132,10 +163,6 @@ impl Nats {
 
     /// Creates the jobs stream and the task and node buckets if they do not exist.
     pub async fn ensure_resources(&self, durability: Durability) -> Result<(), ClusterError> {
-        let setup = |what: &str, e: &dyn std::fmt::Display| ClusterError::Setup {
-            what: what.to_string(),
-            message: e.to_string(),
-        };
         self.jetstream
             .get_or_create_stream(stream::Config {
                 name: self.subjects.jobs_stream(),
@@ -147,7 +174,7 @@ impl Nats {
                 ..Default::default()
             })
             .await
-            .map_err(|e| setup("jobs stream", &e))?;
+            .map_err(|e| ClusterError::setup("jobs stream", e))?;
         self.tasks_bucket_or_create(durability).await?;
         if self
             .jetstream
@@ -165,7 +192,7 @@ impl Nats {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| setup("nodes bucket", &e))?;
+                .map_err(|e| ClusterError::setup("nodes bucket", e))?;
         }
         Ok(())
     }
@@ -190,29 +217,20 @@ impl Nats {
                 ..Default::default()
             })
             .await
-            .map_err(|e| ClusterError::Setup {
-                what: "tasks bucket".into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| ClusterError::setup("tasks bucket", e))
     }
 
     pub async fn tasks(&self) -> Result<kv::Store, ClusterError> {
         self.jetstream
             .get_key_value(self.subjects.tasks_bucket())
             .await
-            .map_err(|e| ClusterError::Setup {
-                what: "tasks bucket".into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| ClusterError::setup("tasks bucket", e))
     }
 
     pub async fn nodes(&self) -> Result<kv::Store, ClusterError> {
         self.jetstream
             .get_key_value(self.subjects.nodes_bucket())
             .await
-            .map_err(|e| ClusterError::Setup {
-                what: "nodes bucket".into(),
-                message: e.to_string(),
-            })
+            .map_err(|e| ClusterError::setup("nodes bucket", e))
     }
 }

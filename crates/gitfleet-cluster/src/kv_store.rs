@@ -114,28 +114,19 @@ impl KvStore {
     /// [`Self::compare_and_set`], returning the new revision on success.
     async fn write(&self, task: &CloneTask, revision: u64) -> std::io::Result<Option<u64>> {
         let bytes = bytes::Bytes::from(gitfleet_proto::to_json(task));
+        // A revision that moved on (or a key created meanwhile) is an answer, not a failure.
         let result = if revision == 0 {
-            self.kv
-                .create(&task.id, bytes)
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            self.kv
-                .update(&task.id, bytes, revision)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match result {
-            Ok(revision) => Ok(Some(revision)),
-            Err(e)
-                if e.contains("wrong last sequence")
-                    || e.contains("key exists")
-                    || e.contains("already exists") =>
-            {
-                Ok(None)
+            match self.kv.create(&task.id, bytes).await {
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return Ok(None),
+                other => other.map_err(io),
             }
-            Err(e) => Err(io(e)),
-        }
+        } else {
+            match self.kv.update(&task.id, bytes, revision).await {
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return Ok(None),
+                other => other.map_err(io),
+            }
+        };
+        result.map(Some)
     }
 
     pub async fn ids(&self) -> std::io::Result<Vec<String>> {

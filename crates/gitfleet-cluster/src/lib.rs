@@ -6,6 +6,7 @@ pub mod api;
 mod auth;
 pub mod client;
 mod infra;
+mod intake;
 mod kv_store;
 mod node;
 pub mod placement;

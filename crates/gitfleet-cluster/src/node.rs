@@ -6,22 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message, consumer};
 use futures_util::StreamExt;
-use gitfleet_actors::{Fleet, FleetConfig, Job, TaskStore};
-use gitfleet_git::{Policy, Target};
-use gitfleet_proto::{
-    CloneStatus, JobMessage, NodeInfo, Operation, StatusType, TaskError, TaskUpdate,
-};
+use gitfleet_actors::{Fleet, FleetConfig};
+use gitfleet_git::Policy;
+use gitfleet_proto::{NodeInfo, StatusType, TaskUpdate};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::api::{self, ApiContext};
 use crate::infra::{ClusterError, Durability, HEARTBEAT_INTERVAL, NODE_TTL, Nats};
+use crate::intake::JobIntake;
 use crate::kv_store::KvStore;
 
-/// A job is redelivered when its node has not acknowledged it (or said it is still working) for
-/// this long.
-const ACK_WAIT: Duration = Duration::from_secs(30);
 const PROGRESS_ACK_INTERVAL: Duration = Duration::from_secs(10);
 /// Progress events of a task go out at most this often; a state transition goes out at once.
 const PROGRESS_EVENT_INTERVAL: Duration = Duration::from_millis(250);
@@ -70,7 +65,7 @@ pub async fn run_node(
         };
         background.spawn(async move {
             if let Err(e) = api::serve(context).await {
-                tracing::error!(error = %e, "the API stopped");
+                tracing::error!(error = &e as &dyn std::error::Error, "the API stopped");
             }
         });
     }
@@ -79,7 +74,7 @@ pub async fn run_node(
         .client
         .subscribe(nats.subjects.cancel())
         .await
-        .map_err(|e| ClusterError::Request(e.to_string()))?;
+        .map_err(|e| ClusterError::request("cancel subscription", e))?;
     // Announce ourselves before our consumer exists: a consumer without a heartbeat is what
     // the takeover looks for.
     let _ = nodes
@@ -96,50 +91,18 @@ pub async fn run_node(
             .into(),
         )
         .await;
-    let stream = nats
-        .jetstream
-        .get_stream(nats.subjects.jobs_stream())
-        .await
-        .map_err(|e| ClusterError::Setup {
-            what: "jobs stream".into(),
-            message: e.to_string(),
-        })?;
-    let consumer_config = consumer::pull::Config {
-        durable_name: Some(nats.subjects.node_consumer(&options.node_id)),
-        filter_subject: nats.subjects.jobs(&options.node_id),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
-        max_ack_pending: i64::try_from(concurrency.saturating_mul(4).max(16)).unwrap_or(64),
-        ..Default::default()
-    };
-    // A takeover that died half-way leaves `takeover-<us>`, which filters our subject: a work
-    // queue stream allows one consumer per subject, so ours could not be created. Removing it
-    // releases what it held to us.
-    let leftover = format!("takeover-{}", options.node_id);
-    if stream.consumer_info(&leftover).await.is_ok() {
-        tracing::warn!(consumer = %leftover, "removing a takeover consumer left on our jobs");
-        let _ = stream.delete_consumer(&leftover).await;
-    }
-    let open_jobs = || async {
-        let consumer = stream
-            .get_or_create_consumer(
-                &nats.subjects.node_consumer(&options.node_id),
-                consumer_config.clone(),
-            )
-            .await
-            .map_err(|e| ClusterError::Setup {
-                what: "node consumer".into(),
-                message: e.to_string(),
-            })?;
-        consumer.messages().await.map_err(|e| ClusterError::Setup {
-            what: "node consumer".into(),
-            message: e.to_string(),
-        })
-    };
-    let mut jobs = open_jobs().await?;
+    let mut intake = JobIntake::open(
+        &fleet,
+        store.clone(),
+        nats.clone(),
+        layout.clone(),
+        options.policy.clone(),
+        &options.node_id,
+        concurrency,
+    )
+    .await?;
 
     let mut updates = fleet.subscribe();
-    let mut held: HashMap<String, Message> = HashMap::new();
     let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
     let mut progress = tokio::time::interval(PROGRESS_ACK_INTERVAL);
     let mut takeover: Option<tokio::task::JoinHandle<()>> = None;
@@ -155,7 +118,7 @@ pub async fn run_node(
             _ = heartbeat.tick() => {
                 let info = NodeInfo {
                     node_id: options.node_id.clone(),
-                    running: u32::try_from(held.len()).unwrap_or(u32::MAX),
+                    running: u32::try_from(intake.running()).unwrap_or(u32::MAX),
                     concurrency: u32::try_from(concurrency).unwrap_or(u32::MAX),
                     repositories_owned: 0,
                     started_at,
@@ -180,55 +143,20 @@ pub async fn run_node(
                         match crate::takeover::take_over_dead_nodes(&nats, &store, &nodes, &me, &live).await {
                             Ok(0) => {}
                             Ok(moved) => tracing::warn!(moved, "took over jobs of departed nodes"),
-                            Err(e) => tracing::warn!(error = %e, "takeover failed"),
+                            Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "takeover failed"),
                         }
                     }));
                 }
             }
-            _ = progress.tick() => {
-                // Long clones: tell JetStream we are still at it, so it does not redeliver.
-                for message in held.values() {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            }
+            _ = progress.tick() => intake.keep_alive().await,
             Some(cancel) = cancels.next() => {
                 let id = String::from_utf8_lossy(&cancel.payload).into_owned();
                 let _ = fleet.cancel(&id).await;
             }
-            message = jobs.next() => {
-                match message {
-                    Some(Ok(message)) => accept(&fleet, &store, &nats, &layout, &options.policy, &mut held, message).await,
-                    Some(Err(e)) if !e.to_string().contains("consumer deleted") => {
-                        tracing::warn!(error = %e, "job stream error");
-                    }
-                    // Our consumer was removed (we were silent long enough to be taken for
-                    // dead, and our jobs were moved): start again with a fresh one.
-                    _ => {
-                        tracing::warn!("job consumer gone; recreating it");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        jobs = open_jobs().await?;
-                    }
-                }
-            }
+            message = intake.next_job() => intake.take(message).await?,
             update = updates.recv() => match update {
                 Ok(TaskUpdate::State { task }) if task.status.status_type.is_final() => {
-                    // The result is in the task bucket (the Registry persists before it
-                    // broadcasts): now the job may go. A plain ack (no confirmation round
-                    // trip): if it is lost, the job comes back after the ack wait and `accept`
-                    // finds the task finished and acknowledges it then.
-                    // A final state that could not be stored (a long NATS outage) is not
-                    // acknowledged: the job comes back after a while and runs again.
-                    if let Some(message) = held.remove(&task.id) {
-                        let acked = if store.is_unstored(&task.id) {
-                            tracing::warn!(task = %task.id, "final state not stored; the job will run again");
-                            message.ack_with(AckKind::Nak(Some(UNSTORED_RETRY))).await
-                        } else {
-                            message.ack().await
-                        };
-                        if let Err(e) = acked {
-                            tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
-                        }
-                    }
+                    intake.settle(&task).await;
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => break,
@@ -286,118 +214,6 @@ async fn adopt_earlier_repositories(store: &KvStore, layout: &gitfleet_git::Layo
         Ok(Ok(adopted)) => tracing::warn!(adopted, "marked repositories of an earlier version"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot adopt earlier repositories"),
         Err(e) => tracing::warn!(error = %e, "adopting earlier repositories failed"),
-    }
-}
-
-/// When a job whose final state could not be stored comes back.
-const UNSTORED_RETRY: Duration = Duration::from_secs(30);
-
-async fn accept(
-    fleet: &Fleet,
-    store: &KvStore,
-    nats: &Nats,
-    layout: &gitfleet_git::Layout,
-    policy: &Policy,
-    held: &mut HashMap<String, Message>,
-    message: Message,
-) {
-    let job: JobMessage = match gitfleet_proto::from_json(&message.payload) {
-        Ok(job) => job,
-        Err(e) => {
-            tracing::warn!(error = %e, "dropping a malformed job");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    if held.contains_key(&job.task_id) {
-        // A redelivery of a job we are running.
-        let _ = message.ack_with(AckKind::Progress).await;
-        return;
-    }
-    // The job's repository, derived from its URL and operation here: a path or id from the wire
-    // is never used. A job whose id does not match what its URL derives to, or whose task is not
-    // in the bucket with the same source, was not made by the API: it is dropped, nothing written.
-    let shape_of = |op: Operation| match op {
-        Operation::Sync if job.path.ends_with(".git") => Operation::Mirror,
-        Operation::Sync => Operation::Checkout,
-        op => op,
-    };
-    let target = Target::of_parts(&job.task_id, &job.url, shape_of(job.operation), &job.path);
-    let stored = store.get(&job.task_id).await;
-    let (target, task) = match (target, stored) {
-        (Ok(target), Ok(Some((task, revision)))) if target.check_stored(&task).is_ok() => {
-            // The base of this node's first write of the task: no read before it.
-            store.remember(&task, revision);
-            (target, task)
-        }
-        (_, Err(e)) => {
-            tracing::warn!(task = %job.task_id, error = %e, "cannot read a job's task; retrying later");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-            return;
-        }
-        (target, _) => {
-            let why = target.err().map_or_else(
-                || "no task of that source in the bucket".to_string(),
-                |e| e.message,
-            );
-            tracing::warn!(task = %job.task_id, why = %why, "dropping a job that does not match its task");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
-        }
-    };
-    // Cancelled (or finished) before it reached us, or superseded by a later request or a
-    // takeover: nothing to do, and running it again would be harmless but wasteful.
-    if task.status.status_type.is_final() || job.generation < task.generation {
-        let _ = message.ack().await;
-        return;
-    }
-    if job.generation > task.generation {
-        tracing::warn!(task = %job.task_id, "dropping a job of a generation its task never had");
-        let _ = message.ack_with(AckKind::Term).await;
-        return;
-    }
-    let mut operation = job.operation;
-    if operation == Operation::Sync && !layout.path_of(&target).exists() {
-        // This node was not the owner when the repository was cloned: clone it here.
-        operation = shape_of(operation);
-    }
-    let planned = match target.url() {
-        Some(url) => policy
-            .check(url)
-            .map(|()| Job::new(layout, &target, operation))
-            .map_err(|e| TaskError::new(e.code, e.message)),
-        None => Ok(Job::new(layout, &target, operation)),
-    };
-    let planned = planned.map(|mut job| {
-        job.fence = task.generation;
-        job
-    });
-    let planned = match planned {
-        Ok(planned) => planned,
-        Err(error) => {
-            let mut task = task;
-            task.status = CloneStatus::failed(error.message.clone());
-            task.error_code = Some(error.code);
-            task.updated_at = jiff::Timestamp::now();
-            if store.put(&task).await.is_ok() {
-                api::publish_state(nats, &task).await;
-            }
-            let _ = message.double_ack().await;
-            return;
-        }
-    };
-    match fleet.submit(vec![planned]).await {
-        Ok(_) => {
-            held.insert(job.task_id, message);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot hand a job to the actors");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
-                .await;
-        }
     }
 }
 

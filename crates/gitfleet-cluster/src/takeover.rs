@@ -17,8 +17,8 @@ use crate::infra::{ClusterError, Nats};
 use crate::kv_store::KvStore;
 use crate::placement;
 
-fn err(what: &str, e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Request(format!("takeover: {what}: {e}"))
+fn err(what: &str, e: impl Into<crate::infra::Cause>) -> ClusterError {
+    ClusterError::request(&format!("takeover: {what}"), e)
 }
 
 /// If `me` is the smallest live node, moves the jobs of every node that has a consumer but no
