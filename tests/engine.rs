@@ -6,14 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gitfleet_git::{
-    Control, Credentials, CredentialsConfig, Layout, Limits, Progress, Redactor, RepoUrl, Request,
-    Secret, Target,
-};
+use gitfleet_git::{Control, Credentials, CredentialsConfig, Limits, Progress, Request, Secret};
 use gitfleet_proto::{ErrorCode, Operation, Phase, SyncResult, TaskError};
 use gitfleet_tests::{
-    Fixtures, GitDaemon, HttpOptions, HttpServer, TestCa, TlsProxy, free_port, fsck, head_target,
-    mirror_clone, objects, refs, remote_urls, run_git, try_mirror_clone, wait_until,
+    EngineRoot, Fixtures, GitDaemon, HttpOptions, HttpServer, TestCa, TlsProxy, free_port, fsck,
+    head_target, mirror_clone, objects, refs, remote_urls, run_git, try_mirror_clone, wait_until,
 };
 use tempfile::TempDir;
 
@@ -24,70 +21,6 @@ const BIG_BYTES: u64 = 4 * 1024 * 1024;
 
 fn tempdir() -> TempDir {
     tempfile::tempdir().expect("creating a temporary directory")
-}
-
-/// A storage root of its own for one test.
-struct Store {
-    _dir: TempDir,
-    layout: Layout,
-}
-
-impl Store {
-    fn new() -> Store {
-        gitfleet_git::init_tls();
-        let dir = tempdir();
-        let layout = Layout::open(&dir.path().join("root")).expect("opening the storage root");
-        Store { _dir: dir, layout }
-    }
-
-    fn request(&self, url: &str, operation: Operation) -> Request {
-        let url = RepoUrl::parse(url).expect("test URLs parse");
-        let shape = match operation {
-            Operation::Sync => Operation::Mirror,
-            other => other,
-        };
-        let target = Target::remote(url.clone(), shape).expect("a clone target");
-        let dest = self.layout.path_of(&target);
-        Request {
-            url,
-            operation,
-            dest,
-            credentials: None,
-            limits: limits(),
-            redactor: Redactor::default(),
-            addresses: None,
-        }
-    }
-
-    fn run(&self, req: &Request) -> Result<SyncResult, TaskError> {
-        gitfleet_git::execute(req, &self.layout, &Control::new(), &mut |_| {})
-    }
-
-    fn staging(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.layout.state_dir().join("staging"))
-            .expect("reading the staging directory")
-            .map(|e| e.expect("a staging entry").path())
-            .collect()
-    }
-
-    /// The engine's git thread removes its staging directory when it ends, which can be a
-    /// moment after `execute` returned (an abandoned thread ends when its read returns).
-    fn wait_staging_empty(&self) {
-        wait_until(WAIT, "the staging directory is empty", || {
-            self.staging().is_empty()
-        });
-    }
-}
-
-/// Generous enough never to trip in a healthy run on a loaded machine; the limit tests set
-/// their own.
-fn limits() -> Limits {
-    Limits {
-        time_limit: Duration::from_secs(300),
-        stall_limit: Duration::from_secs(60),
-        grace: Duration::from_secs(2),
-        ..Limits::default()
-    }
 }
 
 fn with_credentials(mut req: Request, username: &str, token: &str) -> Request {
@@ -165,7 +98,7 @@ fn assert_no_changes(result: &SyncResult) {
 /// Mirrors alpha, empty and big from `url_of(name)` with `prepare`d requests and compares
 /// each with `git clone --mirror` of `reference_url_of(name)`.
 fn check_mirrors(
-    store: &Store,
+    store: &EngineRoot,
     url_of: &dyn Fn(&str) -> String,
     reference_url_of: &dyn Fn(&str) -> String,
     prepare: &dyn Fn(Request) -> Request,
@@ -217,7 +150,7 @@ fn check_mirrors(
 fn mirror_over_git_daemon_equals_git_clone_mirror() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url_of = |name: &str| daemon.url(name);
     check_mirrors(&store, &url_of, &url_of, &|req| req);
 }
@@ -233,7 +166,7 @@ fn mirror_over_http_equals_git_clone_mirror_and_speaks_protocol_v2() {
             ..HttpOptions::default()
         },
     );
-    let store = Store::new();
+    let store = EngineRoot::new();
     // Where each of gitfleet's clones starts and ends in the server's log.
     let windows = Mutex::new(Vec::new());
     let url_of = |name: &str| {
@@ -287,7 +220,7 @@ fn bare_clone_has_only_branches_and_tags() {
     let fx = Fixtures::new();
     add_pull_ref(&fx);
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let source = refs(&fx.repo("alpha.git"));
     assert!(source.contains_key("refs/pull/1/head"));
 
@@ -309,7 +242,7 @@ fn bare_clone_has_only_branches_and_tags() {
 
     // A mirror of the same source (in a root of its own: mirror and bare clones share a path)
     // does have the extra ref.
-    let other = Store::new();
+    let other = EngineRoot::new();
     let mirror = other.request(&daemon.url("alpha.git"), Operation::Mirror);
     assert_eq!(mirror.dest.file_name(), req.dest.file_name());
     other.run(&mirror).expect("mirror of alpha");
@@ -320,7 +253,7 @@ fn bare_clone_has_only_branches_and_tags() {
 fn checkout_has_a_clean_working_tree_and_remote_tracking_refs() {
     let fx = Fixtures::new();
     let server = HttpServer::start(&fx.root, HttpOptions::default());
-    let store = Store::new();
+    let store = EngineRoot::new();
     let source_repo = fx.repo("alpha.git");
     let source = refs(&source_repo);
 
@@ -401,7 +334,7 @@ fn assert_mutation_synced(result: &SyncResult) {
 fn sync_reports_upstream_changes_and_converges() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = daemon.url("alpha.git");
     let mirror = store.request(&url, Operation::Mirror);
     store.run(&mirror).expect("first mirror");
@@ -484,7 +417,7 @@ fn sync_of_a_few_changes_among_many_refs() {
     std::fs::remove_file(&file).expect("removing the ref list");
 
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = daemon.url("many.git");
     let mirror = store.request(&url, Operation::Mirror);
     let first = store.run(&mirror).expect("the first mirror");
@@ -517,7 +450,7 @@ fn progress_never_goes_backwards() {
             ..HttpOptions::default()
         },
     );
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = store.request(&server.url("big.git"), Operation::Mirror);
     let mut samples: Vec<Progress> = Vec::new();
     let result = gitfleet_git::execute(&req, &store.layout, &Control::new(), &mut |p| {
@@ -557,7 +490,7 @@ struct Running {
     handle: std::thread::JoinHandle<Result<SyncResult, TaskError>>,
 }
 
-fn start(store: &Store, req: &Request) -> Running {
+fn start(store: &EngineRoot, req: &Request) -> Running {
     let control = Control::new();
     let latest = Arc::new(Mutex::new(None));
     let handle = {
@@ -610,7 +543,7 @@ fn throttled(fx: &Fixtures, bytes_per_sec: u64) -> HttpServer {
 fn cancel_stops_a_clone_and_leaves_nothing_behind() {
     let fx = Fixtures::new();
     let server = throttled(&fx, 256 * 1024);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = store.request(&server.url("big.git"), Operation::Mirror);
     let running = start(&store, &req);
     wait_until(WAIT, "the clone is receiving the pack", || {
@@ -627,14 +560,14 @@ fn cancel_stops_a_clone_and_leaves_nothing_behind() {
         server.body_bytes_sent() < BIG_BYTES,
         "the transfer stopped before the end"
     );
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
 }
 
 #[test]
 fn time_limit_aborts_with_timeout() {
     let fx = Fixtures::new();
     let server = throttled(&fx, 256 * 1024);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = store.request(&server.url("big.git"), Operation::Mirror);
     req.limits = Limits {
         time_limit: Duration::from_secs(1),
@@ -648,7 +581,7 @@ fn time_limit_aborts_with_timeout() {
     assert!(err.message.contains("time limit"), "{err}");
     assert!(!req.dest.exists());
     assert!(server.body_bytes_sent() < BIG_BYTES);
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
 }
 
 /// The server stops sending in the middle of the pack and keeps the connection open. The git
@@ -666,7 +599,7 @@ fn stalled_transfer_aborts_with_stalled() {
             ..HttpOptions::default()
         },
     );
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = store.request(&server.url("big.git"), Operation::Mirror);
     req.limits = Limits {
         time_limit: Duration::from_secs(300),
@@ -680,7 +613,7 @@ fn stalled_transfer_aborts_with_stalled() {
     assert!(err.message.contains("stalled"), "{err}");
     assert!(!req.dest.exists());
     assert!(server.body_bytes_sent() <= 64 * 1024 * server.requests() as u64);
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
     assert!(
         !req.dest.exists(),
         "the abandoned thread did not publish when its read returned"
@@ -701,7 +634,7 @@ fn silent_git_daemon_is_stalled_and_frees_the_thread() {
             }
         });
     }
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = store.request(
         &format!("git://127.0.0.1:{port}/silent.git"),
         Operation::Mirror,
@@ -753,7 +686,7 @@ fn no_op_sync_writes_nothing() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
     let server = HttpServer::start(&fx.root, HttpOptions::default());
-    let store = Store::new();
+    let store = EngineRoot::new();
     for url in [daemon.url("alpha.git"), server.url("alpha.git")] {
         let mirror = store.request(&url, Operation::Mirror);
         let first = store.run(&mirror).expect("the first mirror");
@@ -782,7 +715,7 @@ fn unknown_repository_is_not_found() {
     let fx = Fixtures::new();
     let server = HttpServer::start(&fx.root, HttpOptions::default());
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     for url in [server.url("missing.git"), daemon.url("missing.git")] {
         let req = store.request(&url, Operation::Mirror);
         let err = expect_err(store.run(&req), &url);
@@ -791,7 +724,7 @@ fn unknown_repository_is_not_found() {
         assert!(!req.dest.exists());
     }
     assert_eq!(server.request_log().last().map(|r| r.status), Some(404));
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
 }
 
 #[test]
@@ -804,7 +737,7 @@ fn wrong_token_is_auth_failed_and_never_shown() {
             ..HttpOptions::default()
         },
     );
-    let store = Store::new();
+    let store = EngineRoot::new();
     let wrong = "wr0ng-t0ken/+x";
     let req = with_credentials(
         store.request(&server.url("alpha.git"), Operation::Mirror),
@@ -830,7 +763,7 @@ fn wrong_token_is_auth_failed_and_never_shown() {
     let anonymous = store.request(&server.url("alpha.git"), Operation::Mirror);
     let err = expect_err(store.run(&anonymous), "no token");
     assert_eq!(err.code, ErrorCode::AuthFailed, "{err}");
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
 }
 
 #[test]
@@ -844,7 +777,7 @@ fn token_inside_the_url_is_used_and_never_stored() {
             ..HttpOptions::default()
         },
     );
-    let store = Store::new();
+    let store = EngineRoot::new();
     let config = CredentialsConfig::default();
     let prepare = |input: &str| {
         let mut req = store.request(input, Operation::Mirror);
@@ -891,7 +824,7 @@ fn token_inside_the_url_is_used_and_never_stored() {
 
 #[test]
 fn closed_port_is_a_network_error() {
-    let store = Store::new();
+    let store = EngineRoot::new();
     let port = free_port();
     for url in [
         format!("http://127.0.0.1:{port}/o/r.git"),
@@ -903,12 +836,12 @@ fn closed_port_is_a_network_error() {
         assert!(err.message.contains(&req.url.display()), "{err}");
         assert!(!req.dest.exists());
     }
-    store.wait_staging_empty();
+    store.wait_staging_empty(WAIT);
 }
 
 #[test]
 fn credentials_over_plain_http_to_a_remote_host_are_refused() {
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = with_credentials(
         store.request("http://example.invalid/o/r", Operation::Mirror),
         "alice",
@@ -926,7 +859,7 @@ fn credentials_over_plain_http_to_a_remote_host_are_refused() {
 fn existing_non_git_directory_is_a_conflict_and_untouched() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     for operation in [Operation::Mirror, Operation::Checkout] {
         let req = store.request(&daemon.url("alpha.git"), operation);
         std::fs::create_dir_all(req.dest.join("notes")).expect("creating the directory");
@@ -950,7 +883,7 @@ fn existing_non_git_directory_is_a_conflict_and_untouched() {
 fn second_mirror_into_an_existing_repository_is_a_sync() {
     let fx = Fixtures::new();
     let server = HttpServer::start(&fx.root, HttpOptions::default());
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = store.request(&server.url("alpha.git"), Operation::Mirror);
     let first = store.run(&req).expect("first mirror");
     assert!(!first.refs_created.is_empty());
@@ -980,7 +913,7 @@ fn mirror_over_https_with_a_test_ca_equals_git_clone_mirror() {
     );
     let proxy = TlsProxy::start(server.port());
     let ca = TestCa::get();
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = proxy.url("alpha.git");
     let req = with_credentials(store.request(&url, Operation::Mirror), user, token);
     // The only test in this process that trusts the CA, so this one runs first.

@@ -7,58 +7,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gitfleet_git::{Control, Layout, Limits, Policy, Redactor, Request, Target};
-use gitfleet_proto::{ErrorCode, Operation, SyncResult, TaskError};
+use gitfleet_git::Request;
+use gitfleet_proto::{ErrorCode, Operation};
 use gitfleet_tests::{
-    Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, mirror_clone, refs, run_git,
+    EngineRoot, Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, mirror_clone, refs, run_git,
 };
 use tempfile::TempDir;
 
 fn tempdir() -> TempDir {
     tempfile::tempdir().expect("creating a temporary directory")
-}
-
-/// A storage root of its own for one test.
-struct Store {
-    _dir: TempDir,
-    layout: Layout,
-}
-
-impl Store {
-    fn new() -> Store {
-        gitfleet_git::init_tls();
-        let dir = tempdir();
-        let layout = Layout::open(&dir.path().join("root")).expect("opening the storage root");
-        Store { _dir: dir, layout }
-    }
-
-    /// The request the planner makes for `url`: path and id from [`Target`].
-    fn request(&self, url: &str, operation: Operation) -> Request {
-        let shape = match operation {
-            Operation::Sync => Operation::Mirror,
-            other => other,
-        };
-        let target =
-            Target::for_url(url, shape, &Policy::permissive()).expect("the test url is valid");
-        Request {
-            url: target.url().expect("a remote target").clone(),
-            operation,
-            dest: self.layout.path_of(&target),
-            credentials: None,
-            limits: Limits {
-                time_limit: Duration::from_secs(300),
-                stall_limit: Duration::from_secs(60),
-                grace: Duration::from_secs(2),
-                ..Limits::default()
-            },
-            redactor: Redactor::default(),
-            addresses: None,
-        }
-    }
-
-    fn run(&self, req: &Request) -> Result<SyncResult, TaskError> {
-        gitfleet_git::execute(req, &self.layout, &Control::new(), &mut |_| {})
-    }
 }
 
 /// A loopback port that records whether anyone connected: where a hostile config would send
@@ -118,7 +75,7 @@ fn git_config(repo: &Path, key: &str, value: &str) {
 fn a_repositorys_own_config_is_never_used() {
     let fx = Fixtures::new();
     let server = HttpServer::start(&fx.root, HttpOptions::default());
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = server.url("alpha.git");
     let req = store.request(&url, Operation::Mirror);
     store.run(&req).expect("the first mirror");
@@ -169,7 +126,7 @@ fn a_repositorys_own_config_is_never_used() {
 fn a_repository_gitfleet_did_not_make_is_left_alone() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let trap = Trap::new();
     for operation in [Operation::Mirror, Operation::Sync] {
         let req = store.request(&daemon.url("alpha.git"), operation);
@@ -267,7 +224,7 @@ impl Planted {
 #[test]
 fn a_checkout_cannot_plant_a_repository_or_a_symlink_for_another_url() {
     let planted = Planted::new();
-    let store = Store::new();
+    let store = EngineRoot::new();
     let checkout = store.request(&planted.daemon.url("planted"), Operation::Checkout);
     store.run(&checkout).expect("the checkout");
     assert!(
@@ -301,7 +258,7 @@ fn a_checkout_cannot_plant_a_repository_or_a_symlink_for_another_url() {
 #[test]
 fn a_symlink_below_the_root_is_never_followed() {
     let planted = Planted::new();
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror);
     // Whatever put it there: a directory on the way that is a symlink out of the root.
     let parent = req.dest.parent().expect("a parent");
@@ -317,7 +274,7 @@ fn a_symlink_below_the_root_is_never_followed() {
         0
     );
     // The destination itself as a symlink to a repository gitfleet made elsewhere.
-    let other = Store::new();
+    let other = EngineRoot::new();
     let elsewhere = other.request(&planted.daemon.url("planted"), Operation::Mirror);
     other.run(&elsewhere).expect("a mirror in another root");
     let req = store.request(&planted.daemon.url("planted"), Operation::Mirror);
@@ -330,7 +287,7 @@ fn a_symlink_below_the_root_is_never_followed() {
 #[test]
 fn repositories_are_never_stored_inside_each_other() {
     let planted = Planted::new();
-    let store = Store::new();
+    let store = EngineRoot::new();
     // A mirror below a path, then a checkout at that path: the checkout finds a directory it
     // did not make and leaves it alone.
     let inner = store.request(&planted.daemon.url("planted/out/y"), Operation::Mirror);
@@ -341,7 +298,7 @@ fn repositories_are_never_stored_inside_each_other() {
     assert_eq!(err.code, ErrorCode::Conflict, "{err}");
     fsck(&inner.dest).expect("the inner mirror is intact");
     // A mirror made by gitfleet is never a directory on another's way either.
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mirror = store.request(&planted.daemon.url("planted"), Operation::Mirror);
     store.run(&mirror).expect("the mirror");
     let forged = Request {
@@ -357,7 +314,7 @@ fn repositories_are_never_stored_inside_each_other() {
 fn an_upstream_that_loses_its_refs_does_not_wipe_the_mirror() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = daemon.url("alpha.git");
     let req = store.request(&url, Operation::Mirror);
     store.run(&req).expect("the mirror");
@@ -414,7 +371,7 @@ fn pkt(line: &str) -> Vec<u8> {
 
 const SOME_ID: &str = "1111111111111111111111111111111111111111";
 
-fn hostile_request(store: &Store, port: u16) -> Request {
+fn hostile_request(store: &EngineRoot, port: u16) -> Request {
     store.request(&format!("git://127.0.0.1:{port}/o/r"), Operation::Mirror)
 }
 
@@ -431,7 +388,7 @@ fn server_text_cannot_steer_a_terminal_or_grow_without_bound() {
         let message = MESSAGE.get().expect("set");
         let _ = stream.write_all(&pkt(&format!("ERR {message}\n")));
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = store.request(&format!("git://127.0.0.1:{port}/o/r"), Operation::Mirror);
     let err = store.run(&req).expect_err("the server's error");
     let unsafe_char = |c: char| {
@@ -463,7 +420,7 @@ fn an_endless_ref_advertisement_is_cut_off() {
             }
         }
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = hostile_request(&store, port);
     req.limits.max_listing_bytes = 1 << 20;
     let err = store.run(&req).expect_err("an endless listing");
@@ -494,7 +451,7 @@ fn an_endless_ref_advertisement_over_http_is_cut_off() {
             }
         }
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = store.request(&format!("http://127.0.0.1:{port}/o/r"), Operation::Mirror);
     req.limits.max_listing_bytes = 1 << 20;
     let err = store.run(&req).expect_err("an endless listing");
@@ -515,7 +472,7 @@ fn too_many_refs_and_too_long_names_are_refused() {
         out.extend(b"0000");
         let _ = stream.write_all(&out);
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let err = store
         .run(&hostile_request(&store, port))
         .expect_err("a long ref name");
@@ -544,7 +501,7 @@ fn a_trickling_server_is_dropped() {
             std::thread::sleep(Duration::from_millis(500));
         }
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let mut req = hostile_request(&store, port);
     req.limits.min_rate = 100;
     req.limits.rate_window = Duration::from_secs(2);
@@ -557,7 +514,7 @@ fn a_trickling_server_is_dropped() {
 fn transfer_and_object_size_limits_hold() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
-    let store = Store::new();
+    let store = EngineRoot::new();
     // big.git holds four incompressible 1 MiB blobs.
     let mut req = store.request(&daemon.url("big.git"), Operation::Mirror);
     req.limits.max_bytes = 1 << 20;
@@ -609,7 +566,7 @@ fn a_server_that_advertises_what_it_never_sends_fails_the_clone() {
         out.extend(b"0000");
         let _ = stream.write_all(&out);
     });
-    let store = Store::new();
+    let store = EngineRoot::new();
     let req = hostile_request(&store, port);
     let err = store.run(&req).expect_err("a ref to an object never sent");
     assert_eq!(err.code, ErrorCode::Protocol, "{err}");
@@ -715,7 +672,7 @@ fn a_sync_puts_back_refs_whose_objects_never_came() {
     let daemon = GitDaemon::start(&fx.root);
     let lie = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let port = turncoat_server(daemon.port(), lie.clone());
-    let store = Store::new();
+    let store = EngineRoot::new();
     let url = format!("git://127.0.0.1:{port}/alpha.git");
     let req = store.request(&url, Operation::Mirror);
     store.run(&req).expect("the mirror, passed through");
@@ -738,7 +695,7 @@ fn the_checked_address_is_the_one_connected_to() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
     let http = HttpServer::start(&fx.root, HttpOptions::default());
-    let store = Store::new();
+    let store = EngineRoot::new();
     for (scheme, port) in [("git", daemon.port()), ("http", http.port())] {
         let url = format!("{scheme}://gitfleet-pinned.invalid:{port}/alpha.git");
         let mut req = store.request(&url, Operation::Mirror);
@@ -757,7 +714,7 @@ fn locks_a_crash_left_are_cleared_and_a_live_one_is_reported() {
     let fx = Fixtures::new();
     let daemon = GitDaemon::start(&fx.root);
     let url = daemon.url("alpha.git");
-    let first = Store::new();
+    let first = EngineRoot::new();
     let req = first.request(&url, Operation::Mirror);
     first.run(&req).expect("the mirror");
     // A crash in the middle of a ref update, an hour ago.

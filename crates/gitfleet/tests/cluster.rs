@@ -3,125 +3,19 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use gitfleet_cluster::Client;
-use gitfleet_proto::{ApiErrorCode, ApiReply, CloneTask, StatusType, SubmitRequest, TaskUpdate};
-use gitfleet_tests::{Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, fsck, refs};
+use gitfleet_proto::{ApiErrorCode, ApiReply, StatusType, SubmitRequest, TaskUpdate};
+use gitfleet_tests::{
+    CLUSTER_WAIT, Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, NodeProcess, Sandbox,
+    eventually, fsck, mirror_one, refs, wait_final, wait_for_nodes,
+};
 
-struct Node {
-    id: String,
-    child: Child,
-    root: tempfile::TempDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(nats: &NatsServer, id: &str) -> Node {
-    start_node_in(nats, id, tempfile::tempdir().expect("tempdir"))
-}
-
-fn start_node_in(nats: &NatsServer, id: &str, root: tempfile::TempDir) -> Node {
-    start_node_with(nats, id, root, &[])
-}
-
-fn start_node_with(
-    nats: &NatsServer,
-    id: &str,
-    root: tempfile::TempDir,
-    env: &[(&str, &str)],
-) -> Node {
-    let child = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
-        .args(["--nats", &nats.url(), "--root"])
-        .arg(root.path())
-        .args([
-            "node",
-            "--node-id",
-            id,
-            "--allow-private",
-            "--concurrency",
-            "2",
-            "--retry-delay",
-            "0.2",
-        ])
-        .env_remove("GITFLEET_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gitfleet node");
-    Node {
-        id: id.to_string(),
-        child,
-        root,
-    }
-}
-
-/// `gitfleet --nats URL ARGS...`: its exit code, standard output and standard error.
-fn run_cli(nats: &NatsServer, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gitfleet"))
-        .args(["--nats", &nats.url()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run gitfleet");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Mirrors `url` through the cluster and returns its completed task.
-async fn mirror_one(client: &Client, url: &str) -> CloneTask {
-    let reply = client
-        .submit(&SubmitRequest {
-            repositories: vec![url.to_string()],
-            operation: gitfleet_proto::Operation::Mirror,
-            worktree: false,
-            idempotency_key: None,
-        })
-        .await
-        .expect("submit");
-    let id = reply.tasks[0].task_id.clone().expect("a task");
-    let task = wait_final(client, &[id]).await.remove(0);
-    assert_eq!(task.status.status_type, StatusType::Completed, "{task:?}");
-    task
-}
-
-async fn wait_for_nodes(client: &Client, n: usize) {
-    for _ in 0..300 {
-        if client.nodes().await.is_ok_and(|r| r.nodes.len() == n) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{n} nodes did not join");
-}
-
-async fn wait_final(client: &Client, ids: &[String]) -> Vec<CloneTask> {
-    for _ in 0..1200 {
-        let mut done = Vec::new();
-        for id in ids {
-            match client.get(id).await {
-                Ok(t) if t.status.status_type.is_final() => done.push(t),
-                _ => break,
-            }
-        }
-        if done.len() == ids.len() {
-            return done;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("tasks did not finish: {ids:?}");
+/// The sandbox of this test's `gitfleet` binary on `nats`.
+fn sandbox(nats: &NatsServer) -> Sandbox<'_> {
+    Sandbox::new(Path::new(env!("CARGO_BIN_EXE_gitfleet")), nats)
 }
 
 const REPOS: [&str; 6] = [
@@ -138,9 +32,9 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let _nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+    let _nodes: Vec<NodeProcess> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|id| start_node(&nats, id))
+        .map(|id| sandbox(&nats).start_node(id))
         .collect();
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
@@ -277,7 +171,7 @@ async fn a_fleet_is_mirrored_across_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_oversized_and_unknown_requests_get_error_replies() {
     let nats = NatsServer::start();
-    let _node = start_node(&nats, "solo");
+    let _node = sandbox(&nats).start_node("solo");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
@@ -371,9 +265,9 @@ async fn a_node_killed_mid_clone_has_its_work_taken_over() {
         },
     );
     let nats = NatsServer::start();
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+    let mut nodes: Vec<NodeProcess> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|id| start_node(&nats, id))
+        .map(|id| sandbox(&nats).start_node(id))
         .collect();
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
@@ -426,8 +320,7 @@ async fn a_node_killed_mid_clone_has_its_work_taken_over() {
         .position(|n| n.id == victim)
         .expect("victim is one of ours");
     let mut dead = nodes.remove(index);
-    dead.child.kill().expect("SIGKILL");
-    dead.child.wait().expect("reap");
+    dead.kill();
 
     let tasks = wait_final(&client, &ids).await;
     for task in &tasks {
@@ -464,9 +357,9 @@ async fn a_nats_restart_mid_run_loses_nothing() {
         },
     );
     let mut nats = NatsServer::start();
-    let _nodes: Vec<Node> = ["node-a", "node-b"]
+    let _nodes: Vec<NodeProcess> = ["node-a", "node-b"]
         .iter()
-        .map(|id| start_node(&nats, id))
+        .map(|id| sandbox(&nats).start_node(id))
         .collect();
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
@@ -515,9 +408,9 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+    let mut nodes: Vec<NodeProcess> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|id| start_node(&nats, id))
+        .map(|id| sandbox(&nats).start_node(id))
         .collect();
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
@@ -552,8 +445,7 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
 
     // Every node restarts (same ids): every repository is synced where it lives.
     for node in &mut nodes {
-        let _ = node.child.kill();
-        let _ = node.child.wait();
+        node.kill();
     }
     let roots: Vec<tempfile::TempDir> = nodes
         .drain(..)
@@ -563,10 +455,10 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
             root
         })
         .collect();
-    let nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+    let nodes: Vec<NodeProcess> = ["node-a", "node-b", "node-c"]
         .iter()
         .zip(roots)
-        .map(|(id, root)| start_node_in(&nats, id, root))
+        .map(|(id, root)| sandbox(&nats).start_node_in(id, root))
         .collect();
     wait_for_nodes(&client, 3).await;
     let reply = client
@@ -582,7 +474,7 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
     assert_eq!(before, after, "placement changed across a restart");
 
     // A fourth node: the repositories that move, move to it, and only some move.
-    let _d = start_node(&nats, "node-d");
+    let _d = sandbox(&nats).start_node("node-d");
     wait_for_nodes(&client, 4).await;
     client
         .sync(&gitfleet_proto::SyncRequest::default())
@@ -617,12 +509,12 @@ async fn the_command_line_talks_to_the_cluster() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let _node = start_node(&nats, "solo");
+    let _node = sandbox(&nats).start_node("solo");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let cli = |args: &[&str]| run_cli(&nats, args);
+    let cli = |args: &[&str]| sandbox(&nats).run_cli(args);
     let (code, stdout, stderr) = cli(&[
         "mirror",
         "--json",
@@ -676,7 +568,7 @@ async fn forged_jobs_write_nothing() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let node = start_node(&nats, "solo");
+    let node = sandbox(&nats).start_node("solo");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
@@ -754,12 +646,12 @@ async fn init_worktree_and_a_changed_scheme_over_the_cluster() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let node = start_node(&nats, "solo");
+    let node = sandbox(&nats).start_node("solo");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
     wait_for_nodes(&client, 1).await;
-    let cli = |args: &[&str]| run_cli(&nats, args);
+    let cli = |args: &[&str]| sandbox(&nats).run_cli(args);
     let (code, stdout, stderr) = cli(&["init", "--worktree", "team/tools"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let (code, stdout, stderr) = cli(&["status", "--json", "team/tools"]);
@@ -818,8 +710,7 @@ async fn a_submitter_cannot_act_as_a_node() {
             .collect(),
         ..Default::default()
     });
-    let node = start_node_with(
-        &nats,
+    let node = sandbox(&nats).start_node_with(
         "solo",
         tempfile::tempdir().expect("tempdir"),
         &[
@@ -945,7 +836,7 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let _first = start_node(&nats, "node-a");
+    let _first = sandbox(&nats).start_node("node-a");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
@@ -965,7 +856,7 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
         })
         .await
         .expect("a leftover takeover consumer");
-    let _second = start_node(&nats, "node-b");
+    let _second = sandbox(&nats).start_node("node-b");
     wait_for_nodes(&client, 2).await;
     let repositories: Vec<String> = REPOS.iter().map(|r| daemon.url(r)).collect();
     let reply = client
@@ -1028,15 +919,10 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
         count
     };
     assert_eq!(waiting().await, 1);
-    let mut moved = false;
-    for _ in 0..400 {
-        if waiting().await == 0 {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(moved, "the ghost's job was never moved");
+    eventually(CLUSTER_WAIT, "the ghost's job is moved", || async {
+        (waiting().await == 0).then_some(())
+    })
+    .await;
 
     let err = client
         .submit(&SubmitRequest {
@@ -1057,7 +943,7 @@ async fn a_node_adopts_the_repositories_of_an_earlier_version() {
     let fixtures = Fixtures::new();
     let daemon = GitDaemon::start(&fixtures.root);
     let nats = NatsServer::start();
-    let node = start_node(&nats, "solo");
+    let node = sandbox(&nats).start_node("solo");
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
@@ -1067,13 +953,12 @@ async fn a_node_adopts_the_repositories_of_an_earlier_version() {
 
     // Stop the node and make its root look like an earlier version's.
     let mut node = node;
-    let _ = node.child.kill();
-    let _ = node.child.wait();
+    node.kill();
     let root = std::mem::replace(&mut node.root, tempfile::tempdir().expect("tempdir"));
     let repo = Path::new(&task.path).to_path_buf();
     std::fs::remove_file(repo.join("gitfleet-marker")).expect("the marker");
     std::fs::remove_file(root.path().join(".gitfleet/markers-adopted")).expect("the flag");
-    let _node = start_node_in(&nats, "solo", root);
+    let _node = sandbox(&nats).start_node_in("solo", root);
     wait_for_nodes(&client, 1).await;
     let reply = client
         .sync(&gitfleet_proto::SyncRequest {
