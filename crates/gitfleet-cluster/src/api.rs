@@ -570,3 +570,88 @@ async fn nodes(ctx: &ApiContext) -> Result<NodesReply, ApiError> {
     }
     Ok(NodesReply { nodes })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use gitfleet_proto::ErrorCode;
+
+    use super::*;
+
+    /// What the API accepts under a node's default (strict) policy, and where it would be
+    /// stored: nothing from the wire reaches the node's file system or its private network.
+    #[test]
+    fn the_api_stores_requests_below_their_host_or_rejects_them() {
+        use ErrorCode::{InvalidUrl, PolicyDenied};
+        let strict = Policy::strict();
+        let table: &[(&str, Operation, bool, Result<&str, ErrorCode>)] = &[
+            (
+                "https://h.example/o/r",
+                Operation::Mirror,
+                false,
+                Ok("h.example/o/r.git"),
+            ),
+            (
+                "https://h.example/o/r",
+                Operation::Checkout,
+                false,
+                Ok("h.example/o/r"),
+            ),
+            ("team/tools", Operation::Init, true, Ok("_local/team/tools")),
+            (
+                "team/tools",
+                Operation::Init,
+                false,
+                Ok("_local/team/tools.git"),
+            ),
+            ("/etc", Operation::Mirror, false, Err(PolicyDenied)),
+            ("file:///etc", Operation::Mirror, false, Err(PolicyDenied)),
+            ("../../etc", Operation::Mirror, false, Err(PolicyDenied)),
+            (
+                "git://127.0.0.1/o/r",
+                Operation::Mirror,
+                false,
+                Err(PolicyDenied),
+            ),
+            (
+                "https://[::1]/o/r",
+                Operation::Mirror,
+                false,
+                Err(PolicyDenied),
+            ),
+            (
+                "https://10.0.0.1/o/r",
+                Operation::Mirror,
+                false,
+                Err(PolicyDenied),
+            ),
+            (
+                "https://h.example/../x",
+                Operation::Mirror,
+                false,
+                Err(PolicyDenied),
+            ),
+            ("ext::sh -c id", Operation::Mirror, false, Err(PolicyDenied)),
+            ("../x", Operation::Init, false, Err(PolicyDenied)),
+            (
+                "https://h.example/o.git/r",
+                Operation::Mirror,
+                false,
+                Err(InvalidUrl),
+            ),
+            ("not a url", Operation::Mirror, false, Err(PolicyDenied)),
+        ];
+        for (input, operation, worktree, want) in table {
+            let got = target(input, *operation, *worktree, &strict);
+            match (got, want) {
+                (Ok(target), Ok(path)) => assert_eq!(target.relative(), Path::new(path), "{input}"),
+                (Err(err), Err(code)) => {
+                    assert_eq!(err.code, ApiErrorCode::Rejected, "{input}");
+                    assert_eq!(err.task_error, Some(*code), "{input}: {}", err.message);
+                }
+                (got, want) => panic!("{input}: got {:?}, want {want:?}", got.map(|t| t.display())),
+            }
+        }
+    }
+}

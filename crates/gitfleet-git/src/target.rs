@@ -415,4 +415,80 @@ mod tests {
         assert_eq!(err.code, ErrorCode::PolicyDenied);
         assert_eq!(missing.code, ErrorCode::PolicyDenied);
     }
+
+    /// Where a request's repository may be stored: below the root, under its host (or
+    /// `_local/`), and nowhere a path from the input could escape to. The API, the node and
+    /// the command line all build paths this way.
+    #[test]
+    fn every_input_is_stored_below_its_host_or_refused() {
+        use ErrorCode::{InvalidUrl, PolicyDenied};
+        let table: &[(&str, Result<&str, ErrorCode>)] = &[
+            ("https://h.example/o/r", Ok("h.example/o/r.git")),
+            ("https://H.EXAMPLE/O/R", Ok("h.example/O/R.git")),
+            ("git@h.example:o/r", Ok("h.example/o/r.git")),
+            ("ssh://h.example/~user/r", Ok("h.example/~user/r.git")),
+            (
+                "https://h.example/.gitfleet/x",
+                Ok("h.example/.gitfleet/x.git"),
+            ),
+            (
+                "https://h.example/_local/o/r",
+                Ok("h.example/_local/o/r.git"),
+            ),
+            ("https://h.example/o/.git", Ok("h.example/o.git")),
+            ("https://h.example/../etc/passwd", Err(PolicyDenied)),
+            ("https://h.example/o/../../etc", Err(PolicyDenied)),
+            ("https://h.example/o/%2e%2e/x", Err(PolicyDenied)),
+            ("https://h.example/o/%2E%2E%2Fx", Err(PolicyDenied)),
+            ("https://h.example/o/r/..", Err(PolicyDenied)),
+            ("https://h.example/./o/r", Err(PolicyDenied)),
+            ("git@h.example:../r", Err(PolicyDenied)),
+            ("https://h.example/-o/r", Err(PolicyDenied)),
+            ("https://-h.example/o/r", Err(PolicyDenied)),
+            ("--upload-pack=touch /tmp/x", Err(PolicyDenied)),
+            ("ext::sh -c touch% /tmp/pwned", Err(PolicyDenied)),
+            ("https://h.example/o/.git/hooks", Err(InvalidUrl)),
+            ("https://h.example/o/r%00x", Err(InvalidUrl)),
+            ("https://h.example/o/r%0Ax", Err(InvalidUrl)),
+            ("https://h.example/o\\r", Err(InvalidUrl)),
+            ("https://h.example%2F..%2Fx/o/r", Err(InvalidUrl)),
+            ("https://../o/r", Err(InvalidUrl)),
+            ("https://h.example/", Err(InvalidUrl)),
+            ("https://h.example//", Err(InvalidUrl)),
+        ];
+        for (input, want) in table {
+            let got = Target::for_url(input, Operation::Mirror, &Policy::permissive());
+            match (got, want) {
+                (Ok(target), Ok(path)) => {
+                    assert_eq!(target.relative(), Path::new(path), "{input}");
+                    let parts: Vec<_> = target.relative().components().collect();
+                    assert!(
+                        parts
+                            .iter()
+                            .all(|c| matches!(c, std::path::Component::Normal(_))),
+                        "{input}: {parts:?}"
+                    );
+                }
+                (Err(err), Err(code)) => assert_eq!(err.code, *code, "{input}: {err}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+        let inits: &[(&str, bool, Result<&str, ErrorCode>)] = &[
+            ("team/tools", false, Ok("_local/team/tools.git")),
+            ("team/tools", true, Ok("_local/team/tools")),
+            (".gitfleet/x", true, Ok("_local/.gitfleet/x")),
+            ("a/b.git", true, Ok("_local/a/b")),
+            ("../x", false, Err(PolicyDenied)),
+            ("a/../b", false, Err(PolicyDenied)),
+            ("team/-x", false, Err(PolicyDenied)),
+        ];
+        for (name, worktree, want) in inits {
+            let got = Target::for_init(name, *worktree).map(|t| t.relative().to_path_buf());
+            match (got, want) {
+                (Ok(path), Ok(expected)) => assert_eq!(path, Path::new(expected), "{name}"),
+                (Err(err), Err(code)) => assert_eq!(err.code, *code, "{name}: {err}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }
