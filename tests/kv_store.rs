@@ -345,3 +345,31 @@ async fn an_oversized_record_does_not_hide_the_tasks_after_it() {
     assert_eq!(ids, [ID, "ffffffffffffffff"]);
     assert!(list.tasks[0].last_sync.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_state_that_cannot_be_stored_is_reported_until_it_is() {
+    let mut server = NatsServer::start();
+    let (_nats, store) = connect(&server).await;
+    let store = store.with_persist_timeout(Duration::from_secs(1));
+    let mut done = task();
+    done.status = CloneStatus::completed();
+    done.attempts = 1;
+
+    // NATS is gone: the write is retried, then given up, and the task is marked unstored (its
+    // node naks the job rather than acknowledge it).
+    server.stop();
+    let err = tokio::time::timeout(WAIT, store.put(&done))
+        .await
+        .expect("given up within the retry time and a request timeout")
+        .expect_err("nothing can be stored without NATS");
+    assert!(store.is_unstored(ID), "{err}");
+
+    // Back again: the same final state is stored, and no longer reported.
+    server.restart();
+    store.put(&done).await.expect("stored once NATS is back");
+    assert!(!store.is_unstored(ID));
+    assert_eq!(
+        stored(&store).await.0.status.status_type,
+        StatusType::Completed
+    );
+}

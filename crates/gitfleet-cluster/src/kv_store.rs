@@ -33,6 +33,8 @@ pub struct KvStore {
     /// Tasks whose latest final state could not be stored: their jobs must not be
     /// acknowledged.
     unstored: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// How long a write is retried before it is given up ([`PERSIST_TIMEOUT`]).
+    persist_timeout: std::time::Duration,
 }
 
 /// How long an intermediate state waits before it is written.
@@ -58,7 +60,14 @@ impl KvStore {
             latest: Arc::default(),
             puts: Arc::default(),
             unstored: Arc::default(),
+            persist_timeout: PERSIST_TIMEOUT,
         }
+    }
+
+    /// Retries a failed write for `timeout` instead of [`PERSIST_TIMEOUT`].
+    pub fn with_persist_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.persist_timeout = timeout;
+        self
     }
 
     /// Remembers `task` at `revision` as the base of this process's next write of it (only
@@ -211,7 +220,7 @@ impl TaskStore for KvStore {
 }
 
 /// How long a state write is retried before the Registry gives up on it.
-const PERSIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+pub const PERSIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl KvStore {
     fn is_latest(&self, id: &str, put: u64) -> bool {
@@ -235,7 +244,7 @@ impl KvStore {
     /// `put` of its task replaced it.
     async fn write_persistently(&self, task: &CloneTask, put: u64) -> std::io::Result<()> {
         let mut delay = std::time::Duration::from_millis(100);
-        let deadline = std::time::Instant::now() + PERSIST_TIMEOUT;
+        let deadline = std::time::Instant::now() + self.persist_timeout;
         loop {
             match self.put_once(task).await {
                 Ok(()) => return Ok(()),
