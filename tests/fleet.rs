@@ -70,6 +70,7 @@ impl Env {
             },
             node: NODE.to_owned(),
             executor,
+            schedule: Default::default(),
         };
         Fleet::start(config, Arc::new(self.file_store()))
             .await

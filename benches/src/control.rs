@@ -108,6 +108,7 @@ pub async fn dispatch_rate(
             retry: RetryPolicy::default(),
             node: "bench".into(),
             executor: Arc::new(NoopExecutor),
+            schedule: Default::default(),
         },
         store,
     )
@@ -185,9 +186,17 @@ async fn spawn_registry(
     store: Arc<dyn TaskStore>,
     updates: broadcast::Sender<TaskUpdate>,
 ) -> anyhow::Result<(ActorRef<RegistryMsg>, tokio::task::JoinHandle<()>)> {
-    let (registry, handle) = Actor::spawn(None, Registry, RegistryArgs { store, updates })
-        .await
-        .map_err(|e| anyhow::anyhow!("spawning a registry: {e}"))?;
+    let (registry, handle) = Actor::spawn(
+        None,
+        Registry,
+        RegistryArgs {
+            store,
+            updates,
+            schedule: Default::default(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("spawning a registry: {e}"))?;
     Ok((registry, handle))
 }
 

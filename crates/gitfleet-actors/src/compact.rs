@@ -21,7 +21,20 @@ pub(crate) enum Time {
     Updated = 1,
     Started = 2,
     Finished = 3,
+    LastSuccess = 4,
+    LastChange = 5,
+    NextSync = 6,
 }
+
+/// How many timestamps a record holds; the first [`PRECISE`] to the nanosecond, the schedule's
+/// to the second (all a schedule needs, and 12 bytes less per task).
+const TIMES: usize = 7;
+const PRECISE: usize = 4;
+/// `seconds` of a schedule timestamp that is not set.
+const UNSET_SECONDS: i64 = i64::MIN;
+
+/// The timestamps of the schedule, which a new request of a task keeps.
+const SCHEDULE_TIMES: [Time; 3] = [Time::LastSuccess, Time::LastChange, Time::NextSync];
 
 /// `nanos` of a timestamp that is not set (a real one is within ±999,999,999).
 const UNSET: i32 = i32::MIN;
@@ -38,9 +51,13 @@ pub(crate) struct Record {
     last_sync: Option<Box<[u8]>>,
     /// What most tasks do not have.
     extra: Option<Box<Extra>>,
-    seconds: [i64; 4],
-    nanos: [i32; 4],
+    seconds: [i64; TIMES],
+    nanos: [i32; PRECISE],
     attempts: u32,
+    consecutive_failures: u32,
+    /// Seconds (saturating).
+    interval_s: u32,
+    quarantined: bool,
     /// 0: none; otherwise 1 + the node's index in the table's interned names.
     node: u32,
     operation: Operation,
@@ -59,6 +76,8 @@ struct Extra {
     idempotency_key: Option<Box<str>>,
     /// The cluster's request generation (0 in embedded mode).
     generation: u64,
+    /// The operator's interval for this repository, in seconds.
+    interval_override_s: Option<u64>,
 }
 
 impl Extra {
@@ -67,6 +86,7 @@ impl Extra {
             && self.error.is_none()
             && self.idempotency_key.is_none()
             && self.generation == 0
+            && self.interval_override_s.is_none()
     }
 }
 
@@ -129,23 +149,67 @@ impl Record {
         self.error_code = code;
     }
 
+    /// Sets a timestamp (one of the schedule's: cut to the second).
     pub(crate) fn set_time(&mut self, which: Time, at: Option<Timestamp>) {
+        let i = which as usize;
+        if i >= PRECISE {
+            self.seconds[i] = at.map_or(UNSET_SECONDS, Timestamp::as_second);
+            return;
+        }
         let (seconds, nanos) = at.map_or((0, UNSET), |t| (t.as_second(), t.subsec_nanosecond()));
-        self.seconds[which as usize] = seconds;
-        self.nanos[which as usize] = nanos;
+        self.seconds[i] = seconds;
+        self.nanos[i] = nanos;
     }
 
-    fn time(&self, which: Time) -> Option<Timestamp> {
-        let nanos = self.nanos[which as usize];
+    pub(crate) fn time(&self, which: Time) -> Option<Timestamp> {
+        let i = which as usize;
+        if i >= PRECISE {
+            let seconds = self.seconds[i];
+            return (seconds != UNSET_SECONDS)
+                .then(|| Timestamp::from_second(seconds).ok())
+                .flatten();
+        }
+        let nanos = self.nanos[i];
         if nanos == UNSET {
             return None;
         }
         // Both parts came from a valid timestamp.
-        Timestamp::new(self.seconds[which as usize], nanos).ok()
+        Timestamp::new(self.seconds[i], nanos).ok()
     }
 
     pub(crate) fn set_last_sync(&mut self, result: Option<&SyncResult>) {
         self.last_sync = result.map(encode_sync);
+    }
+
+    pub(crate) fn operation(&self) -> Operation {
+        self.operation
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    pub(crate) fn set_consecutive_failures(&mut self, failures: u32) {
+        self.consecutive_failures = failures;
+    }
+
+    pub(crate) fn set_interval(&mut self, interval: std::time::Duration) {
+        self.interval_s = u32::try_from(interval.as_secs()).unwrap_or(u32::MAX);
+    }
+
+    pub(crate) fn quarantined(&self) -> bool {
+        self.quarantined
+    }
+
+    pub(crate) fn set_quarantined(&mut self, quarantined: bool) {
+        self.quarantined = quarantined;
+    }
+
+    pub(crate) fn interval_override(&self) -> Option<std::time::Duration> {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.interval_override_s)
+            .map(std::time::Duration::from_secs)
     }
 }
 
@@ -206,6 +270,21 @@ impl TaskTable {
         record.seconds[created] = old.seconds[created];
         record.nanos[created] = old.nanos[created];
         record.last_sync = old.last_sync.take();
+        // The schedule goes on across requests.
+        for which in SCHEDULE_TIMES {
+            record.seconds[which as usize] = old.seconds[which as usize];
+        }
+        record.consecutive_failures = old.consecutive_failures;
+        record.interval_s = old.interval_s;
+        record.quarantined = old.quarantined;
+        if record.interval_override().is_none()
+            && let Some(interval) = old.interval_override()
+        {
+            record
+                .extra
+                .get_or_insert_with(Box::default)
+                .interval_override_s = Some(interval.as_secs());
+        }
         self.put_record(Some(slot), record)
     }
 
@@ -253,9 +332,12 @@ impl TaskTable {
             url_len,
             last_sync: None,
             extra: None,
-            seconds: [0; 4],
-            nanos: [UNSET; 4],
+            seconds: [0; TIMES],
+            nanos: [UNSET; PRECISE],
             attempts: task.attempts,
+            consecutive_failures: task.consecutive_failures,
+            interval_s: u32::try_from(task.interval_s).unwrap_or(u32::MAX),
+            quarantined: task.quarantined,
             node,
             operation: task.operation,
             status: task.status.status_type,
@@ -268,11 +350,15 @@ impl TaskTable {
         record.set_time(Time::Updated, Some(task.updated_at));
         record.set_time(Time::Started, task.started_at);
         record.set_time(Time::Finished, task.finished_at);
+        record.set_time(Time::LastSuccess, task.last_success_at);
+        record.set_time(Time::LastChange, task.last_change_at);
+        record.set_time(Time::NextSync, task.next_sync_at);
         let extra = Extra {
             id: hex.is_none().then(|| task.id.into_boxed_str()),
             error: task.status.error.map(String::into_boxed_str),
             idempotency_key: task.idempotency_key.map(String::into_boxed_str),
             generation: task.generation,
+            interval_override_s: task.interval_override_s,
         };
         if !extra.is_empty() {
             record.extra = Some(Box::new(extra));
@@ -318,6 +404,14 @@ impl TaskTable {
                     SyncResult::default()
                 })
             }),
+            last_success_at: r.time(Time::LastSuccess),
+            last_change_at: r.time(Time::LastChange),
+            next_sync_at: r.time(Time::NextSync),
+            consecutive_failures: r.consecutive_failures,
+            interval_s: u64::from(r.interval_s),
+            interval_override_s: extra.and_then(|e| e.interval_override_s),
+            quarantined: r.quarantined,
+            freshness: None,
         }
     }
 
@@ -717,6 +811,13 @@ mod tests {
         full.idempotency_key = Some(String::new());
         full.generation = 7;
         full.last_sync = Some(full_result());
+        full.last_success_at = Some(at(1_700_000_100, 0));
+        full.last_change_at = Some(at(1_700_000_050, 0));
+        full.next_sync_at = Some(at(1_700_003_700, 0));
+        full.consecutive_failures = 2;
+        full.interval_s = 3600;
+        full.interval_override_s = Some(900);
+        full.quarantined = true;
         let mut odd_ids = Vec::new();
         for id in [
             "",
@@ -770,7 +871,7 @@ mod tests {
     }
 
     #[test]
-    fn requeue_keeps_creation_and_last_result() {
+    fn requeue_keeps_creation_last_result_and_schedule() {
         let mut table = TaskTable::default();
         let old = tasks()[1].clone();
         table.insert(old.clone());
@@ -784,6 +885,14 @@ mod tests {
         let slot = table.requeue(new.clone());
         new.created_at = old.created_at;
         new.last_sync = old.last_sync.clone();
+        // And the schedule.
+        new.last_success_at = old.last_success_at;
+        new.last_change_at = old.last_change_at;
+        new.next_sync_at = old.next_sync_at;
+        new.consecutive_failures = old.consecutive_failures;
+        new.interval_s = old.interval_s;
+        new.interval_override_s = old.interval_override_s;
+        new.quarantined = old.quarantined;
         assert_eq!(table.task(slot), new);
         let fresh = tasks()[0].clone();
         let slot = table.requeue(fresh.clone());
@@ -825,7 +934,7 @@ mod tests {
     #[test]
     fn a_record_is_small() {
         assert!(
-            std::mem::size_of::<Record>() <= 120,
+            std::mem::size_of::<Record>() <= 160,
             "{}",
             std::mem::size_of::<Record>()
         );

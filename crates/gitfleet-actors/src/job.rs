@@ -155,6 +155,8 @@ pub struct FleetConfig {
     pub retry: RetryPolicy,
     pub node: String,
     pub executor: Arc<dyn Executor>,
+    /// When each repository is synced next.
+    pub schedule: crate::SchedulePolicy,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -164,6 +166,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("concurrency", &self.concurrency)
             .field("retry", &self.retry)
             .field("node", &self.node)
+            .field("schedule", &self.schedule)
             .finish()
     }
 }

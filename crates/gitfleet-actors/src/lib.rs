@@ -6,6 +6,7 @@ mod compact;
 mod job;
 mod lock;
 mod registry;
+mod schedule;
 mod store;
 mod supervisor;
 mod worker;
@@ -21,6 +22,7 @@ use tokio::sync::broadcast;
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{CancelRequests, RootLock};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
+pub use schedule::SchedulePolicy;
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
@@ -108,6 +110,7 @@ impl Fleet {
             RegistryArgs {
                 store,
                 updates: updates.clone(),
+                schedule: config.schedule,
             },
         )
         .await

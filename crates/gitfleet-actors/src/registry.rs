@@ -13,6 +13,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::compact::{Slot, TaskTable, Time};
+use crate::schedule::{Outcome, SchedulePolicy};
 use crate::store::{Put, TaskStore};
 
 pub enum RegistryMsg {
@@ -49,6 +50,8 @@ pub struct Registry;
 pub struct RegistryArgs {
     pub store: Arc<dyn TaskStore>,
     pub updates: broadcast::Sender<TaskUpdate>,
+    /// When each repository is synced next, set at every final state.
+    pub schedule: SchedulePolicy,
 }
 
 pub struct RegistryState {
@@ -56,6 +59,7 @@ pub struct RegistryState {
     store: Arc<dyn TaskStore>,
     updates: broadcast::Sender<TaskUpdate>,
     outbox: Outbox,
+    schedule: SchedulePolicy,
 }
 
 /// Items in the outbox at most (with a store that takes writes in hand): beyond this the
@@ -235,6 +239,7 @@ impl Actor for Registry {
             store: args.store,
             updates: args.updates,
             outbox: Outbox::new(),
+            schedule: args.schedule,
         })
     }
 
@@ -293,14 +298,21 @@ impl Actor for Registry {
                 attempt,
                 result,
             } => {
+                let schedule = state.schedule;
                 state
                     .transition(&id, attempt, |tasks, slot| {
                         let t = tasks.record_mut(slot);
                         t.set_status(CloneStatus::completed());
                         t.set_phase(None);
                         t.set_error_code(None);
-                        t.set_time(Time::Finished, Some(Timestamp::now()));
+                        let now = Timestamp::now();
+                        t.set_time(Time::Finished, Some(now));
                         t.set_last_sync(Some(&result));
+                        let changed = result.num_refs_created
+                            + result.num_refs_updated
+                            + result.num_refs_deleted
+                            > 0;
+                        schedule.apply(t, Outcome::Succeeded { changed }, now);
                     })
                     .await
             }
@@ -316,16 +328,19 @@ impl Actor for Registry {
                     .await
             }
             RegistryMsg::Failed { id, attempt, error } => {
+                let schedule = state.schedule;
                 state
                     .transition(&id, attempt, |tasks, slot| {
                         let t = tasks.record_mut(slot);
                         t.set_status(CloneStatus::failed(error.message.clone()));
                         t.set_phase(None);
                         t.set_error_code(Some(error.code));
-                        t.set_time(Time::Finished, Some(Timestamp::now()));
+                        let now = Timestamp::now();
+                        t.set_time(Time::Finished, Some(now));
                         if error.code == ErrorCode::Cancelled {
                             t.set_attempts(t.attempts().max(attempt));
                         }
+                        schedule.apply(t, Outcome::Failed(error.code), now);
                     })
                     .await
             }
@@ -365,9 +380,17 @@ mod tests {
         store: Arc<dyn TaskStore>,
         updates: broadcast::Sender<TaskUpdate>,
     ) -> (ActorRef<RegistryMsg>, tokio::task::JoinHandle<()>) {
-        Actor::spawn(None, Registry, RegistryArgs { store, updates })
-            .await
-            .expect("spawning a registry")
+        Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store,
+                updates,
+                schedule: SchedulePolicy::default(),
+            },
+        )
+        .await
+        .expect("spawning a registry")
     }
 
     /// Keeps every write; with `delay`, takes writes in hand and finishes each after a while
@@ -543,6 +566,100 @@ mod tests {
             .expect("get")
             .expect("known");
         assert_eq!(got.last_sync.map(|r| r.total_commits), Some(3));
+        registry.stop(None);
+        handle.await.expect("registry stopped");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_final_state_sets_when_the_repository_is_synced_next() {
+        let min = Duration::from_secs(600);
+        let schedule = SchedulePolicy {
+            min_interval: min,
+            jitter: 0.0,
+            quarantine_after: 3,
+            ..SchedulePolicy::default()
+        };
+        let (updates, _) = broadcast::channel(64);
+        let (registry, handle) = Actor::spawn(
+            None,
+            Registry,
+            RegistryArgs {
+                store: Arc::new(Recorder::default()),
+                updates,
+                schedule,
+            },
+        )
+        .await
+        .expect("spawning a registry");
+        let id = queued(0).id;
+        let get = || async {
+            ractor::call!(registry, RegistryMsg::Get, id.clone())
+                .expect("get")
+                .expect("known")
+        };
+        let run = |attempt: u32, outcome: Result<u64, ErrorCode>| {
+            registry
+                .cast(RegistryMsg::Queued(Box::new(queued(0))))
+                .expect("cast");
+            registry
+                .cast(RegistryMsg::Started {
+                    id: id.clone(),
+                    attempt,
+                    node: "node".into(),
+                })
+                .expect("cast");
+            let message = match outcome {
+                Ok(created) => RegistryMsg::Completed {
+                    id: id.clone(),
+                    attempt,
+                    result: Box::new(SyncResult {
+                        num_refs_created: created,
+                        ..SyncResult::default()
+                    }),
+                },
+                Err(code) => RegistryMsg::Failed {
+                    id: id.clone(),
+                    attempt,
+                    error: TaskError::new(code, "it failed"),
+                },
+            };
+            registry.cast(message).expect("cast");
+        };
+
+        // A clone: changed now, so the shortest interval.
+        // Schedule times are kept to the second.
+        let before = Timestamp::now() - jiff::SignedDuration::from_secs(1);
+        run(1, Ok(3));
+        let task = get().await;
+        assert!(task.last_success_at >= Some(before));
+        assert_eq!(task.last_change_at, task.last_success_at);
+        assert_eq!(task.interval_s, min.as_secs());
+        let next = task.next_sync_at.expect("scheduled");
+        let wait = task.last_success_at.map(|at| next.duration_since(at));
+        assert_eq!(wait, Some(jiff::SignedDuration::from_secs(600)));
+
+        // Two failures back off; a transient one never quarantines.
+        run(1, Err(ErrorCode::Network));
+        run(1, Err(ErrorCode::NotFound));
+        let task = get().await;
+        assert_eq!(task.consecutive_failures, 2);
+        assert_eq!(task.interval_s, 2 * min.as_secs());
+        assert!(!task.quarantined && task.next_sync_at.is_some());
+        // The last result and the last success survive a new request.
+        assert!(task.last_sync.is_some() && task.last_success_at.is_some());
+
+        // The third in a row, permanent: quarantined, no longer scheduled.
+        run(1, Err(ErrorCode::NotFound));
+        let task = get().await;
+        assert!(task.quarantined, "{task:?}");
+        assert_eq!(task.next_sync_at, None);
+
+        // A success (a manual sync) lifts it.
+        run(1, Ok(0));
+        let task = get().await;
+        assert!(!task.quarantined);
+        assert_eq!(task.consecutive_failures, 0);
+        assert!(task.next_sync_at.is_some());
         registry.stop(None);
         handle.await.expect("registry stopped");
     }

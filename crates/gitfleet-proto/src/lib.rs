@@ -27,6 +27,6 @@ pub use codec::{
 pub use error::{ErrorCode, TaskError};
 pub use event::{ProgressEvent, TaskUpdate};
 pub use task::{
-    Branch, CloneStatus, CloneTask, Operation, Phase, StatusType, SyncResult, Timestamp,
+    Branch, CloneStatus, CloneTask, Freshness, Operation, Phase, StatusType, SyncResult, Timestamp,
     clone_task_schema,
 };

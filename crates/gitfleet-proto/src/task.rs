@@ -253,6 +253,71 @@ pub struct CloneTask {
     /// The result of the latest successful clone or sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<SyncResult>,
+    /// When a clone or sync of it last succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub last_success_at: Option<Timestamp>,
+    /// When a clone or sync last changed it (created, moved or deleted a ref).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub last_change_at: Option<Timestamp>,
+    /// When the service (`gitfleet serve`, a node) syncs it next; none while it is not
+    /// scheduled (made by `init`, quarantined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub next_sync_at: Option<Timestamp>,
+    /// Requests that failed in a row since the last success (cancelled ones do not count).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub consecutive_failures: u32,
+    /// The time between two scheduled syncs, in seconds, as the schedule last set it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interval_s: u64,
+    /// An interval the operator set for this repository, in seconds: used instead of the
+    /// adaptive one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_override_s: Option<u64>,
+    /// No scheduled syncs after repeated permanent failures, until it is resumed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub quarantined: bool,
+    /// How fresh the repository is, derived when a task is shown (never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<Freshness>,
+}
+
+/// How fresh a repository is: the product documents' cache statuses FRESH, STALE, MISSING and
+/// ERROR, and quarantined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Freshness {
+    /// Synced successfully within the stale-after time.
+    Fresh,
+    /// Not synced successfully for longer (or never).
+    Stale,
+    /// Its record says it was cloned, but the repository is gone (the next sync clones it
+    /// again).
+    Missing,
+    /// The latest attempt failed.
+    Error,
+    /// Repeated permanent failures: not synced on schedule until resumed.
+    Quarantined,
+}
+
+impl Freshness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Freshness::Fresh => "fresh",
+            Freshness::Stale => "stale",
+            Freshness::Missing => "missing",
+            Freshness::Error => "error",
+            Freshness::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl std::fmt::Display for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl CloneTask {
@@ -281,6 +346,43 @@ impl CloneTask {
             idempotency_key: None,
             generation: 0,
             last_sync: None,
+            last_success_at: None,
+            last_change_at: None,
+            next_sync_at: None,
+            consecutive_failures: 0,
+            interval_s: 0,
+            interval_override_s: None,
+            quarantined: false,
+            freshness: None,
+        }
+    }
+
+    /// How fresh the repository is at `now`: a success within `stale_after` is fresh.
+    /// `present`: whether the repository is where the record says (the caller looks).
+    pub fn freshness_at(
+        &self,
+        now: Timestamp,
+        stale_after: std::time::Duration,
+        present: bool,
+    ) -> Freshness {
+        if self.quarantined {
+            return Freshness::Quarantined;
+        }
+        if self.last_success_at.is_some() && !present {
+            return Freshness::Missing;
+        }
+        if self.status.status_type == StatusType::Failed {
+            return Freshness::Error;
+        }
+        let fresh = self.last_success_at.is_some_and(|at| {
+            now.duration_since(at)
+                .try_into()
+                .is_ok_and(|age: std::time::Duration| age <= stale_after)
+        });
+        if fresh {
+            Freshness::Fresh
+        } else {
+            Freshness::Stale
         }
     }
 }
@@ -295,4 +397,12 @@ pub fn clone_task_schema() -> String {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use gitfleet_proto::{
-    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult, from_json,
-    from_msgpack, to_json, to_msgpack,
+    Branch, CloneStatus, CloneTask, ErrorCode, Freshness, Operation, Phase, StatusType, SyncResult,
+    from_json, from_msgpack, to_json, to_msgpack,
 };
 
 fn sample_task() -> CloneTask {
@@ -44,6 +44,10 @@ fn sample_task() -> CloneTask {
         bytes_received: 1234,
         duration_ms: 4500,
     });
+    task.last_success_at = Some(updated);
+    task.last_change_at = Some(updated);
+    task.next_sync_at = Some("2026-01-02T03:14:09.5Z".parse().expect("valid timestamp"));
+    task.interval_s = 600;
     task
 }
 
@@ -161,4 +165,47 @@ fn published_json_schema_is_current() {
     let schema: serde_json::Value =
         serde_json::from_str(&gitfleet_proto::clone_task_schema()).expect("schema is JSON");
     assert!(schema["properties"]["status"].is_object());
+    assert!(schema["properties"]["freshness"].is_object());
+}
+
+#[test]
+fn freshness_follows_the_record() {
+    let task = sample_task();
+    let at = |text: &str| text.parse::<jiff::Timestamp>().expect("valid timestamp");
+    let hour = std::time::Duration::from_secs(3600);
+    assert_eq!(
+        task.freshness_at(at("2026-01-02T03:30:00Z"), hour, true),
+        Freshness::Fresh
+    );
+    assert_eq!(
+        task.freshness_at(at("2026-01-02T05:00:00Z"), hour, true),
+        Freshness::Stale
+    );
+    assert_eq!(
+        task.freshness_at(at("2026-01-02T03:30:00Z"), hour, false),
+        Freshness::Missing
+    );
+    let mut failed = task.clone();
+    failed.status = CloneStatus::failed("not found");
+    assert_eq!(
+        failed.freshness_at(at("2026-01-02T03:30:00Z"), hour, true),
+        Freshness::Error
+    );
+    failed.quarantined = true;
+    assert_eq!(
+        failed.freshness_at(at("2026-01-02T03:30:00Z"), hour, true),
+        Freshness::Quarantined
+    );
+    let never = CloneTask::new(
+        "0123456789abcdef".into(),
+        "https://git.example.com/acme/widgets".into(),
+        Operation::Mirror,
+        "/x".into(),
+        at("2026-01-02T03:04:05Z"),
+    );
+    assert_eq!(
+        never.freshness_at(at("2026-01-02T03:04:06Z"), hour, false),
+        Freshness::Stale,
+        "a repository never cloned is stale, not missing"
+    );
 }

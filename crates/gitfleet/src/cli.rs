@@ -1,6 +1,7 @@
 //! Command-line interface definitions.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -205,18 +206,19 @@ impl NodeArgs {
 /// How each repository is worked on, in the embedded mode and on cluster nodes alike.
 #[derive(Debug, Args)]
 pub struct WorkArgs {
-    /// Abort one attempt after this many seconds.
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub time_limit: u64,
-    /// Abort one attempt when nothing moved for this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    pub stall_limit: u64,
+    /// Abort one attempt after this long (durations: `90s`, `30m`, `8h`; a bare number is
+    /// seconds).
+    #[arg(long, default_value = "30m", value_name = "DURATION", value_parser = parse_duration)]
+    pub time_limit: Duration,
+    /// Abort one attempt when nothing moved for this long.
+    #[arg(long, default_value = "2m", value_name = "DURATION", value_parser = parse_duration)]
+    pub stall_limit: Duration,
     /// Retries of transient failures (network, timeout, server errors).
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
     /// Delay before the first retry; it doubles for each further one (with jitter).
-    #[arg(long, default_value_t = 60.0, value_name = "SECS")]
-    pub retry_delay: f64,
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_delay: Duration,
     /// A sync refuses to delete more than this percentage of a repository's refs (when more
     /// than 10 would go; deleting all of them is always refused): a remote that suddenly lists
     /// far fewer refs must not wipe a mirror.
@@ -245,8 +247,19 @@ pub struct WorkArgs {
     #[arg(long, default_value_t = 1, value_name = "BYTES")]
     pub min_rate: u64,
     /// The window --min-rate is averaged over.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
-    pub rate_window: u64,
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub rate_window: Duration,
+    /// The shortest time between two scheduled syncs of a repository (serve, node): a
+    /// repository is synced again half the time since it last changed, within these bounds.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    pub min_interval: Duration,
+    /// The longest time between two scheduled syncs of a repository.
+    #[arg(long, default_value = "8h", value_name = "DURATION", value_parser = parse_duration)]
+    pub max_interval: Duration,
+    /// Quarantine a repository (no scheduled syncs until `gitfleet resume`) after this many
+    /// failures in a row that end in a permanent error (not found, authentication).
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub quarantine_after: u32,
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
@@ -313,14 +326,13 @@ impl WorkArgs {
         concurrency: u16,
         node: String,
     ) -> gitfleet_actors::FleetConfig {
-        use std::time::Duration;
         let executor = gitfleet_actors::GitExecutor {
             layout: layout.clone(),
             policy,
             credentials,
             limits: gitfleet_git::Limits {
-                time_limit: Duration::from_secs(self.time_limit.max(1)),
-                stall_limit: Duration::from_secs(self.stall_limit.max(1)),
+                time_limit: self.time_limit.max(Duration::from_secs(1)),
+                stall_limit: self.stall_limit.max(Duration::from_secs(1)),
                 max_prune_percent: self.prune_limit,
                 force_prune: self.force_prune,
                 max_bytes: self.max_bytes,
@@ -329,7 +341,7 @@ impl WorkArgs {
                 max_refs: self.max_refs,
                 max_ref_name: self.max_ref_name,
                 min_rate: self.min_rate,
-                rate_window: Duration::from_secs(self.rate_window.max(1)),
+                rate_window: self.rate_window.max(Duration::from_secs(1)),
                 ..gitfleet_git::Limits::default()
             },
         };
@@ -338,13 +350,30 @@ impl WorkArgs {
             concurrency: usize::from(concurrency),
             retry: gitfleet_actors::RetryPolicy {
                 max_retries: self.retries,
-                base_delay: Duration::from_secs_f64(self.retry_delay.clamp(0.0, 86_400.0)),
+                base_delay: self.retry_delay.min(Duration::from_secs(86_400)),
                 ..gitfleet_actors::RetryPolicy::default()
             },
             node,
             executor: std::sync::Arc::new(executor),
+            schedule: gitfleet_actors::SchedulePolicy {
+                min_interval: self.min_interval,
+                max_interval: self.max_interval.max(self.min_interval),
+                quarantine_after: self.quarantine_after,
+                ..gitfleet_actors::SchedulePolicy::default()
+            },
         }
     }
+}
+
+/// `90s`, `10m`, `8h`, `1h 30m`; a bare number is seconds (`0.2` too).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(seconds)
+            .map_err(|_| format!("'{text}' is not a duration of zero or more seconds"));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration (like 30s, 10m, 8h): {e}"))
 }
 
 /// `512`, `64K`, `512M`, `20G`, `1T` (powers of 1024).
@@ -368,6 +397,18 @@ fn parse_size(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_units_or_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("120"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0.2"), Ok(Duration::from_millis(200)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn sizes_take_binary_suffixes() {
