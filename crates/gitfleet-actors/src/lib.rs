@@ -7,6 +7,7 @@ mod job;
 mod lock;
 mod registry;
 mod schedule;
+mod scheduler;
 mod store;
 mod supervisor;
 mod worker;
@@ -20,9 +21,10 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
-pub use lock::{CancelRequests, RootLock};
+pub use lock::{Requests, RootLock};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
 pub use schedule::SchedulePolicy;
+pub use scheduler::keep_fresh;
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
@@ -186,20 +188,38 @@ impl Fleet {
         Ok(unfinished)
     }
 
-    /// Polls `requests` for cancels written by other processes until the fleet stops.
-    pub fn watch_cancel_requests(&self, requests: CancelRequests) -> tokio::task::JoinHandle<()> {
+    /// Polls `cancels` and `resumes` for requests written by other processes until the fleet
+    /// stops.
+    pub fn watch_requests(
+        &self,
+        cancels: Requests,
+        resumes: Requests,
+    ) -> tokio::task::JoinHandle<()> {
         let supervisor = self.supervisor.clone();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                for id in requests.take() {
+                for id in cancels.take() {
                     if ractor::call!(supervisor, SupervisorMsg::Cancel, id).is_err() {
+                        return;
+                    }
+                }
+                for id in resumes.take() {
+                    if registry.cast(RegistryMsg::Resume(id)).is_err() {
                         return;
                     }
                 }
             }
         })
+    }
+
+    /// Takes task `task_id` out of quarantine and makes it due now.
+    pub async fn resume(&self, task_id: &str) -> Result<(), FleetError> {
+        self.registry
+            .cast(RegistryMsg::Resume(task_id.to_string()))
+            .map_err(|_| FleetError::Gone("registry"))
     }
 
     pub async fn shutdown(self) {

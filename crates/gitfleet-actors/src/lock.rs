@@ -1,4 +1,4 @@
-//! One working process per storage root, and cancel requests from other processes.
+//! One working process per storage root, and requests (cancel, resume) from other processes.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -27,18 +27,27 @@ impl RootLock {
     }
 }
 
-/// Cancel requests as files under `<root>/.gitfleet/cancel/`: `gitfleet cancel` in one process
-/// asks the process that runs the task to stop it.
+/// Requests from other processes as files under `<root>/.gitfleet/<kind>/`, one per task id:
+/// `gitfleet cancel` (or `resume`) in one process asks the process that works on the root.
 #[derive(Debug, Clone)]
-pub struct CancelRequests {
+pub struct Requests {
     dir: PathBuf,
 }
 
-impl CancelRequests {
-    pub fn open(state_dir: &Path) -> std::io::Result<CancelRequests> {
-        let dir = state_dir.join("cancel");
+impl Requests {
+    /// Requests to stop a task.
+    pub fn cancels(state_dir: &Path) -> std::io::Result<Requests> {
+        Self::open(state_dir.join("cancel"))
+    }
+
+    /// Requests to take a task out of quarantine and sync it now.
+    pub fn resumes(state_dir: &Path) -> std::io::Result<Requests> {
+        Self::open(state_dir.join("resume"))
+    }
+
+    fn open(dir: PathBuf) -> std::io::Result<Requests> {
         std::fs::create_dir_all(&dir)?;
-        Ok(CancelRequests { dir })
+        Ok(Requests { dir })
     }
 
     pub fn request(&self, task_id: &str) -> std::io::Result<()> {

@@ -41,6 +41,8 @@ pub enum RegistryMsg {
         attempt: u32,
         error: TaskError,
     },
+    /// Out of quarantine, failures forgotten, due now.
+    Resume(String),
     Get(String, RpcReplyPort<Option<CloneTask>>),
     List(RpcReplyPort<Vec<CloneTask>>),
 }
@@ -341,6 +343,16 @@ impl Actor for Registry {
                             t.set_attempts(t.attempts().max(attempt));
                         }
                         schedule.apply(t, Outcome::Failed(error.code), now);
+                    })
+                    .await
+            }
+            RegistryMsg::Resume(id) => {
+                state
+                    .transition(&id, 0, |tasks, slot| {
+                        let t = tasks.record_mut(slot);
+                        t.set_quarantined(false);
+                        t.set_consecutive_failures(0);
+                        t.set_time(Time::NextSync, Some(Timestamp::now()));
                     })
                     .await
             }

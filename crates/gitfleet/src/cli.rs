@@ -92,6 +92,24 @@ pub enum Command {
         /// Print a JSON array of tasks.
         #[arg(long)]
         json: bool,
+        /// A repository not synced successfully for longer than this is stale (default: twice
+        /// the default --max-interval).
+        #[arg(long, default_value = "16h", value_name = "DURATION", value_parser = parse_duration)]
+        stale_after: Duration,
+    },
+    /// Keep every repository of the root fresh: sync each when it is due (adaptive interval,
+    /// see --min-interval and --max-interval) until stopped (Ctrl-C or SIGTERM drain).
+    Serve {
+        #[command(flatten)]
+        run: RunArgs,
+        /// On stop, how long running transfers may take to finish before they are cancelled.
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Take quarantined repositories (ids or URLs) back into the schedule, due now.
+    Resume {
+        #[arg(required = true)]
+        tasks: Vec<String>,
     },
     /// Cancel queued or running tasks (ids or URLs).
     Cancel {

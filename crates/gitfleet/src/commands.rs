@@ -8,7 +8,7 @@ use anyhow::bail;
 use crate::cli::{Cli, Command};
 use crate::inputs::Work;
 use crate::remote::Cluster;
-use crate::{embedded, remote};
+use crate::{embedded, remote, serve};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cluster = cli.nats.clone().map(|url| Cluster {
@@ -27,9 +27,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Command::Node(_) | Command::Nodes { .. }, None) => {
             bail!("`node` and `nodes` need a cluster: pass --nats URL (or set GITFLEET_NATS)")
         }
-        (Command::Status { tasks, json }, None) => embedded::status(&root, &tasks, json),
-        (Command::Status { tasks, json }, Some(cluster)) => {
-            remote::status(&cluster, &tasks, json).await
+        (
+            Command::Status {
+                tasks,
+                json,
+                stale_after,
+            },
+            None,
+        ) => embedded::status(&root, &tasks, json, stale_after),
+        (
+            Command::Status {
+                tasks,
+                json,
+                stale_after,
+            },
+            Some(cluster),
+        ) => remote::status(&cluster, &tasks, json, stale_after).await,
+        (Command::Serve { run, drain_timeout }, None) => {
+            serve::serve(&root, run, drain_timeout).await
+        }
+        (Command::Serve { .. }, Some(_)) => {
+            bail!(
+                "a cluster keeps its repositories fresh with `gitfleet node`; `serve` is for one root"
+            )
+        }
+        (Command::Resume { tasks }, None) => embedded::resume(&root, &tasks).await,
+        (Command::Resume { .. }, Some(_)) => {
+            bail!("`resume` works on a root for now; a cluster cannot resume through its API yet")
         }
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
         (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,

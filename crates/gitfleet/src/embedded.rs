@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gitfleet_actors::{CancelRequests, FileStore, Fleet, Job, RootLock, Submitted, plan_from_task};
+use gitfleet_actors::{FileStore, Fleet, Job, Requests, RootLock, Submitted, plan_from_task};
 use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Target, scrub_userinfo};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, TaskError};
 
@@ -19,22 +19,122 @@ fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
     Layout::open(root).with_context(|| format!("cannot use {} as the storage root", root.display()))
 }
 
-pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
-    let layout = open_layout(root)?;
-    let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? else {
-        bail!(
-            "another gitfleet process is working in {}; wait for it or cancel its tasks with `gitfleet cancel`",
-            layout.root().display()
-        );
-    };
-    let removed = layout
-        .clean_staging()
-        .context("cannot clean the staging directory")?;
-    if removed > 0 {
-        tracing::info!(removed, "removed staging directories of an interrupted run");
+/// A root opened for work: locked (one working process per root), staging cleaned, its task
+/// records read, the repositories of an earlier version adopted.
+pub struct OpenRoot {
+    pub layout: Layout,
+    _lock: RootLock,
+    pub store: Arc<FileStore>,
+    pub known: Vec<CloneTask>,
+}
+
+impl OpenRoot {
+    pub fn open(root: &std::path::Path) -> anyhow::Result<OpenRoot> {
+        let layout = open_layout(root)?;
+        let Some(lock) = RootLock::try_acquire(&layout.state_dir())? else {
+            bail!(
+                "another gitfleet process is working in {}; wait for it or cancel its tasks with `gitfleet cancel`",
+                layout.root().display()
+            );
+        };
+        let removed = layout
+            .clean_staging()
+            .context("cannot clean the staging directory")?;
+        if removed > 0 {
+            tracing::info!(removed, "removed staging directories of an interrupted run");
+        }
+        let store = Arc::new(FileStore::open(&layout.state_dir())?);
+        let known = store.load_all_sync()?;
+        // Repositories an earlier version made carry no marker: once, adopt those that this
+        // root's own records say it finished, so that they keep syncing.
+        let adopted = layout
+            .adopt_once(&known)
+            .context("cannot adopt the repositories of an earlier version")?;
+        if adopted > 0 {
+            eprintln!(
+                "gitfleet: {adopted} repositories of an earlier version marked as this root's"
+            );
+        }
+        Ok(OpenRoot {
+            layout,
+            _lock: lock,
+            store,
+            known,
+        })
     }
+
+    /// Starts the actors on this root: credentials (GITFLEET_TOKEN goes, without
+    /// --token-host, to the hosts of `named` and of the repositories this root knows),
+    /// transport settings, cancel requests from other processes, and unfinished tasks of an
+    /// earlier run resumed (returned).
+    pub async fn start_fleet(
+        &self,
+        run: &RunArgs,
+        policy: &Policy,
+        named: &[RepoUrl],
+    ) -> anyhow::Result<Started> {
+        let named_hosts: Vec<String> = named
+            .iter()
+            .cloned()
+            .chain(
+                self.known
+                    .iter()
+                    .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
+            )
+            // As host patterns match them: an IPv6 address without its brackets.
+            .filter_map(|url| {
+                url.host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
+        run.work.transport_settings()?;
+        let config = run.work.fleet_config(
+            &self.layout,
+            policy.clone(),
+            credentials,
+            run.concurrency,
+            crate::inputs::hostname(),
+        );
+        let fleet = Fleet::start(config, self.store.clone()).await?;
+        // Before anything is submitted: the first updates can come at once.
+        let updates = fleet.subscribe();
+        // Stops with the fleet.
+        let state_dir = self.layout.state_dir();
+        drop(fleet.watch_requests(
+            Requests::cancels(&state_dir)?,
+            Requests::resumes(&state_dir)?,
+        ));
+        let resumed = fleet.resume_unfinished(policy).await?;
+        if !resumed.is_empty() {
+            eprintln!(
+                "gitfleet: resuming {} unfinished task(s) from an earlier run",
+                resumed.len()
+            );
+        }
+        Ok(Started {
+            fleet,
+            updates,
+            resumed,
+        })
+    }
+}
+
+/// The actors running on an open root.
+pub struct Started {
+    pub fleet: Fleet,
+    pub updates: tokio::sync::broadcast::Receiver<gitfleet_proto::TaskUpdate>,
+    /// The unfinished tasks of an earlier run, submitted again.
+    pub resumed: Vec<CloneTask>,
+}
+
+pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
+    let open = OpenRoot::open(root)?;
+    let layout = &open.layout;
+    let known = &open.known;
     let policy = run.policy()?;
-    let store = Arc::new(FileStore::open(&layout.state_dir())?);
     let mut display = Display::new(run.json);
     let mut jobs: Vec<Job> = Vec::new();
     let mut rejected = 0usize;
@@ -42,15 +142,6 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
         rejected += 1;
         display.rejected(input, &e);
     };
-    let known = store.load_all_sync()?;
-    // Repositories an earlier version made carry no marker: once, adopt those that this root's
-    // own records say it finished, so that they keep syncing.
-    let adopted = layout
-        .adopt_once(&known)
-        .context("cannot adopt the repositories of an earlier version")?;
-    if adopted > 0 {
-        eprintln!("gitfleet: {adopted} repositories of an earlier version marked as this root's");
-    }
     let known_by_id: HashMap<&str, &CloneTask> = known.iter().map(|t| (t.id.as_str(), t)).collect();
     // A new request for a stored task must name the same source (a task's URL never changes
     // silently).
@@ -59,7 +150,7 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
         if let Some(stored) = known_by_id.get(target.id()) {
             target.check_stored(stored)?;
         }
-        Ok::<Job, TaskError>(Job::new(&layout, &target, operation))
+        Ok::<Job, TaskError>(Job::new(layout, &target, operation))
     };
     match work {
         Work::Clone(sources, op) => {
@@ -86,7 +177,7 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
             let urls = read_sources(&sources)?;
             if urls.is_empty() {
                 for task in known.iter().filter(|t| t.status.status_type.is_final()) {
-                    match plan_from_task(&layout, &policy, task) {
+                    match plan_from_task(layout, &policy, task) {
                         Ok(job) => jobs.push(job),
                         Err(e) => reject(&mut display, &task.url, e),
                     }
@@ -96,8 +187,8 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
                 }
             }
             for input in urls {
-                match find_task(&layout, &policy, &known, &input) {
-                    Ok(task) => match plan_from_task(&layout, &policy, task) {
+                match find_task(layout, &policy, known, &input) {
+                    Ok(task) => match plan_from_task(layout, &policy, task) {
                         Ok(job) => jobs.push(job),
                         Err(e) => reject(&mut display, &input, e),
                     },
@@ -107,44 +198,13 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
         }
     }
 
-    // GITFLEET_TOKEN goes (without --token-host) to the hosts of the repositories the user
-    // named: in this run, and in earlier runs on this root.
-    let named_hosts: Vec<String> = jobs
-        .iter()
-        .map(|j| j.url.clone())
-        .chain(
-            known
-                .iter()
-                .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
-        )
-        // As host patterns match them: an IPv6 address without its brackets.
-        .filter_map(|url| {
-            url.host()
-                .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        })
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
-    run.work.transport_settings()?;
-    let config = run.work.fleet_config(
-        &layout,
-        policy.clone(),
-        credentials,
-        run.concurrency,
-        crate::inputs::hostname(),
-    );
-    let fleet = Fleet::start(config, store.clone()).await?;
-    let mut updates = fleet.subscribe();
-    let _cancels = fleet.watch_cancel_requests(CancelRequests::open(&layout.state_dir())?);
-    let resumed = fleet.resume_unfinished(&policy).await?;
-    if !resumed.is_empty() {
-        eprintln!(
-            "gitfleet: resuming {} unfinished task(s) from an earlier run",
-            resumed.len()
-        );
-        display.track(resumed.iter().map(|t| t.id.clone()));
-    }
+    let named: Vec<RepoUrl> = jobs.iter().map(|j| j.url.clone()).collect();
+    let Started {
+        fleet,
+        mut updates,
+        resumed,
+    } = open.start_fleet(&run, &policy, &named).await?;
+    display.track(resumed.iter().map(|t| t.id.clone()));
 
     let started = Instant::now();
     // Track before submitting: the first updates can arrive before `submit` returns.
@@ -223,7 +283,12 @@ fn find_task<'a>(
         })
 }
 
-pub fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(
+    root: &std::path::Path,
+    filter: &[String],
+    json: bool,
+    stale_after: Duration,
+) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
     let mut tasks = store.load_all_sync()?;
@@ -237,8 +302,68 @@ pub fn status(root: &std::path::Path, filter: &[String], json: bool) -> anyhow::
         }
         tasks = wanted;
     }
+    let now = jiff::Timestamp::now();
+    for task in &mut tasks {
+        let present = std::path::Path::new(&task.path).exists();
+        task.freshness = Some(task.freshness_at(now, stale_after, present));
+    }
     print_tasks(&tasks, json, &layout.root().display().to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `gitfleet resume`: out of quarantine, failures forgotten, due now. Done in the records
+/// when no process works on the root, otherwise asked of the one that does (`serve`).
+pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let store = FileStore::open(&layout.state_dir())?;
+    let known = store.load_all_sync()?;
+    let policy = Policy::permissive();
+    let mut ids = Vec::new();
+    for input in inputs {
+        let task =
+            find_task(&layout, &policy, &known, input).map_err(|e| anyhow::anyhow!(e.message))?;
+        ids.push(task.id.clone());
+    }
+    if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
+        for id in ids {
+            let Some(mut task) = store.get(&id)? else {
+                continue;
+            };
+            task.quarantined = false;
+            task.consecutive_failures = 0;
+            task.next_sync_at = Some(jiff::Timestamp::now());
+            task.updated_at = jiff::Timestamp::now();
+            store.put_sync(&task)?;
+            println!(
+                "resumed {}: synced at the next run or by `gitfleet serve`",
+                task.url
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let requests = Requests::resumes(&layout.state_dir())?;
+    for id in &ids {
+        requests.request(id)?;
+    }
+    let mut exit = ExitCode::SUCCESS;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in ids {
+        loop {
+            match store.get(&id)? {
+                Some(t) if !t.quarantined => {
+                    println!("resumed {}", t.url);
+                    break;
+                }
+                _ if Instant::now() >= deadline => {
+                    eprintln!("gitfleet: the process working on the root has not resumed {id}");
+                    exit = ExitCode::from(1);
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+    Ok(exit)
 }
 
 pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
@@ -271,7 +396,7 @@ pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
         }
         return Ok(exit);
     }
-    let requests = CancelRequests::open(&layout.state_dir())?;
+    let requests = Requests::cancels(&layout.state_dir())?;
     for id in &ids {
         requests.request(id)?;
     }

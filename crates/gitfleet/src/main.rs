@@ -9,6 +9,7 @@ mod embedded;
 mod inputs;
 mod remote;
 mod report;
+mod serve;
 
 use std::process::ExitCode;
 

@@ -215,7 +215,14 @@ pub async fn work(cluster: &Cluster, work: Work, run: &RunArgs) -> anyhow::Resul
     Ok(summary.finish(run.json, started.elapsed()))
 }
 
-pub async fn status(cluster: &Cluster, filter: &[String], json: bool) -> anyhow::Result<ExitCode> {
+/// The cluster's tasks; freshness from the records alone (whether a repository is still on its
+/// node's disk is not known here).
+pub async fn status(
+    cluster: &Cluster,
+    filter: &[String],
+    json: bool,
+    stale_after: Duration,
+) -> anyhow::Result<ExitCode> {
     let client = cluster.client().await?;
     let tasks = if filter.is_empty() {
         client.list_all().await?
@@ -226,6 +233,14 @@ pub async fn status(cluster: &Cluster, filter: &[String], json: bool) -> anyhow:
         }
         tasks
     };
+    let now = jiff::Timestamp::now();
+    let tasks: Vec<CloneTask> = tasks
+        .into_iter()
+        .map(|mut task| {
+            task.freshness = Some(task.freshness_at(now, stale_after, true));
+            task
+        })
+        .collect();
     print_tasks(&tasks, json, &cluster.shown_url())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -68,29 +68,32 @@ pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Resu
         return Ok(());
     }
     println!(
-        "{:<16}  {:<9}  {:>4}  {:<8}  URL / PATH / ERROR",
-        "ID", "STATUS", "PCT", "OP"
+        "{:<16}  {:<9}  {:>4}  {:<8}  {:<11}  URL / PATH / NEXT SYNC / ERROR",
+        "ID", "STATUS", "PCT", "OP", "FRESHNESS"
     );
+    let blank = |text: &dyn std::fmt::Display| {
+        println!(
+            "{:<16}  {:<9}  {:>4}  {:<8}  {:<11}  {text}",
+            "", "", "", "", ""
+        );
+    };
     for t in tasks {
         let pct = t
             .status
             .progress
             .map(|p| format!("{p}%"))
             .unwrap_or_default();
+        let freshness = t.freshness.map_or("", |f| f.as_str());
         println!(
-            "{:<16}  {:<9}  {:>4}  {:<8}  {}",
-            t.id, t.status.status_type, pct, t.operation, t.url
+            "{:<16}  {:<9}  {:>4}  {:<8}  {:<11}  {}",
+            t.id, t.status.status_type, pct, t.operation, freshness, t.url
         );
-        println!("{:<16}  {:<9}  {:>4}  {:<8}  {}", "", "", "", "", t.path);
+        blank(&t.path);
+        if let Some(next) = t.next_sync_at {
+            blank(&format!("next sync {next}"));
+        }
         if let Some(error) = &t.status.error {
-            println!(
-                "{:<16}  {:<9}  {:>4}  {:<8}  [{}] {error}",
-                "",
-                "",
-                "",
-                "",
-                code_of(t)
-            );
+            blank(&format!("[{}] {error}", code_of(t)));
         }
     }
     Ok(())

@@ -489,3 +489,78 @@ fn repositories_of_an_earlier_version_are_adopted_once() {
         text(&out.stdout)
     );
 }
+
+/// Seconds on both bounds: a test waits for the schedule, not for minutes.
+const FAST_SCHEDULE: [&str; 4] = ["--min-interval", "1s", "--max-interval", "2s"];
+
+#[test]
+fn serve_keeps_mirrors_fresh_quarantines_what_keeps_failing_and_drains() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let missing = daemon.url("missing.git");
+    let out = run(gitfleet(root.path())
+        .args(["mirror", &alpha, &missing])
+        .args(FAST_SCHEDULE));
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let task = task_for(&status_json(root.path()), "alpha").clone();
+    assert_eq!(task["freshness"], "fresh", "{task:#}");
+    assert!(task["next_sync_at"].is_string(), "{task:#}");
+
+    // Upstream moves on; serve picks it up on schedule, while the missing repository fails
+    // again and is quarantined (a failing repository holds nobody up).
+    fixtures.mutate("alpha.git");
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--quarantine-after", "2"])
+        .args(FAST_SCHEDULE)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gitfleet serve");
+    let mirror = root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    wait_until(
+        Duration::from_secs(60),
+        "serve synced the upstream change",
+        || refs(&mirror) == refs(&fixtures.repo("alpha.git")),
+    );
+    // The status of a served root is read from its records while serve runs.
+    wait_until(
+        Duration::from_secs(60),
+        "the missing repository is quarantined",
+        || task_for(&status_json(root.path()), "missing")["quarantined"] == true,
+    );
+
+    // SIGTERM drains and stops.
+    let killed = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until(Duration::from_secs(60), "serve stopped", || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+    let output = serve.wait_with_output().expect("serve's output");
+    let stderr = text(&output.stderr);
+    assert!(output.status.success(), "serve: {stderr}");
+    assert!(stderr.contains("synced  "), "{stderr}");
+    assert!(stderr.contains("quarantined"), "{stderr}");
+    assert!(stderr.contains("stopped"), "{stderr}");
+    fsck(&mirror).expect("a whole mirror");
+
+    let tasks = status_json(root.path());
+    let quarantined = task_for(&tasks, "missing");
+    assert_eq!(quarantined["freshness"], "quarantined", "{quarantined:#}");
+    assert!(quarantined["next_sync_at"].is_null(), "{quarantined:#}");
+    assert_eq!(task_for(&tasks, "alpha")["freshness"], "fresh");
+
+    // Resumed: out of quarantine and due now.
+    let out = run(gitfleet(root.path()).args(["resume", &missing]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resumed = task_for(&status_json(root.path()), "missing").clone();
+    assert!(resumed["quarantined"].is_null(), "{resumed:#}");
+    assert!(resumed["next_sync_at"].is_string(), "{resumed:#}");
+    assert_eq!(resumed["freshness"], "error", "it still failed last");
+}
