@@ -105,6 +105,18 @@ pub enum Command {
         /// On stop, how long running transfers may take to finish before they are cancelled.
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
         drain_timeout: Duration,
+        /// Accept webhooks (GitHub, GitLab, Gitea/Forgejo, plain) on this address, e.g.
+        /// 127.0.0.1:8080: a push syncs its repository within seconds.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The secret webhooks are signed with (only from the environment).
+        #[arg(
+            long,
+            env = "GITFLEET_WEBHOOK_SECRET",
+            hide = true,
+            hide_env_values = true
+        )]
+        webhook_secret: Option<String>,
     },
     /// Take quarantined repositories (ids or URLs) back into the schedule, due now.
     Resume {

@@ -43,8 +43,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             Some(cluster),
         ) => remote::status(&cluster, &tasks, json, stale_after).await,
-        (Command::Serve { run, drain_timeout }, None) => {
-            serve::serve(&root, run, drain_timeout).await
+        (
+            Command::Serve {
+                run,
+                drain_timeout,
+                listen,
+                webhook_secret,
+            },
+            None,
+        ) => {
+            let webhooks = listen.map(|address| serve::Webhooks {
+                address,
+                secret: webhook_secret
+                    .filter(|s| !s.is_empty())
+                    .map(gitfleet_git::Secret::new),
+            });
+            serve::serve(&root, run, drain_timeout, webhooks).await
         }
         (Command::Serve { .. }, Some(_)) => {
             bail!(

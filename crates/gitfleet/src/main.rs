@@ -6,6 +6,7 @@ mod commands;
 mod credentials;
 mod display;
 mod embedded;
+mod hooks;
 mod inputs;
 mod remote;
 mod report;

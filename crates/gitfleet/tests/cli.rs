@@ -564,3 +564,186 @@ fn serve_keeps_mirrors_fresh_quarantines_what_keeps_failing_and_drains() {
     assert!(resumed["next_sync_at"].is_string(), "{resumed:#}");
     assert_eq!(resumed["freshness"], "error", "it still failed last");
 }
+
+/// `POST path` to 127.0.0.1:`port` with `headers` and `body`: the status code and the body.
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    // The server may answer (413) before reading an oversized body.
+    let _ = stream.write_all(&bytes);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = text(&response);
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The hex HMAC-SHA256 of `body` under `secret`, as GitHub and Gitea sign.
+fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
+    const SECRET: &str = "hook-secret-1";
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    // Long intervals: only webhooks sync here.
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha, "--min-interval", "1h"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let port = gitfleet_tests::free_port();
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--min-interval", "1h", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("GITFLEET_WEBHOOK_SECRET", SECRET)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gitfleet serve");
+    wait_until(Duration::from_secs(60), "serve listens", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+
+    let push = |url: &str| {
+        serde_json::json!({"ref": "refs/heads/main", "repository": {
+            "clone_url": "https://example.invalid/nobody/alpha.git",
+            "git_url": url,
+        }})
+        .to_string()
+        .into_bytes()
+    };
+    let github = |body: &[u8], sig: &str| {
+        post(
+            port,
+            "/hooks/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-Hub-Signature-256", &format!("sha256={sig}")),
+            ],
+            body,
+        )
+    };
+
+    // Refused: a wrong signature, no signature, a malformed or oversized body.
+    fixtures.mutate("alpha.git");
+    let body = push(&alpha);
+    let (status, _) = github(&body, &signature("wrong", &body));
+    assert_eq!(status, 401);
+    let (status, _) = post(port, "/hooks/github", &[("X-GitHub-Event", "push")], &body);
+    assert_eq!(status, 401);
+    let (status, reason) = github(b"{not json", &signature(SECRET, b"{not json"));
+    assert_eq!(status, 400, "{reason}");
+    let big = vec![b' '; 2 << 20];
+    let (status, _) = github(&big, &signature(SECRET, &big));
+    assert_eq!(status, 413);
+    let (status, _) = post(port, "/hooks/gitlab", &[("X-Gitlab-Token", "nope")], &body);
+    assert_eq!(status, 401);
+    // Nothing was synced by any of them.
+    let mirror = root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    assert_ne!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
+
+    // A ping, and a push for a repository that is not tracked: nothing is mirrored.
+    let (status, _) = post(
+        port,
+        "/hooks/github",
+        &[
+            ("X-GitHub-Event", "ping"),
+            (
+                "X-Hub-Signature-256",
+                &format!("sha256={}", signature(SECRET, b"{}")),
+            ),
+        ],
+        b"{}",
+    );
+    assert_eq!(status, 200);
+    let beta = push(&daemon.url("beta.git"));
+    let (status, reply) = github(&beta, &signature(SECRET, &beta));
+    assert_eq!(status, 202);
+    assert!(reply.contains("not tracked"), "{reply}");
+
+    // A signed push syncs the mirror within seconds.
+    let (status, reply) = github(&body, &signature(SECRET, &body));
+    assert_eq!(status, 202, "{reply}");
+    assert!(reply.contains("syncing"), "{reply}");
+    wait_until(
+        Duration::from_secs(30),
+        "the pushed repository is synced",
+        || refs(&mirror) == refs(&fixtures.repo("alpha.git")),
+    );
+    // The other formats find the same repository.
+    let gitlab = serde_json::json!({"project": {"git_http_url": alpha}}).to_string();
+    let (status, reply) = post(
+        port,
+        "/hooks/gitlab",
+        &[("X-Gitlab-Token", SECRET), ("X-Gitlab-Event", "Push Hook")],
+        gitlab.as_bytes(),
+    );
+    assert_eq!((status, reply.contains("syncing")), (202, true), "{reply}");
+    let gitea_sig = signature(SECRET, &body);
+    let (status, reply) = post(
+        port,
+        "/hooks/gitea",
+        &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &gitea_sig)],
+        &body,
+    );
+    assert_eq!((status, reply.contains("syncing")), (202, true), "{reply}");
+    let plain = serde_json::json!({ "urls": [alpha] }).to_string();
+    let bearer = format!("Bearer {SECRET}");
+    let (status, reply) = post(
+        port,
+        "/hooks/sync",
+        &[("Authorization", &bearer)],
+        plain.as_bytes(),
+    );
+    assert_eq!((status, reply.contains("syncing")), (202, true), "{reply}");
+    assert!(
+        !root
+            .path()
+            .join(format!("127.0.0.1_{}/beta.git", daemon.port()))
+            .exists(),
+        "a webhook added a repository"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    wait_until(Duration::from_secs(60), "serve stopped", || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+    let output = serve.wait_with_output().expect("serve's output");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        !text(&output.stderr).contains(SECRET),
+        "the secret was printed"
+    );
+}
