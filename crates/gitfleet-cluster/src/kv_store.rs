@@ -312,6 +312,7 @@ impl KvStore {
                 if merged.last_sync.is_none() {
                     merged.last_sync = current.last_sync.clone();
                 }
+                merged.inherit_schedule(current);
             }
             if let Some(current) = &current
                 && (same_but_for_time(current, &merged) || still_queued(current, &merged))

@@ -357,6 +357,32 @@ impl CloneTask {
         }
     }
 
+    /// Whether the record says anything of its schedule (a record of a new request, made
+    /// before its first result, does not).
+    pub fn has_schedule(&self) -> bool {
+        self.last_success_at.is_some()
+            || self.next_sync_at.is_some()
+            || self.consecutive_failures > 0
+            || self.quarantined
+    }
+
+    /// Takes the schedule of `older` (an earlier record of the same task) when this record has
+    /// none of its own: a new request must not make a repository forget its history.
+    pub fn inherit_schedule(&mut self, older: &CloneTask) {
+        if self.has_schedule() {
+            return;
+        }
+        self.last_success_at = older.last_success_at;
+        self.last_change_at = older.last_change_at;
+        self.next_sync_at = older.next_sync_at;
+        self.consecutive_failures = older.consecutive_failures;
+        self.interval_s = older.interval_s;
+        self.quarantined = older.quarantined;
+        if self.interval_override_s.is_none() {
+            self.interval_override_s = older.interval_override_s;
+        }
+    }
+
     /// How fresh the repository is at `now`: a success within `stale_after` is fresh.
     /// `present`: whether the repository is where the record says (the caller looks).
     pub fn freshness_at(

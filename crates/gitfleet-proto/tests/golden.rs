@@ -209,3 +209,27 @@ fn freshness_follows_the_record() {
         "a repository never cloned is stale, not missing"
     );
 }
+
+#[test]
+fn a_new_request_keeps_the_schedule_of_the_record_before() {
+    let older = sample_task();
+    let mut queued = CloneTask::new(
+        older.id.clone(),
+        older.url.clone(),
+        Operation::Sync,
+        older.path.clone(),
+        older.created_at,
+    );
+    assert!(!queued.has_schedule());
+    queued.inherit_schedule(&older);
+    assert_eq!(queued.last_success_at, older.last_success_at);
+    assert_eq!(queued.next_sync_at, older.next_sync_at);
+    assert_eq!(queued.interval_s, older.interval_s);
+    // A record with a schedule of its own keeps it.
+    let mut own = older.clone();
+    own.consecutive_failures = 3;
+    own.next_sync_at = None;
+    own.inherit_schedule(&sample_task());
+    assert_eq!(own.consecutive_failures, 3);
+    assert_eq!(own.next_sync_at, None);
+}
