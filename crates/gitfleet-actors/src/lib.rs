@@ -83,6 +83,24 @@ pub fn plan_from_task(
     Ok(Job::new(layout, &target, operation))
 }
 
+/// Where other processes leave their requests for the process working on a root.
+#[derive(Debug, Clone)]
+pub struct RequestDirs {
+    pub cancels: Requests,
+    pub resumes: Requests,
+    pub intervals: Requests,
+}
+
+impl RequestDirs {
+    pub fn open(state_dir: &std::path::Path) -> std::io::Result<RequestDirs> {
+        Ok(RequestDirs {
+            cancels: Requests::cancels(state_dir)?,
+            resumes: Requests::resumes(state_dir)?,
+            intervals: Requests::intervals(state_dir)?,
+        })
+    }
+}
+
 /// The actors of one process and the channel their updates come out of.
 pub struct Fleet {
     supervisor: ActorRef<SupervisorMsg>,
@@ -188,31 +206,54 @@ impl Fleet {
         Ok(unfinished)
     }
 
-    /// Polls `cancels` and `resumes` for requests written by other processes until the fleet
-    /// stops.
-    pub fn watch_requests(
-        &self,
-        cancels: Requests,
-        resumes: Requests,
-    ) -> tokio::task::JoinHandle<()> {
+    /// Polls `requests` (cancels, resumes, intervals) written by other processes until the
+    /// fleet stops.
+    pub fn watch_requests(&self, requests: RequestDirs) -> tokio::task::JoinHandle<()> {
         let supervisor = self.supervisor.clone();
         let registry = self.registry.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tick.tick().await;
-                for id in cancels.take() {
+                for id in requests.cancels.take() {
                     if ractor::call!(supervisor, SupervisorMsg::Cancel, id).is_err() {
                         return;
                     }
                 }
-                for id in resumes.take() {
+                for id in requests.resumes.take() {
                     if registry.cast(RegistryMsg::Resume(id)).is_err() {
+                        return;
+                    }
+                }
+                for (id, value) in requests.intervals.take_with_values() {
+                    let every = value.parse::<u64>().ok().map(Duration::from_secs);
+                    if every.is_none() && value != "adaptive" {
+                        tracing::warn!(task = %id, value = %value, "ignoring an unreadable interval request");
+                        continue;
+                    }
+                    if registry
+                        .cast(RegistryMsg::SetInterval { id, every })
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
         })
+    }
+
+    /// Sets how often task `task_id` is synced (`None`: the adaptive interval).
+    pub async fn set_interval(
+        &self,
+        task_id: &str,
+        every: Option<Duration>,
+    ) -> Result<(), FleetError> {
+        self.registry
+            .cast(RegistryMsg::SetInterval {
+                id: task_id.to_string(),
+                every,
+            })
+            .map_err(|_| FleetError::Gone("registry"))
     }
 
     /// Takes task `task_id` out of quarantine and makes it due now.

@@ -45,28 +45,52 @@ impl Requests {
         Self::open(state_dir.join("resume"))
     }
 
+    /// Requests to set a task's interval (the file holds the seconds, or `adaptive`).
+    pub fn intervals(state_dir: &Path) -> std::io::Result<Requests> {
+        Self::open(state_dir.join("interval"))
+    }
+
     fn open(dir: PathBuf) -> std::io::Result<Requests> {
         std::fs::create_dir_all(&dir)?;
         Ok(Requests { dir })
     }
 
     pub fn request(&self, task_id: &str) -> std::io::Result<()> {
-        std::fs::write(self.dir.join(task_id), b"")
+        self.request_with(task_id, "")
+    }
+
+    /// A request that carries a value (written whole before it is visible: a rename).
+    pub fn request_with(&self, task_id: &str, value: &str) -> std::io::Result<()> {
+        let tmp = self.dir.join(format!(".{task_id}.{}", std::process::id()));
+        std::fs::write(&tmp, value)?;
+        std::fs::rename(&tmp, self.dir.join(task_id))
     }
 
     /// The task ids asked for since the last call; each is returned once.
     pub fn take(&self) -> Vec<String> {
+        self.take_with_values()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// The task ids asked for since the last call, with the value of each request.
+    pub fn take_with_values(&self) -> Vec<(String, String)> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
-        let mut ids = Vec::new();
+        let mut taken = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let valid = name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit());
-            if std::fs::remove_file(entry.path()).is_ok() && valid {
-                ids.push(name);
+            if !valid {
+                continue;
+            }
+            let value = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if std::fs::remove_file(entry.path()).is_ok() {
+                taken.push((name, value.trim().to_string()));
             }
         }
-        ids
+        taken
     }
 }

@@ -43,6 +43,11 @@ pub enum RegistryMsg {
     },
     /// Out of quarantine, failures forgotten, due now.
     Resume(String),
+    /// Sync every `every` instead of the adaptive interval (`None`: adaptive again).
+    SetInterval {
+        id: String,
+        every: Option<std::time::Duration>,
+    },
     Get(String, RpcReplyPort<Option<CloneTask>>),
     List(RpcReplyPort<Vec<CloneTask>>),
 }
@@ -349,10 +354,18 @@ impl Actor for Registry {
             RegistryMsg::Resume(id) => {
                 state
                     .transition(&id, 0, |tasks, slot| {
-                        let t = tasks.record_mut(slot);
-                        t.set_quarantined(false);
-                        t.set_consecutive_failures(0);
-                        t.set_time(Time::NextSync, Some(Timestamp::now()));
+                        let mut task = tasks.task(slot);
+                        task.resume(Timestamp::now());
+                        tasks.insert(task);
+                    })
+                    .await
+            }
+            RegistryMsg::SetInterval { id, every } => {
+                state
+                    .transition(&id, 0, |tasks, slot| {
+                        let mut task = tasks.task(slot);
+                        task.set_interval(every, Timestamp::now());
+                        tasks.insert(task);
                     })
                     .await
             }

@@ -357,6 +357,28 @@ impl CloneTask {
         }
     }
 
+    /// Out of quarantine, failures forgotten, due at `now`.
+    pub fn resume(&mut self, now: Timestamp) {
+        self.quarantined = false;
+        self.consecutive_failures = 0;
+        self.next_sync_at = Some(now);
+    }
+
+    /// Synced every `every` from now on instead of the adaptive interval (`None`: adaptive
+    /// again). A shorter interval takes effect at once, not after the next sync.
+    pub fn set_interval(&mut self, every: Option<std::time::Duration>, now: Timestamp) {
+        self.interval_override_s = every.map(|e| e.as_secs().max(1));
+        let Some(every) = every else { return };
+        let sooner = jiff::SignedDuration::try_from(every)
+            .ok()
+            .and_then(|d| now.checked_add(d).ok());
+        if let (Some(next), Some(sooner)) = (self.next_sync_at, sooner)
+            && sooner < next
+        {
+            self.next_sync_at = Some(sooner);
+        }
+    }
+
     /// Whether the record says anything of its schedule (a record of a new request, made
     /// before its first result, does not).
     pub fn has_schedule(&self) -> bool {

@@ -123,6 +123,17 @@ pub enum Command {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// Set how often repositories (ids or URLs) are synced: every DURATION, or adaptively.
+    Schedule {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+        /// Sync every DURATION (e.g. 30m) instead of the adaptive interval.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration, required_unless_present = "adaptive")]
+        every: Option<Duration>,
+        /// Back to the adaptive interval.
+        #[arg(long, conflicts_with = "every")]
+        adaptive: bool,
+    },
     /// Cancel queued or running tasks (ids or URLs).
     Cancel {
         #[arg(required = true)]

@@ -66,8 +66,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
         }
         (Command::Resume { tasks }, None) => embedded::resume(&root, &tasks).await,
-        (Command::Resume { .. }, Some(_)) => {
-            bail!("`resume` works on a root for now; a cluster cannot resume through its API yet")
+        (Command::Schedule { tasks, every, .. }, None) => {
+            embedded::schedule(&root, &tasks, every).await
+        }
+        (Command::Resume { .. } | Command::Schedule { .. }, Some(_)) => {
+            bail!("`resume` and `schedule` work on a root for now, not yet through a cluster's API")
         }
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
         (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,

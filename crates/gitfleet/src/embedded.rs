@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gitfleet_actors::{FileStore, Fleet, Job, Requests, RootLock, Submitted, plan_from_task};
+use gitfleet_actors::{
+    FileStore, Fleet, Job, RequestDirs, Requests, RootLock, Submitted, plan_from_task,
+};
 use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Target, scrub_userinfo};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, TaskError};
 
@@ -102,11 +104,7 @@ impl OpenRoot {
         // Before anything is submitted: the first updates can come at once.
         let updates = fleet.subscribe();
         // Stops with the fleet.
-        let state_dir = self.layout.state_dir();
-        drop(fleet.watch_requests(
-            Requests::cancels(&state_dir)?,
-            Requests::resumes(&state_dir)?,
-        ));
+        drop(fleet.watch_requests(RequestDirs::open(&self.layout.state_dir())?));
         let resumed = fleet.resume_unfinished(policy).await?;
         if !resumed.is_empty() {
             eprintln!(
@@ -311,9 +309,48 @@ pub fn status(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `gitfleet resume`: out of quarantine, failures forgotten, due now. Done in the records
-/// when no process works on the root, otherwise asked of the one that does (`serve`).
+/// `gitfleet resume`: out of quarantine, failures forgotten, due now.
 pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
+    change_records(
+        root,
+        inputs,
+        |task| task.resume(jiff::Timestamp::now()),
+        |requests, id| requests.resumes.request(id),
+        |task| !task.quarantined,
+        "resumed",
+    )
+    .await
+}
+
+/// `gitfleet schedule`: sync every `every` instead of the adaptive interval (`None`: adaptive).
+pub async fn schedule(
+    root: &std::path::Path,
+    inputs: &[String],
+    every: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let seconds = every.map(|e| e.as_secs().max(1));
+    let value = seconds.map_or_else(|| "adaptive".to_string(), |s| s.to_string());
+    change_records(
+        root,
+        inputs,
+        |task| task.set_interval(every, jiff::Timestamp::now()),
+        |requests, id| requests.intervals.request_with(id, &value),
+        |task| task.interval_override_s == seconds,
+        "scheduled",
+    )
+    .await
+}
+
+/// Changes the records of the tasks `inputs` name: directly when no process works on the root,
+/// otherwise by asking the one that does (`serve`) and waiting until the records show `done`.
+async fn change_records(
+    root: &std::path::Path,
+    inputs: &[String],
+    change: impl Fn(&mut CloneTask),
+    ask: impl Fn(&RequestDirs, &str) -> std::io::Result<()>,
+    done: impl Fn(&CloneTask) -> bool,
+    what: &str,
+) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
     let known = store.load_all_sync()?;
@@ -329,33 +366,28 @@ pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
             let Some(mut task) = store.get(&id)? else {
                 continue;
             };
-            task.quarantined = false;
-            task.consecutive_failures = 0;
-            task.next_sync_at = Some(jiff::Timestamp::now());
+            change(&mut task);
             task.updated_at = jiff::Timestamp::now();
             store.put_sync(&task)?;
-            println!(
-                "resumed {}: synced at the next run or by `gitfleet serve`",
-                task.url
-            );
+            println!("{what} {}", task.url);
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let requests = Requests::resumes(&layout.state_dir())?;
+    let requests = RequestDirs::open(&layout.state_dir())?;
     for id in &ids {
-        requests.request(id)?;
+        ask(&requests, id)?;
     }
     let mut exit = ExitCode::SUCCESS;
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in ids {
         loop {
             match store.get(&id)? {
-                Some(t) if !t.quarantined => {
-                    println!("resumed {}", t.url);
+                Some(t) if done(&t) => {
+                    println!("{what} {}", t.url);
                     break;
                 }
                 _ if Instant::now() >= deadline => {
-                    eprintln!("gitfleet: the process working on the root has not resumed {id}");
+                    eprintln!("gitfleet: the process working on the root has not {what} {id}");
                     exit = ExitCode::from(1);
                     break;
                 }

@@ -747,3 +747,58 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
         "the secret was printed"
     );
 }
+
+#[test]
+fn a_repository_can_be_given_its_own_interval_directly_or_through_serve() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Adaptive after a clone: the default 10 minutes.
+    assert_eq!(
+        task_for(&status_json(root.path()), "alpha")["interval_s"],
+        600
+    );
+
+    // No process on the root: the record is changed directly, and a shorter interval takes
+    // effect at once.
+    let out = run(gitfleet(root.path()).args(["schedule", "--every", "1s", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let task = task_for(&status_json(root.path()), "alpha").clone();
+    assert_eq!(task["interval_override_s"], 1, "{task:#}");
+
+    // serve (adaptive bounds of hours) syncs it every second all the same.
+    fixtures.mutate("alpha.git");
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--min-interval", "1h", "--max-interval", "2h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfleet serve");
+    let mirror = root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    wait_until(Duration::from_secs(60), "the change is synced", || {
+        refs(&mirror) == refs(&fixtures.repo("alpha.git"))
+    });
+    // Through the running serve: back to adaptive.
+    let out = run(gitfleet(root.path()).args(["schedule", "--adaptive", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(task_for(&status_json(root.path()), "alpha")["interval_override_s"].is_null());
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    wait_until(Duration::from_secs(60), "serve stopped", || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+    // Bad input is refused with a reason.
+    let out = run(gitfleet(root.path()).args(["schedule", "--every", "soon", &alpha]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a duration"),
+        "{}",
+        text(&out.stderr)
+    );
+}
