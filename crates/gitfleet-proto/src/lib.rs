@@ -14,6 +14,7 @@ mod api;
 mod codec;
 mod error;
 mod event;
+mod local;
 mod task;
 
 pub use api::{
@@ -26,6 +27,7 @@ pub use codec::{
 };
 pub use error::{ErrorCode, TaskError};
 pub use event::{ProgressEvent, TaskUpdate};
+pub use local::{WorkReply, WorkRequest};
 pub use task::{
     Branch, CloneStatus, CloneTask, Freshness, Operation, Phase, StatusType, SyncResult, Timestamp,
     clone_task_schema,

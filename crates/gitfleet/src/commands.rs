@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 
 use crate::cli::{Cli, Command};
-use crate::inputs::Work;
+use crate::inputs::work_of;
 use crate::remote::Cluster;
 use crate::{embedded, remote, serve};
 
@@ -75,7 +75,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
         (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,
         (command, cluster) => {
-            let Some((work, run)) = Work::of(command) else {
+            let Some((work, run)) = work_of(command)? else {
                 unreachable!("every other command is work");
             };
             match cluster {

@@ -1,20 +1,18 @@
 //! The embedded mode: actors in this process, state in files under the root.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gitfleet_actors::{
-    FileStore, Fleet, Job, RequestDirs, Requests, RootLock, Submitted, plan_from_task,
-};
-use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl, Target, scrub_userinfo};
-use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, Operation, TaskError};
+use gitfleet_actors::{FileStore, Fleet, RequestDirs, Requests, RootLock, Submitted};
+use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl};
+use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, WorkRequest};
 
 use crate::cli::RunArgs;
 use crate::display::Display;
-use crate::inputs::{Work, read_sources};
+use crate::planning::{Planned, find_task, plan_work};
 use crate::report::{Summary, print_tasks};
 
 fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
@@ -128,74 +126,29 @@ pub struct Started {
     pub resumed: Vec<CloneTask>,
 }
 
-pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn work(
+    root: &std::path::Path,
+    work: WorkRequest,
+    run: RunArgs,
+) -> anyhow::Result<ExitCode> {
     let open = OpenRoot::open(root)?;
-    let layout = &open.layout;
-    let known = &open.known;
     let policy = run.policy()?;
     let mut display = Display::new(run.json);
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut rejected = 0usize;
-    let mut reject = |display: &mut Display, input: &str, e: TaskError| {
-        rejected += 1;
-        display.rejected(input, &e);
-    };
-    let known_by_id: HashMap<&str, &CloneTask> = known.iter().map(|t| (t.id.as_str(), t)).collect();
-    // A new request for a stored task must name the same source (a task's URL never changes
-    // silently).
-    let new_job = |target: Result<Target, TaskError>, operation: Operation| {
-        let target = target?;
-        if let Some(stored) = known_by_id.get(target.id()) {
-            target.check_stored(stored)?;
-        }
-        Ok::<Job, TaskError>(Job::new(layout, &target, operation))
-    };
-    match work {
-        Work::Clone(sources, op) => {
-            let urls = read_sources(&sources)?;
-            if urls.is_empty() {
-                bail!("no repositories given: name URLs or use --file LIST");
-            }
-            for input in urls {
-                match new_job(Target::for_url(&input, op, &policy), op) {
-                    Ok(job) => jobs.push(job),
-                    Err(e) => reject(&mut display, &input, e),
-                }
-            }
-        }
-        Work::Init(names, worktree) => {
-            for name in names {
-                match new_job(Target::for_init(&name, worktree), Operation::Init) {
-                    Ok(job) => jobs.push(job),
-                    Err(e) => reject(&mut display, &name, e),
-                }
-            }
-        }
-        Work::Sync(sources) => {
-            let urls = read_sources(&sources)?;
-            if urls.is_empty() {
-                for task in known.iter().filter(|t| t.status.status_type.is_final()) {
-                    match plan_from_task(layout, &policy, task) {
-                        Ok(job) => jobs.push(job),
-                        Err(e) => reject(&mut display, &task.url, e),
-                    }
-                }
-                if jobs.is_empty() && known.iter().all(|t| t.status.status_type.is_final()) {
-                    eprintln!("gitfleet: nothing to sync in {}", layout.root().display());
-                }
-            }
-            for input in urls {
-                match find_task(layout, &policy, known, &input) {
-                    Ok(task) => match plan_from_task(layout, &policy, task) {
-                        Ok(job) => jobs.push(job),
-                        Err(e) => reject(&mut display, &input, e),
-                    },
-                    Err(e) => reject(&mut display, &input, e),
-                }
-            }
-        }
+    let Planned {
+        jobs,
+        rejected,
+        nothing_to_sync,
+    } = plan_work(&open.layout, &policy, &open.known, &work);
+    for (input, e) in &rejected {
+        display.rejected(input, e);
     }
-
+    let rejected = rejected.len();
+    if nothing_to_sync {
+        eprintln!(
+            "gitfleet: nothing to sync in {}",
+            open.layout.root().display()
+        );
+    }
     let named: Vec<RepoUrl> = jobs.iter().map(|j| j.url.clone()).collect();
     let Started {
         fleet,
@@ -256,29 +209,6 @@ pub async fn work(root: &std::path::Path, work: Work, run: RunArgs) -> anyhow::R
     }
     fleet.shutdown().await;
     Ok(summary.finish(run.json, started.elapsed()))
-}
-
-/// The stored task for a URL or a task id.
-fn find_task<'a>(
-    layout: &Layout,
-    policy: &Policy,
-    known: &'a [CloneTask],
-    input: &str,
-) -> Result<&'a CloneTask, TaskError> {
-    let candidates = Target::lookup_ids(input, policy);
-    known
-        .iter()
-        .find(|t| candidates.contains(&t.id))
-        .ok_or_else(|| {
-            TaskError::new(
-                ErrorCode::NotFound,
-                format!(
-                    "{} is not a known repository in {}",
-                    scrub_userinfo(input),
-                    layout.root().display()
-                ),
-            )
-        })
 }
 
 pub fn status(

@@ -1,45 +1,46 @@
-//! What a run is asked to work on, read the same way in the embedded and the cluster mode: the
-//! work a command names, and URL lists.
+//! What a run is asked to work on, read the same way in the embedded and the cluster mode (and
+//! for a running `serve`): the work a command names, and URL lists.
 
 use std::io::BufRead;
 
-use anyhow::Context;
-use gitfleet_proto::Operation;
+use anyhow::{Context, bail};
+use gitfleet_proto::{Operation, WorkRequest};
 
 use crate::cli::{Command, RunArgs, Sources};
 
-/// The work of mirror, clone, init or sync.
-pub enum Work {
-    /// Clone (mirror, bare or checkout) these sources.
-    Clone(Sources, Operation),
-    /// Create these repositories; with a working tree or not.
-    Init(Vec<String>, bool),
-    /// Sync these sources (none: every repository the root or cluster knows).
-    Sync(Sources),
-}
-
-impl Work {
-    /// The work `command` names and how to run it; `None` for the other commands.
-    pub fn of(command: Command) -> Option<(Work, RunArgs)> {
-        Some(match command {
-            Command::Mirror { sources, bare, run } => {
-                let op = if bare {
-                    Operation::Bare
-                } else {
-                    Operation::Mirror
-                };
-                (Work::Clone(sources, op), run)
-            }
-            Command::Clone { sources, run } => (Work::Clone(sources, Operation::Checkout), run),
-            Command::Init {
-                names,
-                worktree,
-                run,
-            } => (Work::Init(names, worktree), run),
-            Command::Sync { sources, run } => (Work::Sync(sources), run),
-            _ => return None,
-        })
-    }
+/// The work `command` names, with its URL lists read, and how to run it; `None` for the
+/// other commands.
+pub fn work_of(command: Command) -> anyhow::Result<Option<(WorkRequest, RunArgs)>> {
+    let clone = |sources: &Sources, operation: Operation| -> anyhow::Result<WorkRequest> {
+        let inputs = read_sources(sources)?;
+        if inputs.is_empty() {
+            bail!("no repositories given: name URLs or use --file LIST");
+        }
+        Ok(WorkRequest::Clone { inputs, operation })
+    };
+    Ok(Some(match command {
+        Command::Mirror { sources, bare, run } => {
+            let op = if bare {
+                Operation::Bare
+            } else {
+                Operation::Mirror
+            };
+            (clone(&sources, op)?, run)
+        }
+        Command::Clone { sources, run } => (clone(&sources, Operation::Checkout)?, run),
+        Command::Init {
+            names,
+            worktree,
+            run,
+        } => (WorkRequest::Init { names, worktree }, run),
+        Command::Sync { sources, run } => (
+            WorkRequest::Sync {
+                inputs: read_sources(&sources)?,
+            },
+            run,
+        ),
+        _ => return Ok(None),
+    }))
 }
 
 /// The URLs given on the command line, then those of the `--file` list.

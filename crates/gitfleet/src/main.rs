@@ -8,6 +8,7 @@ mod display;
 mod embedded;
 mod hooks;
 mod inputs;
+mod planning;
 mod remote;
 mod report;
 mod serve;

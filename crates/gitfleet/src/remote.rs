@@ -5,18 +5,18 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures_util::StreamExt;
 use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
 use gitfleet_git::Layout;
 use gitfleet_proto::{
     ApiError, CloneTask, ErrorCode, Operation, SubmitReply, SubmitRequest, SyncRequest, TaskError,
-    TaskUpdate,
+    TaskUpdate, WorkRequest,
 };
 
 use crate::cli::{NodeArgs, RunArgs};
 use crate::display::Display;
-use crate::inputs::{Work, hostname, read_sources};
+use crate::inputs::hostname;
 use crate::report::{Summary, print_tasks};
 
 /// How often a waiting client reads the tasks no event has reported finished.
@@ -109,27 +109,23 @@ fn rejected_error(e: &ApiError) -> TaskError {
     )
 }
 
-pub async fn work(cluster: &Cluster, work: Work, run: &RunArgs) -> anyhow::Result<ExitCode> {
+pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow::Result<ExitCode> {
     let client = cluster.client().await?;
     let mut display = Display::new(run.json);
     let mut events = client.watch().await?;
     let started = Instant::now();
     let reply: SubmitReply = match work {
-        Work::Clone(sources, operation) => {
-            let repositories = read_sources(&sources)?;
-            if repositories.is_empty() {
-                bail!("no repositories given: name URLs or use --file LIST");
-            }
+        WorkRequest::Clone { inputs, operation } => {
             client
                 .submit(&SubmitRequest {
-                    repositories,
+                    repositories: inputs,
                     operation,
                     worktree: false,
                     idempotency_key: None,
                 })
                 .await?
         }
-        Work::Init(names, worktree) => {
+        WorkRequest::Init { names, worktree } => {
             client
                 .submit(&SubmitRequest {
                     repositories: names,
@@ -139,10 +135,10 @@ pub async fn work(cluster: &Cluster, work: Work, run: &RunArgs) -> anyhow::Resul
                 })
                 .await?
         }
-        Work::Sync(sources) => {
+        WorkRequest::Sync { inputs } => {
             client
                 .sync(&SyncRequest {
-                    repositories: read_sources(&sources)?,
+                    repositories: inputs,
                 })
                 .await?
         }
