@@ -8,7 +8,7 @@ use anyhow::bail;
 use crate::cli::{Cli, Command};
 use crate::inputs::work_of;
 use crate::remote::Cluster;
-use crate::{embedded, remote, serve};
+use crate::{embedded, remote, serve, served};
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let cluster = cli.nats.clone().map(|url| Cluster {
@@ -79,8 +79,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unreachable!("every other command is work");
             };
             match cluster {
-                None => embedded::work(&root, work, run).await,
                 Some(cluster) => remote::work(&cluster, work, &run).await,
+                // A serve holds the root: it does the work.
+                None => match served::connect(&root).await {
+                    Some(serve) => served::hand_over(serve, work, &run).await,
+                    None => embedded::work(&root, work, run).await,
+                },
             }
         }
     }

@@ -12,6 +12,7 @@ mod planning;
 mod remote;
 mod report;
 mod serve;
+mod served;
 
 use std::process::ExitCode;
 

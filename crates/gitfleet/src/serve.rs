@@ -3,7 +3,9 @@
 //! repository when its record says it is due. Ctrl-C or SIGTERM drains: no new syncs start,
 //! running transfers get `--drain-timeout` to finish and are then cancelled (a cancelled clone
 //! leaves nothing half-written; the schedule is in the records). With `--listen`, webhooks
-//! (`hooks.rs`) sync a pushed repository at once.
+//! (`hooks.rs`) sync a pushed repository at once. The other commands on the root (`mirror`,
+//! `clone`, `init`, `sync`) hand their work to it over `<root>/.gitfleet/serve.sock`
+//! (`served.rs` is their side): one JSON request line, then the replies as the tasks move.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,9 +14,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gitfleet_actors::{Fleet, keep_fresh, plan_from_task};
+use gitfleet_actors::{Fleet, Submitted, keep_fresh, plan_from_task};
 use gitfleet_git::{Layout, Policy, Secret, Target};
-use gitfleet_proto::{CloneTask, Operation, StatusType, TaskUpdate};
+use gitfleet_proto::{CloneTask, Operation, StatusType, TaskUpdate, WorkReply, WorkRequest};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -22,6 +24,7 @@ use crate::cli::RunArgs;
 use crate::display::Display;
 use crate::embedded::{OpenRoot, Started};
 use crate::hooks::{self, Hooks, SyncUrls, Synced};
+use crate::planning::plan_work;
 
 /// How long cancelled transfers get to stop after the drain time ran out.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
@@ -87,30 +90,50 @@ pub async fn serve(
             }
         }
     };
-    // Webhooks hand their URLs to this loop, which has the fleet.
-    let (hook_tx, mut hook_rx) = mpsc::channel::<(Vec<String>, oneshot::Sender<Synced>)>(64);
+    // Webhooks and commands on the socket hand their work to this loop, which has the fleet.
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let server = match webhooks {
-        Some(webhooks) => Some(start_webhooks(webhooks, hook_tx, stopped(stop.clone())).await?),
+        Some(webhooks) => {
+            Some(start_webhooks(webhooks, calls_tx.clone(), stopped(stop.clone())).await?)
+        }
         None => None,
     };
-    let hook_worker = async {
+    let socket = socket_path(&open.layout);
+    let listener = listen(&socket, calls_tx.clone(), stopped(stop.clone()))?;
+    let worker = async {
         let stop = stopped(stop.clone());
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 () = &mut stop => break,
-                Some((urls, reply)) = hook_rx.recv() => {
-                    let synced = sync_tracked(&fleet, &layout, &policy, &urls).await;
-                    let _ = reply.send(synced);
-                }
+                Some(call) = calls.recv() => match call {
+                    Call::Webhook(urls, reply) => {
+                        let synced = sync_tracked(&fleet, &layout, &policy, &urls).await;
+                        let _ = reply.send(synced);
+                    }
+                    Call::Work(work, reply) => {
+                        take_work(&fleet, &layout, &policy, work, reply, calls_tx.clone()).await;
+                    }
+                    Call::States(ids, reply) => {
+                        let mut tasks = Vec::new();
+                        for id in ids {
+                            if let Ok(Some(task)) = fleet.get(&id).await {
+                                tasks.push(task);
+                            }
+                        }
+                        let _ = reply.send(tasks);
+                    }
+                },
             }
         }
     };
-    let (scheduled, (), ()) = tokio::join!(scheduler, reporter, hook_worker);
+    let (scheduled, (), ()) = tokio::join!(scheduler, reporter, worker);
     scheduled?;
     if let Some(server) = server {
         let _ = server.await;
     }
+    listener.abort();
+    let _ = std::fs::remove_file(&socket);
 
     eprintln!(
         "gitfleet: stopping: running transfers get {}s to finish",
@@ -139,10 +162,205 @@ pub async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the serve loop is asked by its endpoints.
+enum Call {
+    /// Sync the tracked repositories these URLs name.
+    Webhook(Vec<String>, oneshot::Sender<Synced>),
+    /// Plan and run this work, replying on the channel until it is done.
+    Work(WorkRequest, mpsc::Sender<WorkReply>),
+    /// The current records of these tasks.
+    States(Vec<String>, oneshot::Sender<Vec<CloneTask>>),
+}
+
+/// Where a running serve listens for the commands of its root: only the root's user may
+/// connect (0600).
+pub fn socket_path(layout: &Layout) -> std::path::PathBuf {
+    layout.state_dir().join("serve.sock")
+}
+
+/// Accepts commands on `path` until `stop`: one request line each, then reply lines.
+fn listen(
+    path: &std::path::Path,
+    calls: mpsc::Sender<Call>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    // This process holds the root lock: a socket left here is a dead serve's.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(answer(stream, calls.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot accept a command"),
+                },
+            }
+        }
+    }))
+}
+
+/// The longest request line a command may send (a URL list of many thousands fits).
+const MAX_REQUEST: u64 = 64 << 20;
+
+/// One command's conversation: its request, then its replies as they come.
+async fn answer(stream: tokio::net::UnixStream, calls: mpsc::Sender<Call>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let read = BufReader::new(read.take(MAX_REQUEST))
+        .read_line(&mut line)
+        .await;
+    let mut send = async |reply: &WorkReply| {
+        let mut bytes = gitfleet_proto::to_json(reply);
+        bytes.push(b'\n');
+        write.write_all(&bytes).await
+    };
+    let work = match read.map(|_| gitfleet_proto::from_json::<WorkRequest>(line.as_bytes())) {
+        Ok(Ok(work)) => work,
+        Ok(Err(e)) => {
+            let message = format!("not a work request: {e}");
+            let _ = send(&WorkReply::Refused { message }).await;
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "a command hung up");
+            return;
+        }
+    };
+    let (reply_tx, mut replies) = mpsc::channel(1024);
+    if calls.send(Call::Work(work, reply_tx)).await.is_err() {
+        let message = "gitfleet serve is stopping".to_string();
+        let _ = send(&WorkReply::Refused { message }).await;
+        return;
+    }
+    while let Some(reply) = replies.recv().await {
+        let last = matches!(reply, WorkReply::Done | WorkReply::Refused { .. });
+        if send(&reply).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Plans `work` on the served root, submits it, and follows its tasks on `reply` (in a task of
+/// its own: the serve loop goes on).
+async fn take_work(
+    fleet: &Fleet,
+    layout: &Layout,
+    policy: &Policy,
+    work: WorkRequest,
+    reply: mpsc::Sender<WorkReply>,
+    calls: mpsc::Sender<Call>,
+) {
+    let known = match fleet.tasks().await {
+        Ok(known) => known,
+        Err(e) => {
+            let _ = reply.try_send(WorkReply::Refused {
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let planned = plan_work(layout, policy, &known, &work);
+    let updates = fleet.subscribe();
+    let submitted = match fleet.submit(planned.jobs).await {
+        Ok(submitted) => submitted,
+        Err(e) => {
+            let _ = reply.try_send(WorkReply::Refused {
+                message: e.to_string(),
+            });
+            return;
+        }
+    };
+    let ids: BTreeSet<String> = submitted
+        .into_iter()
+        .map(|s| match s {
+            Submitted::Accepted(id) | Submitted::Duplicate(id) => id,
+        })
+        .collect();
+    tokio::spawn(async move {
+        for (input, error) in planned.rejected {
+            if reply
+                .send(WorkReply::Rejected { input, error })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let tracking = WorkReply::Tracking {
+            ids: ids.iter().cloned().collect(),
+        };
+        if reply.send(tracking).await.is_err() {
+            return;
+        }
+        follow(updates, ids, &reply, &calls).await;
+        let _ = reply.send(WorkReply::Done).await;
+    });
+}
+
+/// Forwards the updates of `pending` tasks until each is final.
+async fn follow(
+    mut updates: tokio::sync::broadcast::Receiver<TaskUpdate>,
+    mut pending: BTreeSet<String>,
+    reply: &mpsc::Sender<WorkReply>,
+    calls: &mpsc::Sender<Call>,
+) {
+    while !pending.is_empty() {
+        let finals = match updates.recv().await {
+            Ok(update) => {
+                let (id, is_final) = match &update {
+                    TaskUpdate::State { task } => (&task.id, task.status.status_type.is_final()),
+                    TaskUpdate::Progress(p) => (&p.task_id, false),
+                };
+                if !pending.contains(id) {
+                    continue;
+                }
+                let id = id.clone();
+                if reply.send(WorkReply::Update { update }).await.is_err() {
+                    return;
+                }
+                if is_final {
+                    pending.remove(&id);
+                }
+                continue;
+            }
+            // Missed updates: ask the loop for the records instead.
+            Err(RecvError::Lagged(_)) => {
+                let (tx, rx) = oneshot::channel();
+                let ids = pending.iter().cloned().collect();
+                if calls.send(Call::States(ids, tx)).await.is_err() {
+                    return;
+                }
+                rx.await.unwrap_or_default()
+            }
+            Err(RecvError::Closed) => return,
+        };
+        for task in finals
+            .into_iter()
+            .filter(|t| t.status.status_type.is_final())
+        {
+            pending.remove(&task.id);
+            let update = TaskUpdate::State {
+                task: Box::new(task),
+            };
+            if reply.send(WorkReply::Update { update }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Serves the webhook endpoints on `webhooks.address` until `stop`; returns the server's task.
 async fn start_webhooks(
     webhooks: Webhooks,
-    requests: mpsc::Sender<(Vec<String>, oneshot::Sender<Synced>)>,
+    requests: mpsc::Sender<Call>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(webhooks.address)
@@ -156,7 +374,7 @@ async fn start_webhooks(
         let requests = requests.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            if requests.send((urls, tx)).await.is_err() {
+            if requests.send(Call::Webhook(urls, tx)).await.is_err() {
                 return Synced::default();
             }
             rx.await.unwrap_or_default()

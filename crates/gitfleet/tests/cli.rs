@@ -802,3 +802,65 @@ fn a_repository_can_be_given_its_own_interval_directly_or_through_serve() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn commands_on_a_served_root_are_handed_to_serve() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--min-interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfleet serve");
+    let socket = root.path().join(".gitfleet/serve.sock");
+    wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).args([
+        "mirror",
+        &alpha,
+        &daemon.url("beta.git"),
+        "ext::sh -c touch% /tmp/gitfleet-pwned",
+    ]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("handing the work"), "{stderr}");
+    assert!(stderr.contains("2 completed, 1 failed"), "{stderr}");
+    let mirror = root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    assert_eq!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
+
+    // A sync of everything, and --json lines, through serve too.
+    fixtures.mutate("alpha.git");
+    let out = run(gitfleet(root.path()).args(["sync", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["kind"] == "state" && l["task"]["status"]["status_type"] == "completed"),
+        "{lines:#?}"
+    );
+    assert_eq!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
+    let out = run(gitfleet(root.path()).args(["init", "team/tools"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(root.path().join("_local/team/tools.git").is_dir());
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status();
+    wait_until(Duration::from_secs(60), "serve stopped", || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+    assert!(!socket.exists(), "serve left its socket");
+    // With serve gone, the root is worked on directly again.
+    let out = run(gitfleet(root.path()).args(["sync", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("handing the work"));
+}
