@@ -816,6 +816,14 @@ fn commands_on_a_served_root_are_handed_to_serve() {
         .expect("start gitfleet serve");
     let socket = root.path().join(".gitfleet/serve.sock");
     wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+    // One serve per root: a second one says why it cannot start.
+    let out = run(gitfleet(root.path()).args(["serve"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("another gitfleet process is working"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let alpha = daemon.url("alpha.git");
     let out = run(gitfleet(root.path()).args([
