@@ -69,6 +69,17 @@ impl<'a> Sandbox<'a> {
         root: tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> NodeProcess {
+        self.start_node_full(id, root, env, &[])
+    }
+
+    /// A node with extra environment and extra options of `gitfleet node`.
+    pub fn start_node_full(
+        &self,
+        id: &str,
+        root: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> NodeProcess {
         let child = Command::new(&self.bin)
             .args(["--nats", &self.nats.url(), "--root"])
             .arg(root.path())
@@ -82,6 +93,7 @@ impl<'a> Sandbox<'a> {
                 "--retry-delay",
                 "0.2",
             ])
+            .args(args)
             .env_remove("GITFLEET_TOKEN")
             .envs(env.iter().copied())
             .stdin(Stdio::null())

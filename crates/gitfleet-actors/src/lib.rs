@@ -24,7 +24,7 @@ pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{Requests, RootLock};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
 pub use schedule::SchedulePolicy;
-pub use scheduler::keep_fresh;
+pub use scheduler::{DueTimes, keep_fresh, spread, spread_if_overdue};
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::time::Duration;
 
-use gitfleet_proto::{CloneTask, Operation, TaskError, TaskUpdate, Timestamp};
+use gitfleet_proto::{CloneTask, TaskError, TaskUpdate, Timestamp};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{Fleet, FleetError, Job};
@@ -22,16 +22,18 @@ const MAX_SPREAD: Duration = Duration::from_secs(600);
 /// at once).
 const SPREAD_STEP: Duration = Duration::from_millis(50);
 
-/// What is due when.
+/// What is due when: a heap of due times, where setting a task's time again replaces its
+/// entry (the old one is skipped when it comes up).
 #[derive(Debug, Default)]
-struct DueTimes {
+pub struct DueTimes {
     heap: BinaryHeap<Reverse<(Timestamp, String)>>,
     /// The current due time of each scheduled task.
     current: HashMap<String, Timestamp>,
 }
 
 impl DueTimes {
-    fn set(&mut self, id: &str, at: Option<Timestamp>) {
+    /// Task `id` is due at `at` (`None`: not scheduled).
+    pub fn set(&mut self, id: &str, at: Option<Timestamp>) {
         match at {
             Some(at) => {
                 if self.current.insert(id.to_string(), at) != Some(at) {
@@ -45,7 +47,7 @@ impl DueTimes {
     }
 
     /// When the earliest current entry is due.
-    fn next(&mut self) -> Option<Timestamp> {
+    pub fn earliest(&mut self) -> Option<Timestamp> {
         while let Some(Reverse((at, id))) = self.heap.peek() {
             if self.current.get(id) == Some(at) {
                 return Some(*at);
@@ -56,9 +58,9 @@ impl DueTimes {
     }
 
     /// Takes every task due at `now`.
-    fn take_due(&mut self, now: Timestamp) -> Vec<String> {
+    pub fn take_due(&mut self, now: Timestamp) -> Vec<String> {
         let mut due = Vec::new();
-        while let Some(at) = self.next() {
+        while let Some(at) = self.earliest() {
             if at > now {
                 break;
             }
@@ -71,14 +73,23 @@ impl DueTimes {
     }
 }
 
-/// When `task` should be synced next by the scheduler, if at all.
-fn due_time(task: &CloneTask) -> Option<Timestamp> {
-    if task.quarantined || task.operation == Operation::Init || !task.status.status_type.is_final()
-    {
-        return None;
+/// Delays that spread `overdue` repositories, due at once after a restart, over a little time.
+pub fn spread(overdue: usize) -> Duration {
+    SPREAD_STEP
+        .saturating_mul(u32::try_from(overdue).unwrap_or(u32::MAX))
+        .min(MAX_SPREAD)
+}
+
+/// `at`, or when it has passed, a random moment within `spread` from `now`.
+pub fn spread_if_overdue(at: Timestamp, now: Timestamp, spread: Duration) -> Timestamp {
+    if at > now {
+        return at;
     }
-    // A record written before schedules existed is due now.
-    Some(task.next_sync_at.unwrap_or(Timestamp::UNIX_EPOCH))
+    let delay = spread.mul_f64(rand::random_range(0.0..=1.0));
+    jiff::SignedDuration::try_from(delay)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(now)
 }
 
 /// Syncs the repositories of `fleet` as they come due until `shutdown` resolves. `plan` turns
@@ -95,23 +106,12 @@ pub async fn keep_fresh(
     let tasks = fleet.tasks().await?;
     let overdue = tasks
         .iter()
-        .filter_map(due_time)
+        .filter_map(CloneTask::due_at)
         .filter(|at| *at <= now)
         .count();
-    let spread = SPREAD_STEP
-        .saturating_mul(u32::try_from(overdue).unwrap_or(u32::MAX))
-        .min(MAX_SPREAD);
+    let spread = spread(overdue);
     for task in &tasks {
-        let at = due_time(task).map(|at| {
-            if at > now {
-                return at;
-            }
-            let delay = spread.mul_f64(rand::random_range(0.0..=1.0));
-            jiff::SignedDuration::try_from(delay)
-                .ok()
-                .and_then(|d| now.checked_add(d).ok())
-                .unwrap_or(now)
-        });
+        let at = task.due_at().map(|at| spread_if_overdue(at, now, spread));
         due.set(&task.id, at);
     }
     if overdue > 0 {
@@ -123,7 +123,7 @@ pub async fn keep_fresh(
     }
     tokio::pin!(shutdown);
     loop {
-        let wait = due.next().map(|at| {
+        let wait = due.earliest().map(|at| {
             Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)
         });
         let sleep = async {
@@ -151,12 +151,12 @@ pub async fn keep_fresh(
                 }
             }
             update = updates.recv() => match update {
-                Ok(TaskUpdate::State { task }) => due.set(&task.id, due_time(&task)),
+                Ok(TaskUpdate::State { task }) => due.set(&task.id, task.due_at()),
                 Ok(TaskUpdate::Progress(_)) => {}
                 // Missed updates: read the schedule again from the records.
                 Err(RecvError::Lagged(_)) => {
                     for task in fleet.tasks().await? {
-                        due.set(&task.id, due_time(&task));
+                        due.set(&task.id, task.due_at());
                     }
                 }
                 Err(RecvError::Closed) => return Ok(()),
@@ -182,10 +182,10 @@ mod tests {
         // Rescheduled later, and unscheduled: their old entries never come up.
         due.set("b", Some(at(40)));
         due.set("c", None);
-        assert_eq!(due.next(), Some(at(30)));
+        assert_eq!(due.earliest(), Some(at(30)));
         assert_eq!(due.take_due(at(35)), vec!["a".to_string()]);
         assert_eq!(due.take_due(at(39)), Vec::<String>::new());
         assert_eq!(due.take_due(at(100)), vec!["b".to_string()]);
-        assert_eq!(due.next(), None);
+        assert_eq!(due.earliest(), None);
     }
 }

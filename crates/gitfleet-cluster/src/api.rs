@@ -188,7 +188,7 @@ fn rejected(error: TaskError) -> ApiError {
     }
 }
 
-async fn enqueue(
+pub(crate) async fn enqueue(
     ctx: &ApiContext,
     input: &str,
     target: Target,

@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod client;
+mod freshness;
 mod infra;
 mod intake;
 mod kv_store;

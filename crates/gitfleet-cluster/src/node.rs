@@ -69,6 +69,21 @@ pub async fn run_node(
             }
         });
     }
+    // The repositories this node owns, synced when due.
+    {
+        let context = ApiContext {
+            nats: nats.clone(),
+            store: store.clone(),
+            nodes: nodes.clone(),
+            policy: options.policy.clone(),
+        };
+        let me = options.node_id.clone();
+        background.spawn(async move {
+            if let Err(e) = crate::freshness::keep_owned_fresh(context, me).await {
+                tracing::error!(error = &e as &dyn std::error::Error, "the schedule stopped");
+            }
+        });
+    }
 
     let mut cancels = nats
         .client

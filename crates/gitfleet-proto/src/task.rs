@@ -357,6 +357,19 @@ impl CloneTask {
         }
     }
 
+    /// When the service should sync it next, if at all: not while a request of it is queued or
+    /// running, never when quarantined or made by `init`; a record of an earlier version (no
+    /// schedule) is due at once.
+    pub fn due_at(&self) -> Option<Timestamp> {
+        if self.quarantined
+            || self.operation == Operation::Init
+            || !self.status.status_type.is_final()
+        {
+            return None;
+        }
+        Some(self.next_sync_at.unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+
     /// Out of quarantine, failures forgotten, due at `now`.
     pub fn resume(&mut self, now: Timestamp) {
         self.quarantined = false;

@@ -975,3 +975,44 @@ async fn a_node_adopts_the_repositories_of_an_earlier_version() {
     );
     assert!(repo.join("gitfleet-marker").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_the_repositories_they_own_fresh() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let sandbox = sandbox(&nats);
+    let fast = ["--min-interval", "1s", "--max-interval", "2s"];
+    let nodes: Vec<NodeProcess> = ["node-a", "node-b"]
+        .iter()
+        .map(|id| sandbox.start_node_full(id, tempfile::tempdir().expect("tempdir"), &[], &fast))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("client");
+    wait_for_nodes(&client, 2).await;
+    let task = mirror_one(&client, &daemon.url("alpha.git")).await;
+    assert!(task.next_sync_at.is_some(), "{task:?}");
+    let owner = nodes
+        .iter()
+        .find(|n| Some(n.id.as_str()) == task.node.as_deref())
+        .expect("the task ran on a node");
+    let mirror = owner
+        .root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+
+    // Upstream moves on; nobody asks: the owner syncs it on schedule.
+    fixtures.mutate("alpha.git");
+    let upstream = refs(&fixtures.repo("alpha.git"));
+    eventually(CLUSTER_WAIT, "the owner synced the change", || async {
+        (refs(&mirror) == upstream).then_some(())
+    })
+    .await;
+    let synced = client.get(&task.id).await.expect("the task");
+    assert!(
+        synced.generation > task.generation,
+        "a scheduled sync is a new request of the task: {synced:?}"
+    );
+    assert!(synced.last_change_at >= task.last_change_at);
+}
