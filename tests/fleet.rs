@@ -561,3 +561,34 @@ async fn updates_show_the_lifecycle_and_monotonic_progress() {
     );
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_continues_the_schedule_history_of_its_task() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let env = Env::new();
+    let fleet = env.start_git(1, 0).await;
+    // A node that just started knows nothing of the task: the job brings its stored record,
+    // four permanent failures in a row already.
+    let mut job = env.job(&daemon.url("missing.git"));
+    let mut stored = gitfleet_proto::CloneTask::new(
+        job.task_id.clone(),
+        job.display.clone(),
+        Operation::Mirror,
+        job.dest.to_string_lossy().into_owned(),
+        jiff::Timestamp::now(),
+    );
+    stored.consecutive_failures = 4;
+    stored.interval_s = 600;
+    job.history = Some(Box::new(stored));
+    let id = job.task_id.clone();
+    fleet.submit(vec![job]).await.expect("submit");
+    wait_idle(&fleet).await;
+    let task = fleet.get(&id).await.expect("get").expect("known");
+    assert_eq!(task.consecutive_failures, 5, "{task:?}");
+    assert!(
+        task.quarantined,
+        "the fifth failure in a row quarantines: {task:?}"
+    );
+    fleet.shutdown().await;
+}

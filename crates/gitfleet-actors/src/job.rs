@@ -26,6 +26,10 @@ pub struct Job {
     /// The cluster's generation of the task record this job was issued for, written into
     /// every state of the task (0 in embedded mode).
     pub fence: u64,
+    /// The stored record of the task, whose schedule (successes, failures in a row, interval)
+    /// the new request continues when this process's Registry does not know the task yet (a
+    /// node that just started).
+    pub history: Option<Box<gitfleet_proto::CloneTask>>,
 }
 
 impl Job {
@@ -51,6 +55,7 @@ impl Job {
             attempt: 0,
             generation: 0,
             fence: 0,
+            history: None,
         }
     }
 }

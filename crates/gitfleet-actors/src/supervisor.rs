@@ -190,6 +190,9 @@ impl Actor for Supervisor {
                         Timestamp::now(),
                     );
                     task.generation = job.fence;
+                    if let Some(history) = job.history.take() {
+                        task.inherit_schedule(&history);
+                    }
                     let _ = state.registry.cast(RegistryMsg::Queued(Box::new(task)));
                     outcomes.push(Submitted::Accepted(job.task_id.clone()));
                     state.queue.push_back(job);

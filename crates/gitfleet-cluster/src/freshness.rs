@@ -1,19 +1,20 @@
-//! A node keeps the repositories it owns fresh. It watches the task bucket (every record's
-//! `next_sync_at`, which the owner's Registry sets at every final state) and, when a repository
-//! that placement gives it is due, requests its sync exactly as the API does: a new generation
-//! of the record (a compare-and-set, so two nodes that disagree about ownership for a moment
-//! still enqueue it once) and a job on its own subject, which its intake then runs. When a node
-//! joins or leaves, ownership moves with placement and each node schedules what it owns now:
-//! the schedule is in the records, so nothing is lost or run twice.
+//! A node keeps the repositories it owns fresh. It learns each record's `next_sync_at` (which
+//! the Registry of the node that ran it sets at every final state) from its own Registry's
+//! broadcast for what it runs, and from one read of the task bucket when it starts and whenever
+//! the live nodes change (ownership moved): no per-write traffic. When a repository placement
+//! gives it is due, it requests the sync exactly as the API does: a new generation of the
+//! record (a compare-and-set, so two nodes that disagree about ownership for a moment still
+//! enqueue it once) and a job on its own subject, which its intake then runs. The schedule is in
+//! the records, so nothing is lost or run twice when ownership moves.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use gitfleet_actors::{DueTimes, spread, spread_if_overdue};
 use gitfleet_git::Target;
-use gitfleet_proto::{CloneTask, Operation, StatusType, Timestamp};
+use gitfleet_proto::{Operation, StatusType, TaskUpdate, Timestamp};
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::api::{self, ApiContext};
 use crate::infra::{ClusterError, HEARTBEAT_INTERVAL};
@@ -49,28 +50,57 @@ impl Schedules {
         self.own.set(id, at.filter(|_| owned));
     }
 
-    /// The live nodes changed: what this node owns changed too.
-    fn set_live(&mut self, live: Vec<String>) {
-        if live == self.live {
-            return;
-        }
-        self.live = live;
+    /// Every record's due time, read again from the bucket (at start, and after the live
+    /// nodes changed: ownership moved).
+    fn reload(&mut self, due_at: HashMap<String, Option<Timestamp>>) {
+        self.due_at.clear();
         self.own = DueTimes::default();
-        for (id, at) in &self.due_at {
-            if placement::owner(id, &self.live).is_some_and(|owner| *owner == self.me) {
-                self.own.set(id, *at);
-            }
+        self.overdue = 0;
+        for (id, at) in due_at {
+            self.set(&id, at);
         }
     }
 }
 
-/// Runs until the bucket's watch ends (the node aborts it when it stops).
-pub(crate) async fn keep_owned_fresh(ctx: ApiContext, me: String) -> Result<(), ClusterError> {
-    let bucket = ctx.nats.tasks().await?;
-    let mut watch = bucket
-        .watch_with_history(">")
+/// Records read from the bucket at once.
+const CONCURRENT_READS: usize = 64;
+
+/// Every task's due time, from the bucket.
+async fn read_due_times(
+    ctx: &ApiContext,
+) -> Result<HashMap<String, Option<Timestamp>>, ClusterError> {
+    let ids = ctx
+        .store
+        .ids()
         .await
-        .map_err(|e| ClusterError::setup("task bucket watch", e))?;
+        .map_err(|e| ClusterError::request("task bucket keys", e))?;
+    let reads = futures_util::stream::iter(ids)
+        .map(|id| async move {
+            let record = ctx.store.get(&id).await;
+            (id, record)
+        })
+        .buffer_unordered(CONCURRENT_READS)
+        .collect::<Vec<_>>()
+        .await;
+    let mut due_at = HashMap::new();
+    for (id, record) in reads {
+        match record {
+            Ok(Some((task, _))) => {
+                due_at.insert(id, task.due_at());
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(task = %id, error = %e, "cannot read a task's schedule"),
+        }
+    }
+    Ok(due_at)
+}
+
+/// Runs until `updates` (this node's Registry's broadcast) closes.
+pub(crate) async fn keep_owned_fresh(
+    ctx: ApiContext,
+    me: String,
+    mut updates: broadcast::Receiver<TaskUpdate>,
+) -> Result<(), ClusterError> {
     let mut schedules = Schedules {
         me,
         live: api::live_nodes(&ctx.nodes).await.unwrap_or_default(),
@@ -78,6 +108,7 @@ pub(crate) async fn keep_owned_fresh(ctx: ApiContext, me: String) -> Result<(), 
         own: DueTimes::default(),
         overdue: 0,
     };
+    schedules.reload(read_due_times(&ctx).await?);
     let mut nodes_tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         let wait = schedules.own.earliest().map(|at| {
@@ -90,14 +121,18 @@ pub(crate) async fn keep_owned_fresh(ctx: ApiContext, me: String) -> Result<(), 
             }
         };
         tokio::select! {
-            entry = watch.next() => match entry {
-                Some(Ok(entry)) => record(&mut schedules, &entry),
-                Some(Err(e)) => tracing::warn!(error = %e, "task bucket watch error"),
-                None => return Ok(()),
+            update = updates.recv() => match update {
+                Ok(TaskUpdate::State { task }) => schedules.set(&task.id, task.due_at()),
+                Ok(TaskUpdate::Progress(_)) => {}
+                Err(RecvError::Lagged(_)) => schedules.reload(read_due_times(&ctx).await?),
+                Err(RecvError::Closed) => return Ok(()),
             },
             _ = nodes_tick.tick() => {
-                if let Ok(live) = api::live_nodes(&ctx.nodes).await {
-                    schedules.set_live(live);
+                if let Ok(live) = api::live_nodes(&ctx.nodes).await
+                    && live != schedules.live
+                {
+                    schedules.live = live;
+                    schedules.reload(read_due_times(&ctx).await?);
                 }
             }
             () = due => {
@@ -107,17 +142,6 @@ pub(crate) async fn keep_owned_fresh(ctx: ApiContext, me: String) -> Result<(), 
                 }
             }
         }
-    }
-}
-
-/// Takes a record (or its deletion) from the watch.
-fn record(schedules: &mut Schedules, entry: &kv::Entry) {
-    match entry.operation {
-        kv::Operation::Put => match gitfleet_proto::from_json::<CloneTask>(&entry.value) {
-            Ok(task) => schedules.set(&task.id, task.due_at()),
-            Err(e) => tracing::debug!(key = %entry.key, error = %e, "unreadable task record"),
-        },
-        kv::Operation::Delete | kv::Operation::Purge => schedules.set(&entry.key, None),
     }
 }
 

@@ -216,6 +216,7 @@ impl<'a> JobIntake<'a> {
         };
         let planned = planned.map(|mut job| {
             job.fence = task.generation;
+            job.history = Some(Box::new(task.clone()));
             job
         });
         let planned = match planned {

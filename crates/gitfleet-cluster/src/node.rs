@@ -78,8 +78,9 @@ pub async fn run_node(
             policy: options.policy.clone(),
         };
         let me = options.node_id.clone();
+        let updates = fleet.subscribe();
         background.spawn(async move {
-            if let Err(e) = crate::freshness::keep_owned_fresh(context, me).await {
+            if let Err(e) = crate::freshness::keep_owned_fresh(context, me, updates).await {
                 tracing::error!(error = &e as &dyn std::error::Error, "the schedule stopped");
             }
         });
