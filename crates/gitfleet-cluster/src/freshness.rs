@@ -1,7 +1,7 @@
 //! A node keeps the repositories it owns fresh. It learns each record's `next_sync_at` (which
 //! the Registry of the node that ran it sets at every final state) from its own Registry's
-//! broadcast for what it runs, and from one read of the task bucket when it starts and whenever
-//! the live nodes change (ownership moved): no per-write traffic. When a repository placement
+//! broadcast for what it runs, and from one read of the task bucket when it starts and when a
+//! node leaves (ownership of what that node ran moves): no per-write traffic. When a repository placement
 //! gives it is due, it requests the sync exactly as the API does: a new generation of the
 //! record (a compare-and-set, so two nodes that disagree about ownership for a moment still
 //! enqueue it once) and a job on its own subject, which its intake then runs. The schedule is in
@@ -50,8 +50,8 @@ impl Schedules {
         self.own.set(id, at.filter(|_| owned));
     }
 
-    /// Every record's due time, read again from the bucket (at start, and after the live
-    /// nodes changed: ownership moved).
+    /// Every record's due time (read from the bucket at start and after a node left; what was
+    /// known, when a node joined), sorted again by who owns what now.
     fn reload(&mut self, due_at: HashMap<String, Option<Timestamp>>) {
         self.due_at.clear();
         self.own = DueTimes::default();
@@ -131,8 +131,16 @@ pub(crate) async fn keep_owned_fresh(
                 if let Ok(live) = api::live_nodes(&ctx.nodes).await
                     && live != schedules.live
                 {
+                    // A node that left may leave this one repositories it never ran: read their
+                    // schedules. One that joined only takes some away: what is known suffices.
+                    let one_left = schedules.live.iter().any(|n| !live.contains(n));
                     schedules.live = live;
-                    schedules.reload(read_due_times(&ctx).await?);
+                    let due_at = if one_left {
+                        read_due_times(&ctx).await?
+                    } else {
+                        std::mem::take(&mut schedules.due_at)
+                    };
+                    schedules.reload(due_at);
                 }
             }
             () = due => {
