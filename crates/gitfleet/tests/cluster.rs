@@ -1015,4 +1015,26 @@ async fn nodes_keep_the_repositories_they_own_fresh() {
         "a scheduled sync is a new request of the task: {synced:?}"
     );
     assert!(synced.last_change_at >= task.last_change_at);
+
+    // The owner goes away: the other node now owns the repository and keeps it fresh (a
+    // node that never held it clones it first).
+    let mut nodes = nodes;
+    let owner_at = nodes
+        .iter()
+        .position(|n| Some(n.id.as_str()) == task.node.as_deref())
+        .expect("the owner");
+    let mut gone = nodes.remove(owner_at);
+    gone.kill();
+    let heir = &nodes[0];
+    let inherited = heir
+        .root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    eventually(
+        CLUSTER_WAIT,
+        "the other node took the repository over",
+        || async { (inherited.exists() && refs(&inherited) == upstream).then_some(()) },
+    )
+    .await;
+    fsck(&inherited).expect("a whole mirror");
 }
