@@ -14,6 +14,7 @@ mod engine_root;
 mod fixtures;
 mod gitcli;
 mod http;
+mod http_client;
 mod nats;
 mod sshd;
 mod tls;
@@ -29,6 +30,7 @@ pub use gitcli::{
     remote_urls, run_git, try_git, try_mirror_clone, wait_until,
 };
 pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
+pub use http_client::http_post;
 pub use nats::{NatsOptions, NatsServer};
 pub use sshd::SshServer;
 pub use tls::{TestCa, TlsProxy};

@@ -428,6 +428,34 @@ async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, Api
     Ok(SubmitReply { tasks })
 }
 
+/// Enqueues a sync, as a `sync` request would, of every tracked task that one of `urls` names
+/// (a webhook: it never adds a repository). The ids whose sync is queued or already running.
+pub async fn sync_tracked(ctx: &ApiContext, urls: &[String]) -> Vec<String> {
+    let live = live_nodes(&ctx.nodes).await.unwrap_or_default();
+    let ids: std::collections::BTreeSet<String> = urls
+        .iter()
+        .flat_map(|url| Target::lookup_ids(url, &ctx.policy))
+        .collect();
+    let mut syncing = Vec::new();
+    for id in ids {
+        let Ok(Some(found)) = ctx.store.get(&id).await else {
+            continue;
+        };
+        let url = found.0.url.clone();
+        let Ok((target, operation, found)) = sync_target(&url, Some(found)) else {
+            continue;
+        };
+        let submitted = enqueue(ctx, &url, target, operation, &live, None, Some(found)).await;
+        match submitted.error {
+            None => syncing.push(id),
+            Some(e) => {
+                tracing::warn!(task = %id, error = %e.message, "cannot enqueue a webhook's sync")
+            }
+        }
+    }
+    syncing
+}
+
 /// What a sync of `input` enqueues, from its stored record `found`.
 fn sync_target(
     input: &str,

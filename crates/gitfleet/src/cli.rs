@@ -170,6 +170,18 @@ pub struct NodeArgs {
     /// Allow only these hosts (repeatable; `*.example.com` matches subdomains).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
+    /// Accept webhooks on this address (as `serve --listen`): a push syncs its repository on
+    /// the node that owns it.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The secret webhooks are signed with (only from the environment).
+    #[arg(
+        long,
+        env = "GITFLEET_WEBHOOK_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
     #[command(flatten)]
     pub work: WorkArgs,
 }

@@ -52,7 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             None,
         ) => {
-            let webhooks = listen.map(|address| serve::Webhooks {
+            let webhooks = listen.map(|address| crate::hooks::Webhooks {
                 address,
                 secret: webhook_secret
                     .filter(|s| !s.is_empty())

@@ -62,6 +62,39 @@ enum Provider {
     Plain,
 }
 
+/// Where webhooks are accepted, and the secret they are signed with.
+pub struct Webhooks {
+    pub address: std::net::SocketAddr,
+    pub secret: Option<Secret>,
+}
+
+/// Serves the webhook endpoints on `webhooks.address`, syncing with `sync`, until `stop`;
+/// returns the server's task.
+pub async fn listen(
+    webhooks: Webhooks,
+    sync: SyncUrls,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(webhooks.address)
+        .await
+        .with_context(|| format!("cannot listen on {}", webhooks.address))?;
+    let address = listener.local_addr()?;
+    if webhooks.secret.is_none() {
+        eprintln!("gitfleet: no GITFLEET_WEBHOOK_SECRET: every webhook will be refused (401)");
+    }
+    let router = router(Hooks::new(webhooks.secret, sync));
+    eprintln!("gitfleet: webhooks on http://{address}/hooks/{{github,gitlab,gitea,sync}}");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "the webhook server stopped");
+        }
+    }))
+}
+
 /// The routes, with the body limit.
 pub fn router(hooks: Hooks) -> Router {
     let hooks = Arc::new(hooks);

@@ -65,6 +65,39 @@ pub async fn node(
         "gitfleet: node {node_id} joining the cluster at {}",
         cluster.shown_url()
     );
+    if let Some(address) = args.listen {
+        let webhooks = crate::hooks::Webhooks {
+            address,
+            secret: args
+                .webhook_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(gitfleet_git::Secret::new),
+        };
+        let (nats, policy) = (nats.clone(), policy.clone());
+        let sync: crate::hooks::SyncUrls = std::sync::Arc::new(move |urls| {
+            let (nats, policy) = (nats.clone(), policy.clone());
+            Box::pin(async move {
+                let tasks = match (nats.tasks().await, nats.nodes().await) {
+                    (Ok(tasks), Ok(nodes)) => {
+                        let context = gitfleet_cluster::api::ApiContext {
+                            nats,
+                            store: gitfleet_cluster::KvStore::new(tasks),
+                            nodes,
+                            policy,
+                        };
+                        gitfleet_cluster::api::sync_tracked(&context, &urls).await
+                    }
+                    _ => Vec::new(),
+                };
+                crate::hooks::Synced { tasks }
+            })
+        });
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        crate::hooks::listen(webhooks, sync, stop).await?;
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gitfleet_actors::{Fleet, Submitted, keep_fresh, plan_from_task};
-use gitfleet_git::{Layout, Policy, Secret, Target};
+use gitfleet_git::{Layout, Policy, Target};
 use gitfleet_proto::{CloneTask, Operation, StatusType, TaskUpdate, WorkReply, WorkRequest};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -23,17 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::cli::RunArgs;
 use crate::display::Display;
 use crate::embedded::{OpenRoot, Started};
-use crate::hooks::{self, Hooks, SyncUrls, Synced};
+use crate::hooks::{self, SyncUrls, Synced, Webhooks};
 use crate::planning::plan_work;
 
 /// How long cancelled transfers get to stop after the drain time ran out.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
-
-/// Where webhooks are accepted, and the secret they are signed with.
-pub struct Webhooks {
-    pub address: std::net::SocketAddr,
-    pub secret: Option<Secret>,
-}
 
 pub async fn serve(
     root: &std::path::Path,
@@ -357,19 +351,12 @@ async fn follow(
     }
 }
 
-/// Serves the webhook endpoints on `webhooks.address` until `stop`; returns the server's task.
+/// Serves the webhook endpoints until `stop`, handing their URLs to the serve loop.
 async fn start_webhooks(
     webhooks: Webhooks,
     requests: mpsc::Sender<Call>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(webhooks.address)
-        .await
-        .with_context(|| format!("cannot listen on {}", webhooks.address))?;
-    let address = listener.local_addr()?;
-    if webhooks.secret.is_none() {
-        eprintln!("gitfleet: no GITFLEET_WEBHOOK_SECRET: every webhook will be refused (401)");
-    }
     let sync: SyncUrls = Arc::new(move |urls| {
         let requests = requests.clone();
         Box::pin(async move {
@@ -380,16 +367,7 @@ async fn start_webhooks(
             rx.await.unwrap_or_default()
         })
     });
-    let router = hooks::router(Hooks::new(webhooks.secret, sync));
-    eprintln!("gitfleet: webhooks on http://{address}/hooks/{{github,gitlab,gitea,sync}}");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "the webhook server stopped");
-        }
-    }))
+    hooks::listen(webhooks, sync, stop).await
 }
 
 /// Requests a sync of every tracked repository that one of `urls` names (a webhook never adds

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use gitfleet_tests::{
-    Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, mirror_clone, refs, wait_until,
+    Fixtures, GitDaemon, HttpOptions, HttpServer, fsck, http_post, mirror_clone, refs, wait_until,
 };
 use serde_json::Value;
 
@@ -565,38 +565,6 @@ fn serve_keeps_mirrors_fresh_quarantines_what_keeps_failing_and_drains() {
     assert_eq!(resumed["freshness"], "error", "it still failed last");
 }
 
-/// `POST path` to 127.0.0.1:`port` with `headers` and `body`: the status code and the body.
-fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(body);
-    // The server may answer (413) before reading an oversized body.
-    let _ = stream.write_all(&bytes);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = text(&response);
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// The hex HMAC-SHA256 of `body` under `secret`, as GitHub and Gitea sign.
 fn signature(secret: &str, body: &[u8]) -> String {
     use hmac::{Hmac, KeyInit, Mac};
@@ -641,7 +609,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
         .into_bytes()
     };
     let github = |body: &[u8], sig: &str| {
-        post(
+        http_post(
             port,
             "/hooks/github",
             &[
@@ -657,14 +625,14 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
     let body = push(&alpha);
     let (status, _) = github(&body, &signature("wrong", &body));
     assert_eq!(status, 401);
-    let (status, _) = post(port, "/hooks/github", &[("X-GitHub-Event", "push")], &body);
+    let (status, _) = http_post(port, "/hooks/github", &[("X-GitHub-Event", "push")], &body);
     assert_eq!(status, 401);
     let (status, reason) = github(b"{not json", &signature(SECRET, b"{not json"));
     assert_eq!(status, 400, "{reason}");
     let big = vec![b' '; 2 << 20];
     let (status, _) = github(&big, &signature(SECRET, &big));
     assert_eq!(status, 413);
-    let (status, _) = post(port, "/hooks/gitlab", &[("X-Gitlab-Token", "nope")], &body);
+    let (status, _) = http_post(port, "/hooks/gitlab", &[("X-Gitlab-Token", "nope")], &body);
     assert_eq!(status, 401);
     // Nothing was synced by any of them.
     let mirror = root
@@ -673,7 +641,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
     assert_ne!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
 
     // A ping, and a push for a repository that is not tracked: nothing is mirrored.
-    let (status, _) = post(
+    let (status, _) = http_post(
         port,
         "/hooks/github",
         &[
@@ -702,7 +670,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
     );
     // The other formats find the same repository.
     let gitlab = serde_json::json!({"project": {"git_http_url": alpha}}).to_string();
-    let (status, reply) = post(
+    let (status, reply) = http_post(
         port,
         "/hooks/gitlab",
         &[("X-Gitlab-Token", SECRET), ("X-Gitlab-Event", "Push Hook")],
@@ -710,7 +678,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
     );
     assert_eq!((status, reply.contains("syncing")), (202, true), "{reply}");
     let gitea_sig = signature(SECRET, &body);
-    let (status, reply) = post(
+    let (status, reply) = http_post(
         port,
         "/hooks/gitea",
         &[("X-Gitea-Event", "push"), ("X-Gitea-Signature", &gitea_sig)],
@@ -719,7 +687,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
     assert_eq!((status, reply.contains("syncing")), (202, true), "{reply}");
     let plain = serde_json::json!({ "urls": [alpha] }).to_string();
     let bearer = format!("Bearer {SECRET}");
-    let (status, reply) = post(
+    let (status, reply) = http_post(
         port,
         "/hooks/sync",
         &[("Authorization", &bearer)],

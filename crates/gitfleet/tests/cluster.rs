@@ -1038,3 +1038,63 @@ async fn nodes_keep_the_repositories_they_own_fresh() {
     .await;
     fsck(&inherited).expect("a whole mirror");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_to_any_node_syncs_the_repository_where_it_lives() {
+    const SECRET: &str = "cluster-hook-secret";
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let sandbox = sandbox(&nats);
+    let port = gitfleet_tests::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // Hours between scheduled syncs: only the webhook syncs here.
+    let slow = ["--min-interval", "1h"];
+    let with_hooks = ["--min-interval", "1h", "--listen", &listen];
+    let env = [("GITFLEET_WEBHOOK_SECRET", SECRET)];
+    let nodes = [
+        sandbox.start_node_full(
+            "node-a",
+            tempfile::tempdir().expect("tempdir"),
+            &env,
+            &with_hooks,
+        ),
+        sandbox.start_node_full("node-b", tempfile::tempdir().expect("tempdir"), &[], &slow),
+    ];
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("client");
+    wait_for_nodes(&client, 2).await;
+    let alpha = daemon.url("alpha.git");
+    let task = mirror_one(&client, &alpha).await;
+    let owner = nodes
+        .iter()
+        .find(|n| Some(n.id.as_str()) == task.node.as_deref())
+        .expect("the task ran on a node");
+    let mirror = owner
+        .root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+
+    fixtures.mutate("alpha.git");
+    let upstream = refs(&fixtures.repo("alpha.git"));
+    let body = serde_json::json!({ "urls": [alpha] }).to_string();
+    let bearer = format!("Bearer {SECRET}");
+    let (status, reply) = gitfleet_tests::http_post(
+        port,
+        "/hooks/sync",
+        &[("Authorization", &bearer)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert!(reply.contains(&task.id), "{reply}");
+    eventually(
+        CLUSTER_WAIT,
+        "the owner synced the pushed change",
+        || async { (refs(&mirror) == upstream).then_some(()) },
+    )
+    .await;
+    // Unsigned: refused.
+    let (status, _) = gitfleet_tests::http_post(port, "/hooks/sync", &[], body.as_bytes());
+    assert_eq!(status, 401);
+}
