@@ -5,9 +5,10 @@ use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
 use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
-    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, CloneStatus, CloneTask, Encoding,
-    ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, Operation,
-    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest, TaskError,
+    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, ChangedReply, CloneStatus,
+    CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo,
+    NodesReply, Operation, ResumeRequest, ScheduleRequest, StatusType, SubmitReply, SubmitRequest,
+    Submitted, SyncRequest, TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -145,6 +146,8 @@ pub async fn handle(
         "get" => route!(get),
         "list" => route!(list),
         "cancel" => route!(cancel),
+        "resume" => route!(resume),
+        "schedule" => route!(schedule),
         "nodes" => reply(nodes(ctx).await, encoding),
         other => reply::<()>(
             Err(ApiError::new(
@@ -563,6 +566,56 @@ async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply,
         cancelled.push(task.id);
     }
     Ok(CancelReply { cancelled })
+}
+
+async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedReply, ApiError> {
+    change_records(ctx, &request.tasks, |task| {
+        task.resume(jiff::Timestamp::now())
+    })
+    .await
+}
+
+async fn schedule(ctx: &ApiContext, request: ScheduleRequest) -> Result<ChangedReply, ApiError> {
+    let every = request.every_s.map(std::time::Duration::from_secs);
+    change_records(ctx, &request.tasks, |task| {
+        task.set_interval(every, jiff::Timestamp::now());
+    })
+    .await
+}
+
+/// Applies `change` to the records of the tasks `inputs` name (compare-and-set, read again on a
+/// conflict) and tells the nodes, whose owner reads the record again (`freshness.rs`).
+async fn change_records(
+    ctx: &ApiContext,
+    inputs: &[String],
+    change: impl Fn(&mut CloneTask),
+) -> Result<ChangedReply, ApiError> {
+    let mut changed = Vec::new();
+    for input in inputs {
+        for _ in 0..8 {
+            let Some((mut task, revision)) = find(ctx, input).await? else {
+                break;
+            };
+            change(&mut task);
+            task.updated_at = jiff::Timestamp::now();
+            if ctx
+                .store
+                .compare_and_set(&task, revision)
+                .await
+                .map_err(unavailable)?
+            {
+                publish_state(&ctx.nats, &task).await;
+                ctx.nats
+                    .client
+                    .publish(ctx.nats.subjects.rescheduled(), task.id.clone().into())
+                    .await
+                    .map_err(unavailable)?;
+                changed.push(task.id);
+                break;
+            }
+        }
+    }
+    Ok(ChangedReply { changed })
 }
 
 /// A state transition on the task's status subject (best effort: the bucket is the truth).

@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use gitfleet_proto::{
-    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, CloneTask, GetRequest, ListReply,
-    ListRequest, NodesReply, SubmitReply, SubmitRequest, SyncRequest,
+    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, ChangedReply, CloneTask,
+    GetRequest, ListReply, ListRequest, NodesReply, ResumeRequest, ScheduleRequest, SubmitReply,
+    SubmitRequest, SyncRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -139,6 +140,22 @@ impl Client {
 
     pub async fn cancel(&self, tasks: Vec<String>) -> Result<CancelReply, ClientError> {
         self.call("cancel", &CancelRequest { tasks }).await
+    }
+
+    /// Takes quarantined tasks back into the schedule, due now.
+    pub async fn resume(&self, tasks: Vec<String>) -> Result<ChangedReply, ClientError> {
+        self.call("resume", &ResumeRequest { tasks }).await
+    }
+
+    /// Syncs tasks every `every` (`None`: adaptively).
+    pub async fn schedule(
+        &self,
+        tasks: Vec<String>,
+        every: Option<std::time::Duration>,
+    ) -> Result<ChangedReply, ClientError> {
+        let every_s = every.map(|e| e.as_secs().max(1));
+        self.call("schedule", &ScheduleRequest { tasks, every_s })
+            .await
     }
 
     pub async fn nodes(&self) -> Result<NodesReply, ClientError> {

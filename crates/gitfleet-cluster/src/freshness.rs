@@ -5,7 +5,9 @@
 //! gives it is due, it requests the sync exactly as the API does: a new generation of the
 //! record (a compare-and-set, so two nodes that disagree about ownership for a moment still
 //! enqueue it once) and a job on its own subject, which its intake then runs. The schedule is in
-//! the records, so nothing is lost or run twice when ownership moves.
+//! the records, so nothing is lost or run twice when ownership moves. An operator's change of a
+//! schedule through the API (resume, schedule) is announced on a control subject; the owner
+//! reads that record again.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -108,6 +110,13 @@ pub(crate) async fn keep_owned_fresh(
         own: DueTimes::default(),
         overdue: 0,
     };
+    // Subscribed before the first read: a change made meanwhile is not missed.
+    let mut rescheduled = ctx
+        .nats
+        .client
+        .subscribe(ctx.nats.subjects.rescheduled())
+        .await
+        .map_err(|e| ClusterError::request("schedule changes", e))?;
     schedules.reload(read_due_times(&ctx).await?);
     let mut nodes_tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
@@ -127,6 +136,14 @@ pub(crate) async fn keep_owned_fresh(
                 Err(RecvError::Lagged(_)) => schedules.reload(read_due_times(&ctx).await?),
                 Err(RecvError::Closed) => return Ok(()),
             },
+            Some(message) = rescheduled.next() => {
+                let id = String::from_utf8_lossy(&message.payload).into_owned();
+                if schedules.owns(&id)
+                    && let Ok(Some((task, _))) = ctx.store.get(&id).await
+                {
+                    schedules.set(&task.id, task.due_at());
+                }
+            }
             _ = nodes_tick.tick() => {
                 if let Ok(live) = api::live_nodes(&ctx.nodes).await
                     && live != schedules.live

@@ -10,7 +10,9 @@ pub struct Subjects {
 }
 
 /// The API operations, one subject each: `<prefix>.api.<op>`.
-pub const API_OPERATIONS: [&str; 6] = ["submit", "sync", "get", "list", "cancel", "nodes"];
+pub const API_OPERATIONS: [&str; 8] = [
+    "submit", "sync", "get", "list", "cancel", "nodes", "resume", "schedule",
+];
 
 impl Subjects {
     /// `prefix` must be one or more NATS tokens of `[A-Za-z0-9_-]`.
@@ -68,6 +70,12 @@ impl Subjects {
     /// Cancel requests, to every node (the payload is a task id).
     pub fn cancel(&self) -> String {
         format!("{}.control.cancel", self.prefix)
+    }
+
+    /// A task's schedule changed in the bucket (resume, schedule), to every node (the payload
+    /// is a task id): its owner reads the record again.
+    pub fn rescheduled(&self) -> String {
+        format!("{}.control.schedule", self.prefix)
     }
 
     fn name(&self, suffix: &str) -> String {

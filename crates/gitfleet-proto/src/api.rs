@@ -97,6 +97,28 @@ pub struct CancelReply {
     pub cancelled: Vec<String>,
 }
 
+/// `<prefix>.api.resume`: take quarantined tasks (ids or URLs) back into the schedule, due now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResumeRequest {
+    pub tasks: Vec<String>,
+}
+
+/// `<prefix>.api.schedule`: sync tasks (ids or URLs) every `every_s` seconds instead of the
+/// adaptive interval; `every_s` absent or null: adaptively again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ScheduleRequest {
+    pub tasks: Vec<String>,
+    #[serde(default)]
+    pub every_s: Option<u64>,
+}
+
+/// The reply to `resume` and `schedule`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChangedReply {
+    /// Ids of the tasks whose records were changed.
+    pub changed: Vec<String>,
+}
+
 /// A node of the cluster, as it announces itself (`<prefix>.api.nodes` lists them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct NodeInfo {

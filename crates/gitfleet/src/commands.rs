@@ -69,8 +69,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Command::Schedule { tasks, every, .. }, None) => {
             embedded::schedule(&root, &tasks, every).await
         }
-        (Command::Resume { .. } | Command::Schedule { .. }, Some(_)) => {
-            bail!("`resume` and `schedule` work on a root for now, not yet through a cluster's API")
+        (Command::Resume { tasks }, Some(cluster)) => remote::resume(&cluster, &tasks).await,
+        (Command::Schedule { tasks, every, .. }, Some(cluster)) => {
+            remote::schedule(&cluster, &tasks, every).await
         }
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
         (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,

@@ -287,6 +287,35 @@ pub async fn cancel(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitC
     })
 }
 
+pub async fn resume(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
+    let reply = client.resume(tasks.to_vec()).await?;
+    Ok(changed("resumed", &reply.changed))
+}
+
+pub async fn schedule(
+    cluster: &Cluster,
+    tasks: &[String],
+    every: Option<Duration>,
+) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
+    let reply = client.schedule(tasks.to_vec(), every).await?;
+    Ok(changed("scheduled", &reply.changed))
+}
+
+/// Names the tasks a request changed; 1 when it changed none.
+fn changed(what: &str, ids: &[String]) -> ExitCode {
+    for id in ids {
+        println!("{what} {id}");
+    }
+    if ids.is_empty() {
+        eprintln!("gitfleet: no such task in the cluster");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 pub async fn nodes(cluster: &Cluster, json: bool) -> anyhow::Result<ExitCode> {
     let client = cluster.client().await?;
     let reply = client.nodes().await?;

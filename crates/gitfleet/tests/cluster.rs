@@ -1098,3 +1098,48 @@ async fn a_webhook_to_any_node_syncs_the_repository_where_it_lives() {
     let (status, _) = gitfleet_tests::http_post(port, "/hooks/sync", &[], body.as_bytes());
     assert_eq!(status, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sets_an_interval_and_resumes_through_the_api() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let sandbox = sandbox(&nats);
+    let node = sandbox.start_node_full(
+        "solo",
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+        &["--min-interval", "1h"],
+    );
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("client");
+    wait_for_nodes(&client, 1).await;
+    let alpha = daemon.url("alpha.git");
+    let task = mirror_one(&client, &alpha).await;
+    let mirror = node
+        .root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+
+    // An interval of its own, set through the API: the owner hears of it and syncs on it.
+    fixtures.mutate("alpha.git");
+    let upstream = refs(&fixtures.repo("alpha.git"));
+    let (code, out, err) = sandbox.run_cli(&["schedule", "--every", "1s", &alpha]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&task.id), "{out}");
+    eventually(
+        CLUSTER_WAIT,
+        "the owner synced on the new interval",
+        || async { (refs(&mirror) == upstream).then_some(()) },
+    )
+    .await;
+    let record = client.get(&task.id).await.expect("the task");
+    assert_eq!(record.interval_override_s, Some(1), "{record:?}");
+
+    let (code, out, err) = sandbox.run_cli(&["resume", &alpha]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("resumed"), "{out}");
+    let (code, _, _) = sandbox.run_cli(&["resume", &daemon.url("nothing-here.git")]);
+    assert_eq!(code, Some(1));
+}
