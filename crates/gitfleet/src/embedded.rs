@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use gitfleet_actors::{FileStore, Fleet, RequestDirs, Requests, RootLock, Submitted};
 use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, WorkRequest};
@@ -14,10 +14,7 @@ use crate::cli::RunArgs;
 use crate::display::Display;
 use crate::planning::{Planned, find_task, plan_work};
 use crate::report::{Summary, print_tasks};
-
-fn open_layout(root: &std::path::Path) -> anyhow::Result<Layout> {
-    Layout::open(root).with_context(|| format!("cannot use {} as the storage root", root.display()))
-}
+use crate::root::{claim, open_layout};
 
 /// A root opened for work: locked (one working process per root), staging cleaned, its task
 /// records read, the repositories of an earlier version adopted.
@@ -30,19 +27,10 @@ pub struct OpenRoot {
 
 impl OpenRoot {
     pub fn open(root: &std::path::Path) -> anyhow::Result<OpenRoot> {
-        let layout = open_layout(root)?;
-        let Some(lock) = RootLock::try_acquire(&layout.state_dir())? else {
-            bail!(
-                "another gitfleet process is working in {}; wait for it or cancel its tasks with `gitfleet cancel`",
-                layout.root().display()
-            );
-        };
-        let removed = layout
-            .clean_staging()
-            .context("cannot clean the staging directory")?;
-        if removed > 0 {
-            tracing::info!(removed, "removed staging directories of an interrupted run");
-        }
+        let (layout, lock) = claim(
+            root,
+            "wait for it or cancel its tasks with `gitfleet cancel`",
+        )?;
         let store = Arc::new(FileStore::open(&layout.state_dir())?);
         let known = store.load_all_sync()?;
         // Repositories an earlier version made carry no marker: once, adopt those that this
@@ -283,14 +271,7 @@ async fn change_records(
 ) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let known = store.load_all_sync()?;
-    let policy = Policy::permissive();
-    let mut ids = Vec::new();
-    for input in inputs {
-        let task =
-            find_task(&layout, &policy, &known, input).map_err(|e| anyhow::anyhow!(e.message))?;
-        ids.push(task.id.clone());
-    }
+    let ids = known_ids(&layout, &store, inputs)?;
     if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
         for id in ids {
             let Some(mut task) = store.get(&id)? else {
@@ -307,39 +288,35 @@ async fn change_records(
     for id in &ids {
         ask(&requests, id)?;
     }
-    let mut exit = ExitCode::SUCCESS;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for id in ids {
-        loop {
-            match store.get(&id)? {
-                Some(t) if done(&t) => {
-                    println!("{what} {}", t.url);
-                    break;
-                }
-                _ if Instant::now() >= deadline => {
-                    eprintln!("gitfleet: the process working on the root has not {what} {id}");
-                    exit = ExitCode::from(1);
-                    break;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-    Ok(exit)
+    let not_done = format!("was not {what} by the process working on the root");
+    wait_for_records(
+        &store,
+        ids,
+        done,
+        |t| println!("{what} {}", t.url),
+        &not_done,
+    )
+    .await
+}
+
+/// The ids of the stored tasks `inputs` (ids or URLs) name; an error names an unknown one.
+fn known_ids(layout: &Layout, store: &FileStore, inputs: &[String]) -> anyhow::Result<Vec<String>> {
+    let known = store.load_all_sync()?;
+    let policy = Policy::permissive();
+    inputs
+        .iter()
+        .map(|input| {
+            find_task(layout, &policy, &known, input)
+                .map(|task| task.id.clone())
+                .map_err(|e| anyhow::anyhow!(e.message))
+        })
+        .collect()
 }
 
 pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let known = store.load_all_sync()?;
-    let policy = Policy::permissive();
-    let mut ids = Vec::new();
-    for input in inputs {
-        let task =
-            find_task(&layout, &policy, &known, input).map_err(|e| anyhow::anyhow!(e.message))?;
-        ids.push(task.id.clone());
-    }
-    let mut exit = ExitCode::SUCCESS;
+    let ids = known_ids(&layout, &store, inputs)?;
     if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
         // No process is working here: mark unfinished tasks cancelled so no run resumes them.
         for id in ids {
@@ -356,23 +333,42 @@ pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
             store.put_sync(&task)?;
             println!("cancelled {}", task.url);
         }
-        return Ok(exit);
+        return Ok(ExitCode::SUCCESS);
     }
     let requests = Requests::cancels(&layout.state_dir())?;
     for id in &ids {
         requests.request(id)?;
     }
+    wait_for_records(
+        &store,
+        ids,
+        |t| t.status.status_type.is_final(),
+        |t| println!("{} is {}", t.url, t.status.status_type),
+        "has not stopped yet",
+    )
+    .await
+}
+
+/// Waits (up to 30 s) until the record of every task of `ids` is `done`, as the process
+/// working on the root writes it; `report`s each. 1 when one was not done in time.
+async fn wait_for_records(
+    store: &FileStore,
+    ids: Vec<String>,
+    done: impl Fn(&CloneTask) -> bool,
+    report: impl Fn(&CloneTask),
+    not_done: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut exit = ExitCode::SUCCESS;
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in ids {
         loop {
-            let task = store.get(&id)?;
-            match task {
-                Some(t) if t.status.status_type.is_final() => {
-                    println!("{} is {}", t.url, t.status.status_type);
+            match store.get(&id)? {
+                Some(t) if done(&t) => {
+                    report(&t);
                     break;
                 }
                 _ if Instant::now() >= deadline => {
-                    eprintln!("gitfleet: {id} has not stopped yet");
+                    eprintln!("gitfleet: {id} {not_done}");
                     exit = ExitCode::from(1);
                     break;
                 }

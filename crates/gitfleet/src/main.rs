@@ -11,6 +11,7 @@ mod inputs;
 mod planning;
 mod remote;
 mod report;
+mod root;
 mod serve;
 mod served;
 

@@ -5,10 +5,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::StreamExt;
 use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
-use gitfleet_git::Layout;
 use gitfleet_proto::{
     ApiError, CloneTask, ErrorCode, Operation, SubmitReply, SubmitRequest, SyncRequest, TaskError,
     TaskUpdate, WorkRequest,
@@ -28,21 +26,7 @@ pub async fn node(
     args: NodeArgs,
 ) -> anyhow::Result<ExitCode> {
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
-    let layout = Layout::open(root)
-        .with_context(|| format!("cannot use {} as the storage root", root.display()))?;
-    // One process per root: cleaning staging (below) would remove another's clones in progress.
-    let Some(_lock) = gitfleet_actors::RootLock::try_acquire(&layout.state_dir())? else {
-        anyhow::bail!(
-            "another gitfleet process is working in {}; a node needs a root of its own",
-            layout.root().display()
-        );
-    };
-    let removed = layout
-        .clean_staging()
-        .context("cannot clean the staging directory")?;
-    if removed > 0 {
-        tracing::info!(removed, "removed staging directories of an interrupted run");
-    }
+    let (layout, _lock) = crate::root::claim(root, "a node needs a root of its own")?;
     let policy = args.policy();
     let credentials = crate::credentials::load(&args.work, None)?;
     args.work.transport_settings()?;

@@ -58,6 +58,18 @@ fn all_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// SIGTERM to a running `gitfleet serve`, and its exit, waited for.
+fn terminate(serve: &mut Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    wait_until(Duration::from_secs(60), "serve stopped", || {
+        serve.try_wait().expect("try_wait").is_some()
+    });
+}
+
 fn staging_is_empty(root: &Path) -> bool {
     std::fs::read_dir(root.join(".gitfleet/staging"))
         .map(|mut d| d.next().is_none())
@@ -534,14 +546,7 @@ fn serve_keeps_mirrors_fresh_quarantines_what_keeps_failing_and_drains() {
     );
 
     // SIGTERM drains and stops.
-    let killed = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    wait_until(Duration::from_secs(60), "serve stopped", || {
-        serve.try_wait().expect("try_wait").is_some()
-    });
+    terminate(&mut serve);
     let output = serve.wait_with_output().expect("serve's output");
     let stderr = text(&output.stderr);
     assert!(output.status.success(), "serve: {stderr}");
@@ -702,12 +707,7 @@ fn webhooks_sync_pushed_repositories_and_refuse_everything_else() {
         "a webhook added a repository"
     );
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status();
-    wait_until(Duration::from_secs(60), "serve stopped", || {
-        serve.try_wait().expect("try_wait").is_some()
-    });
+    terminate(&mut serve);
     let output = serve.wait_with_output().expect("serve's output");
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
@@ -755,12 +755,7 @@ fn a_repository_can_be_given_its_own_interval_directly_or_through_serve() {
     let out = run(gitfleet(root.path()).args(["schedule", "--adaptive", &alpha]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(task_for(&status_json(root.path()), "alpha")["interval_override_s"].is_null());
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status();
-    wait_until(Duration::from_secs(60), "serve stopped", || {
-        serve.try_wait().expect("try_wait").is_some()
-    });
+    terminate(&mut serve);
     // Bad input is refused with a reason.
     let out = run(gitfleet(root.path()).args(["schedule", "--every", "soon", &alpha]));
     assert_eq!(out.status.code(), Some(2));
@@ -828,12 +823,7 @@ fn commands_on_a_served_root_are_handed_to_serve() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(root.path().join("_local/team/tools.git").is_dir());
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &serve.id().to_string()])
-        .status();
-    wait_until(Duration::from_secs(60), "serve stopped", || {
-        serve.try_wait().expect("try_wait").is_some()
-    });
+    terminate(&mut serve);
     assert!(!socket.exists(), "serve left its socket");
     // With serve gone, the root is worked on directly again.
     let out = run(gitfleet(root.path()).args(["sync", &alpha]));

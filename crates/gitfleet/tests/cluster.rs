@@ -13,6 +13,22 @@ use gitfleet_tests::{
     eventually, fsck, mirror_one, refs, wait_final, wait_for_nodes,
 };
 
+/// Where the node that ran `task` (a mirror of `alpha.git` on `daemon`) keeps it.
+fn mirror_on_owner(
+    nodes: &[NodeProcess],
+    task: &gitfleet_proto::CloneTask,
+    daemon: &GitDaemon,
+) -> std::path::PathBuf {
+    let owner = nodes
+        .iter()
+        .find(|n| Some(n.id.as_str()) == task.node.as_deref())
+        .expect("the task ran on a node");
+    owner
+        .root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()))
+}
+
 /// The sandbox of this test's `gitfleet` binary on `nats`.
 fn sandbox(nats: &NatsServer) -> Sandbox<'_> {
     Sandbox::new(Path::new(env!("CARGO_BIN_EXE_gitfleet")), nats)
@@ -993,14 +1009,7 @@ async fn nodes_keep_the_repositories_they_own_fresh() {
     wait_for_nodes(&client, 2).await;
     let task = mirror_one(&client, &daemon.url("alpha.git")).await;
     assert!(task.next_sync_at.is_some(), "{task:?}");
-    let owner = nodes
-        .iter()
-        .find(|n| Some(n.id.as_str()) == task.node.as_deref())
-        .expect("the task ran on a node");
-    let mirror = owner
-        .root
-        .path()
-        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    let mirror = mirror_on_owner(&nodes, &task, &daemon);
 
     // Upstream moves on; nobody asks: the owner syncs it on schedule.
     fixtures.mutate("alpha.git");
@@ -1067,14 +1076,7 @@ async fn a_webhook_to_any_node_syncs_the_repository_where_it_lives() {
     wait_for_nodes(&client, 2).await;
     let alpha = daemon.url("alpha.git");
     let task = mirror_one(&client, &alpha).await;
-    let owner = nodes
-        .iter()
-        .find(|n| Some(n.id.as_str()) == task.node.as_deref())
-        .expect("the task ran on a node");
-    let mirror = owner
-        .root
-        .path()
-        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    let mirror = mirror_on_owner(&nodes, &task, &daemon);
 
     fixtures.mutate("alpha.git");
     let upstream = refs(&fixtures.repo("alpha.git"));
