@@ -163,32 +163,57 @@ pub(crate) async fn keep_owned_fresh(
             () = due => {
                 let ids = schedules.own.take_due(Timestamp::now());
                 for id in ids {
-                    request_sync(&ctx, &schedules.live, &id).await;
+                    match request_sync(&ctx, &schedules.live, &id).await {
+                        Requested::Done | Requested::Dropped => {}
+                        Requested::Later(at) => schedules.set(&id, Some(at)),
+                        Requested::TryAgain => {
+                            let later = Timestamp::now().checked_add(RETRY_AFTER).ok();
+                            schedules.set(&id, later);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
+/// A due sync that could not be enqueued (NATS unavailable) is tried again this much later.
+const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
+/// What became of a due task.
+#[derive(Debug)]
+enum Requested {
+    /// Enqueued (or already running, or not final): its next final state reschedules it.
+    Done,
+    /// Its record says it is due later (changed meanwhile).
+    Later(Timestamp),
+    /// Not scheduled: it does not match its record, or is gone.
+    Dropped,
+    /// Enqueueing failed for now.
+    TryAgain,
+}
+
 /// Enqueues the sync of task `id`, as the API does for a request, if it is still due.
-async fn request_sync(ctx: &ApiContext, live: &[String], id: &str) {
+async fn request_sync(ctx: &ApiContext, live: &[String], id: &str) -> Requested {
     let found = match ctx.store.get(id).await {
         Ok(Some(found)) => found,
-        Ok(None) => return,
+        Ok(None) => return Requested::Dropped,
         Err(e) => {
             tracing::warn!(task = %id, error = %e, "cannot read a task that is due");
-            return;
+            return Requested::TryAgain;
         }
     };
     let (task, _) = &found;
-    if task.due_at().is_none_or(|at| at > Timestamp::now()) {
-        return;
+    match task.due_at() {
+        None => return Requested::Done,
+        Some(at) if at > Timestamp::now() => return Requested::Later(at),
+        Some(_) => {}
     }
     let target = match Target::of_task(task) {
         Ok(target) => target,
         Err(e) => {
             tracing::warn!(task = %id, error = %e, "not scheduling a task that does not match its record");
-            return;
+            return Requested::Dropped;
         }
     };
     let operation = if task.status.status_type == StatusType::Completed {
@@ -198,7 +223,11 @@ async fn request_sync(ctx: &ApiContext, live: &[String], id: &str) {
     };
     let url = task.url.clone();
     let submitted = api::enqueue(ctx, &url, target, operation, live, None, Some(found)).await;
-    if let Some(error) = submitted.error {
-        tracing::warn!(task = %id, error = %error.message, "cannot enqueue a scheduled sync");
+    match submitted.error {
+        None => Requested::Done,
+        Some(error) => {
+            tracing::warn!(task = %id, error = %error.message, "cannot enqueue a scheduled sync; trying again later");
+            Requested::TryAgain
+        }
     }
 }
