@@ -174,6 +174,24 @@ mod tests {
     }
 
     #[test]
+    fn overdue_work_is_spread_and_future_work_keeps_its_time() {
+        let now = at(1_000_000);
+        // A few overdue repositories start almost at once; many are spread, up to a cap.
+        assert_eq!(spread(3), Duration::from_millis(150));
+        assert_eq!(spread(100_000), MAX_SPREAD);
+        let window = spread(200);
+        for _ in 0..200 {
+            let start = spread_if_overdue(at(10), now, window);
+            assert!(start >= now, "{start}");
+            assert!(
+                start.duration_since(now) <= jiff::SignedDuration::try_from(window).expect("small"),
+                "{start}"
+            );
+        }
+        assert_eq!(spread_if_overdue(at(2_000_000), now, window), at(2_000_000));
+    }
+
+    #[test]
     fn due_times_come_in_order_and_rescheduling_replaces() {
         let mut due = DueTimes::default();
         due.set("a", Some(at(30)));
