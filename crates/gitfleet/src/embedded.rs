@@ -271,12 +271,9 @@ async fn change_records(
 ) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let ids = known_ids(&layout, &store, inputs)?;
+    // No process works on the root: its records, read once under the lock, are the truth.
     if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
-        for id in ids {
-            let Some(mut task) = store.get(&id)? else {
-                continue;
-            };
+        for mut task in known_tasks(&layout, &store, inputs)? {
             change(&mut task);
             task.updated_at = jiff::Timestamp::now();
             store.put_sync(&task)?;
@@ -284,6 +281,7 @@ async fn change_records(
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let ids = ids_of(&known_tasks(&layout, &store, inputs)?);
     let requests = RequestDirs::open(&layout.state_dir())?;
     for id in &ids {
         ask(&requests, id)?;
@@ -299,30 +297,35 @@ async fn change_records(
     .await
 }
 
-/// The ids of the stored tasks `inputs` (ids or URLs) name; an error names an unknown one.
-fn known_ids(layout: &Layout, store: &FileStore, inputs: &[String]) -> anyhow::Result<Vec<String>> {
+/// The stored tasks `inputs` (ids or URLs) name, from one read of the records; an error names
+/// an unknown one.
+fn known_tasks(
+    layout: &Layout,
+    store: &FileStore,
+    inputs: &[String],
+) -> anyhow::Result<Vec<CloneTask>> {
     let known = store.load_all_sync()?;
     let policy = Policy::permissive();
     inputs
         .iter()
         .map(|input| {
             find_task(layout, &policy, &known, input)
-                .map(|task| task.id.clone())
+                .cloned()
                 .map_err(|e| anyhow::anyhow!(e.message))
         })
         .collect()
 }
 
+fn ids_of(tasks: &[CloneTask]) -> Vec<String> {
+    tasks.iter().map(|t| t.id.clone()).collect()
+}
+
 pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
     let layout = open_layout(root)?;
     let store = FileStore::open(&layout.state_dir())?;
-    let ids = known_ids(&layout, &store, inputs)?;
     if let Some(_lock) = RootLock::try_acquire(&layout.state_dir())? {
         // No process is working here: mark unfinished tasks cancelled so no run resumes them.
-        for id in ids {
-            let Some(mut task) = store.get(&id)? else {
-                continue;
-            };
+        for mut task in known_tasks(&layout, &store, inputs)? {
             if task.status.status_type.is_final() {
                 println!("{} is already {}", task.url, task.status.status_type);
                 continue;
@@ -335,6 +338,7 @@ pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let ids = ids_of(&known_tasks(&layout, &store, inputs)?);
     let requests = Requests::cancels(&layout.state_dir())?;
     for id in &ids {
         requests.request(id)?;
