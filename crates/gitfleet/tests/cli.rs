@@ -779,6 +779,19 @@ fn commands_on_a_served_root_are_handed_to_serve() {
         .expect("start gitfleet serve");
     let socket = root.path().join(".gitfleet/serve.sock");
     wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+    // A request that is not one is answered with a reason, and serve goes on.
+    {
+        use std::io::{BufRead, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        stream
+            .write_all(b"{\"kind\": \"rm -rf\"}\n")
+            .expect("write");
+        let mut reply = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut reply)
+            .expect("a reply");
+        assert!(reply.contains("refused"), "{reply}");
+    }
     // One serve per root: a second one says why it cannot start.
     let out = run(gitfleet(root.path()).args(["serve"]));
     assert_eq!(out.status.code(), Some(2));
