@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! cargo run --release -p gitfleet-benches -- [--quick] [--smoke] [--out DIR] [-j N]
-//!     [--gitfleet PATH] [--skip-netns] [--only control]
+//!     [--gitfleet PATH] [--skip-netns] [--only control|freshness]
 //! ```
 
 mod control;
 mod fleet;
+mod freshness;
 mod natscount;
 mod netns;
 mod procs;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|--concurrency N] \
-                     [--gitfleet PATH] [--skip-netns] [--only control]
+                     [--gitfleet PATH] [--skip-netns] [--only control|freshness]
 
   --quick        a few minutes: 20 small repositories, 2 medium, 2,000 refs (CI smoke run)
   --smoke        smaller still (5 small, 1 medium, 200 refs; no cluster-2/3, no namespaces)
@@ -31,7 +32,9 @@ const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|-
   --gitfleet P   the gitfleet binary to measure (default: built with cargo, same profile)
   --skip-netns   do not try network namespaces
   --only control the control plane alone (no git, nats-server or root needed): prints its
-                 JSON to stdout; sizes follow --quick/--smoke, -j is the worker count";
+                 JSON to stdout; sizes follow --quick/--smoke, -j is the worker count
+  --only freshness  gitfleet serve alone (webhook and polling lag, CPU per 1,000 checks, idle
+                 cost): needs git and python3; its JSON to stdout";
 
 fn parse(args: &[String]) -> anyhow::Result<suite::Options> {
     let mut opts = suite::Options {
@@ -154,6 +157,7 @@ fn real_main() -> anyhow::Result<()> {
     watch_signals(&rt);
     match only {
         Some(Only::Control) => run_control(&opts, rt.handle()),
+        Some(Only::Freshness) => suite::run_freshness(&opts, rt.handle()),
         None => suite::run(&opts, rt.handle()),
     }
 }
@@ -161,6 +165,7 @@ fn real_main() -> anyhow::Result<()> {
 /// A part of the suite run on its own (`--only PART`).
 enum Only {
     Control,
+    Freshness,
 }
 
 /// Takes `--only PART` out of `args`.
@@ -172,8 +177,9 @@ fn only(args: &[String]) -> anyhow::Result<(Option<Only>, Vec<String>)> {
         if arg == "--only" {
             only = match it.next().map(String::as_str) {
                 Some("control") => Some(Only::Control),
+                Some("freshness") => Some(Only::Freshness),
                 other => bail!(
-                    "--only needs a part: control (got {})\n{USAGE}",
+                    "--only needs a part: control or freshness (got {})\n{USAGE}",
                     other.unwrap_or("nothing")
                 ),
             };

@@ -12,6 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::control::{self, ControlSpec};
 use crate::fleet::{self, FleetSpec};
+use crate::freshness::{self, FreshnessSpec};
 use crate::netns::{self, ChildConfig, Topology};
 use crate::procs::{KillOnDrop, check_interrupted, run_ok};
 use crate::report::{self, Row, Target};
@@ -44,6 +45,7 @@ impl Options {
 struct Plan {
     fleet: FleetSpec,
     control: ControlSpec,
+    freshness: FreshnessSpec,
     clusters: Vec<usize>,
     netns_nodes: Vec<usize>,
     /// Fleet kinds mirrored in the namespace runs.
@@ -62,6 +64,14 @@ fn plan(opts: &Options) -> Plan {
                 progress_events: 50_000,
                 memory_tasks: vec![10_000],
             },
+            freshness: FreshnessSpec {
+                repos: 5,
+                pushed: 2,
+                poll_interval: Duration::from_secs(2),
+                cost_window: Duration::from_secs(6),
+                tracked: 30,
+                idle_window: Duration::from_secs(3),
+            },
             clusters: vec![1],
             netns_nodes: Vec::new(),
             netns_kinds: Vec::new(),
@@ -76,6 +86,14 @@ fn plan(opts: &Options) -> Plan {
                 progress_events: 200_000,
                 memory_tasks: vec![100_000],
             },
+            freshness: FreshnessSpec {
+                repos: 20,
+                pushed: 5,
+                poll_interval: Duration::from_secs(5),
+                cost_window: Duration::from_secs(15),
+                tracked: 300,
+                idle_window: Duration::from_secs(10),
+            },
             clusters: vec![1, 2, 3],
             netns_nodes: vec![1, 2],
             netns_kinds: vec!["medium"],
@@ -89,6 +107,14 @@ fn plan(opts: &Options) -> Plan {
                 dispatch_file: 5_000,
                 progress_events: 1_000_000,
                 memory_tasks: vec![100_000, 1_000_000],
+            },
+            freshness: FreshnessSpec {
+                repos: 200,
+                pushed: 20,
+                poll_interval: Duration::from_secs(10),
+                cost_window: Duration::from_secs(30),
+                tracked: 3_000,
+                idle_window: Duration::from_secs(30),
             },
             clusters: vec![1, 2, 3],
             netns_nodes: vec![1, 2, 3],
@@ -230,11 +256,17 @@ fn machine() -> Value {
 /// Batches smaller than this are not judged on NATS messages per repository.
 const MIN_BATCH_FOR_MSGS: usize = 5;
 
-pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
-    let started_at = jiff::Timestamp::now();
-    let load_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let suite_start = Instant::now();
-    let plan = plan(opts);
+/// What every part of the suite that mirrors needs: the binary, a work directory, the fleet
+/// copied into it, and the servers serving it.
+struct Setup {
+    out_dir: PathBuf,
+    work: tempfile::TempDir,
+    fleet: fleet::Fleet,
+    env: Env,
+    servers: Servers,
+}
+
+fn set_up(opts: &Options, plan: &Plan, rt: &Handle) -> anyhow::Result<Setup> {
     let (target, profile) = target_dirs()?;
     let gitfleet = gitfleet_binary(opts, &profile)?;
     let out_dir = opts.out.clone().unwrap_or_else(|| target.join("bench"));
@@ -249,7 +281,7 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     let logs = out_dir.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
     let env = Env {
-        gitfleet: gitfleet.clone(),
+        gitfleet,
         work: work.path().to_path_buf(),
         logs,
         concurrency: opts.concurrency,
@@ -257,6 +289,48 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
         rt: rt.clone(),
     };
     let servers = Servers::start(&fleet.dir, env.log("servers.log")?)?;
+    Ok(Setup {
+        out_dir,
+        work,
+        fleet,
+        env,
+        servers,
+    })
+}
+
+/// The freshness part alone (`--only freshness`): its table on stderr, its JSON on stdout.
+pub fn run_freshness(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
+    let plan = plan(opts);
+    let setup = set_up(opts, &plan, rt)?;
+    let port = setup.servers.daemon_port;
+    let git_url = |name: &str| format!("git://127.0.0.1:{port}/{name}");
+    let result = freshness::run(&setup.env, &setup.fleet, &git_url, plan.freshness)?;
+    for (measurement, value) in freshness::summary_rows(&result) {
+        eprintln!("bench: {measurement}: {value}");
+    }
+    for target in freshness::targets(&result) {
+        eprintln!(
+            "bench: target {}: {:?} ({})",
+            target.name, target.met, target.detail
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
+    let started_at = jiff::Timestamp::now();
+    let load_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let suite_start = Instant::now();
+    let plan = plan(opts);
+    let Setup {
+        out_dir,
+        work,
+        fleet,
+        env,
+        servers,
+    } = set_up(opts, &plan, rt)?;
+    let gitfleet = env.gitfleet.clone();
     let git_url = |name: &str| format!("git://127.0.0.1:{}/{name}", servers.daemon_port);
     let items_of = |kinds: &[&str]| -> Vec<Item> {
         fleet
@@ -418,6 +492,10 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
         }
     }
     drop(runners);
+
+    // D: gitfleet serve keeping the fleet fresh by itself.
+    eprintln!("bench: freshness: gitfleet serve with webhooks, polling, and idle ...");
+    let freshness = freshness::run(&env, &fleet, &git_url, plan.freshness)?;
     drop(servers);
 
     // The control plane alone.
@@ -448,7 +526,8 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     };
     rows.extend(netns_rows);
 
-    let targets = evaluate_targets(&rows, &control, opts.size() == "full");
+    let mut targets = evaluate_targets(&rows, &control, opts.size() == "full");
+    targets.extend(freshness::targets(&freshness));
     let report = json!({
         "command": opts.command_line,
         "size": opts.size(),
@@ -461,6 +540,7 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
         "gitfleet": gitfleet,
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         "control_plane": control,
+        "freshness": freshness,
         "refs_record_bytes": refs_record_bytes,
         "cluster_nodes": cluster_nodes,
         "netns": netns_status,
@@ -767,6 +847,10 @@ fn render_markdown(
             "| Task record of the many-refs repository after its mirror (JSON) | {bytes} bytes |\n"
         ));
     }
+    md.push_str("\nFreshness (`gitfleet serve`, the git daemon's CPU not counted):\n\n| measurement | result |\n|---|---|\n");
+    for (measurement, result) in freshness::summary_rows(&report["freshness"]) {
+        md.push_str(&format!("| {measurement} | {result} |\n"));
+    }
     let netns = &report["netns"];
     if netns["ran"] == json!(false) {
         md.push_str(&format!(
@@ -774,7 +858,7 @@ fn render_markdown(
             netns["why"].as_str().unwrap_or("?")
         ));
     }
-    md.push_str("\nTargets (issue 4):\n\n");
+    md.push_str("\nTargets (issues 4 and 11):\n\n");
     md.push_str(&report::targets_markdown(targets));
     md
 }

@@ -90,10 +90,35 @@ fn the_smoke_suite_reports_every_side_without_unexpected_failures() {
     assert_eq!(control["dispatch"].as_array().map(Vec::len), Some(3));
     assert!(control["progress"][0]["events_per_s"].as_f64() > Some(0.0));
     assert!(control["memory"][0]["bytes_per_task"].as_f64() > Some(0.0));
-    assert_eq!(report["targets"].as_array().map(Vec::len), Some(7));
+    // gitfleet serve kept the fleet fresh: every pushed commit arrived, by webhook and by the
+    // scheduler alone, and the checks of unchanged repositories were counted.
+    let freshness = &report["freshness"];
+    assert_eq!(freshness["webhook"]["pushed"], 2, "{freshness:#}");
+    assert!(
+        freshness["webhook"]["p99_s"].as_f64() > Some(0.0),
+        "{freshness:#}"
+    );
+    assert!(
+        freshness["polling"]["lag_p99_s"].as_f64() > Some(0.0),
+        "{freshness:#}"
+    );
+    assert!(
+        freshness["polling"]["checks"].as_u64() > Some(0),
+        "{freshness:#}"
+    );
+    assert_eq!(freshness["idle"]["tracked"], 30, "{freshness:#}");
+    assert!(
+        freshness["idle"]["rss_mib"].as_f64() > Some(0.0),
+        "{freshness:#}"
+    );
+    assert_eq!(report["targets"].as_array().map(Vec::len), Some(9));
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(
         markdown.contains("| mirror-small | cluster-1 |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("Freshness (`gitfleet serve`"),
         "{markdown}"
     );
     let command = std::fs::read_to_string(out.path().join("command.txt")).expect("command.txt");
