@@ -277,6 +277,12 @@ impl RepoUrl {
         self.host.as_deref()
     }
 
+    /// The host as credential host patterns match it: an IPv6 address without its brackets.
+    pub fn credential_host(&self) -> Option<&str> {
+        self.host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+    }
+
     pub fn is_local(&self) -> bool {
         self.scheme == Scheme::File
     }

@@ -2,108 +2,82 @@
 
 use std::collections::BTreeSet;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use gitfleet_actors::{FileStore, Fleet, RequestDirs, Requests, RootLock, Submitted};
+use gitfleet_actors::{
+    FileStore, Fleet, OpenRoot, Planned, RequestDirs, Requests, RootLock, Submitted, find_task,
+    open_layout, plan_work,
+};
 use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl};
 use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, WorkRequest};
 
 use crate::cli::RunArgs;
 use crate::display::Display;
-use crate::planning::{Planned, find_task, plan_work};
 use crate::report::{Summary, print_tasks};
-use crate::root::{claim, open_layout};
 
-/// A root opened for work: locked (one working process per root), staging cleaned, its task
-/// records read, the repositories of an earlier version adopted.
-pub struct OpenRoot {
-    pub layout: Layout,
-    _lock: RootLock,
-    pub store: Arc<FileStore>,
-    pub known: Vec<CloneTask>,
+/// Opens `root` for a working command: locked, records read, earlier repositories adopted.
+pub fn open_root(root: &std::path::Path) -> anyhow::Result<OpenRoot> {
+    let open = OpenRoot::open(
+        root,
+        "wait for it or cancel its tasks with `gitfleet cancel`",
+    )?;
+    if open.adopted > 0 {
+        eprintln!(
+            "gitfleet: {} repositories of an earlier version marked as this root's",
+            open.adopted
+        );
+    }
+    Ok(open)
 }
 
-impl OpenRoot {
-    pub fn open(root: &std::path::Path) -> anyhow::Result<OpenRoot> {
-        let (layout, lock) = claim(
-            root,
-            "wait for it or cancel its tasks with `gitfleet cancel`",
-        )?;
-        let store = Arc::new(FileStore::open(&layout.state_dir())?);
-        let known = store.load_all_sync()?;
-        // Repositories an earlier version made carry no marker: once, adopt those that this
-        // root's own records say it finished, so that they keep syncing.
-        let adopted = layout
-            .adopt_once(&known)
-            .context("cannot adopt the repositories of an earlier version")?;
-        if adopted > 0 {
-            eprintln!(
-                "gitfleet: {adopted} repositories of an earlier version marked as this root's"
-            );
-        }
-        Ok(OpenRoot {
-            layout,
-            _lock: lock,
-            store,
-            known,
-        })
-    }
-
-    /// Starts the actors on this root: credentials (GITFLEET_TOKEN goes, without
-    /// --token-host, to the hosts of `named` and of the repositories this root knows),
-    /// transport settings, cancel requests from other processes, and unfinished tasks of an
-    /// earlier run resumed (returned).
-    pub async fn start_fleet(
-        &self,
-        run: &RunArgs,
-        policy: &Policy,
-        named: &[RepoUrl],
-    ) -> anyhow::Result<Started> {
-        let named_hosts: Vec<String> = named
-            .iter()
-            .cloned()
-            .chain(
-                self.known
-                    .iter()
-                    .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
-            )
-            // As host patterns match them: an IPv6 address without its brackets.
-            .filter_map(|url| {
-                url.host()
-                    .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
-            })
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
-        run.work.transport_settings()?;
-        let config = run.work.fleet_config(
-            &self.layout,
-            policy.clone(),
-            credentials,
-            run.concurrency,
-            crate::inputs::hostname(),
+/// Starts the actors on an opened root: credentials (GITFLEET_TOKEN goes, without
+/// --token-host, to the hosts of `named` and of the repositories this root knows),
+/// transport settings, cancel requests from other processes, and unfinished tasks of an
+/// earlier run resumed (returned).
+pub async fn start_fleet(
+    open: &OpenRoot,
+    run: &RunArgs,
+    policy: &Policy,
+    named: &[RepoUrl],
+) -> anyhow::Result<Started> {
+    let named_hosts: Vec<String> = named
+        .iter()
+        .cloned()
+        .chain(
+            open.known
+                .iter()
+                .filter_map(|t| RepoUrl::parse_with(&t.url, LocalPaths::AsStored).ok()),
+        )
+        .filter_map(|url| url.credential_host().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
+    run.work.transport_settings()?;
+    let config = run.work.fleet_config(
+        &open.layout,
+        policy.clone(),
+        credentials,
+        run.concurrency,
+        crate::inputs::hostname(),
+    );
+    let fleet = Fleet::start(config, open.store.clone()).await?;
+    // Before anything is submitted: the first updates can come at once.
+    let updates = fleet.subscribe();
+    // Stops with the fleet.
+    drop(fleet.watch_requests(RequestDirs::open(&open.layout.state_dir())?));
+    let resumed = fleet.resume_unfinished(policy).await?;
+    if !resumed.is_empty() {
+        eprintln!(
+            "gitfleet: resuming {} unfinished task(s) from an earlier run",
+            resumed.len()
         );
-        let fleet = Fleet::start(config, self.store.clone()).await?;
-        // Before anything is submitted: the first updates can come at once.
-        let updates = fleet.subscribe();
-        // Stops with the fleet.
-        drop(fleet.watch_requests(RequestDirs::open(&self.layout.state_dir())?));
-        let resumed = fleet.resume_unfinished(policy).await?;
-        if !resumed.is_empty() {
-            eprintln!(
-                "gitfleet: resuming {} unfinished task(s) from an earlier run",
-                resumed.len()
-            );
-        }
-        Ok(Started {
-            fleet,
-            updates,
-            resumed,
-        })
     }
+    Ok(Started {
+        fleet,
+        updates,
+        resumed,
+    })
 }
 
 /// The actors running on an open root.
@@ -119,7 +93,7 @@ pub async fn work(
     work: WorkRequest,
     run: RunArgs,
 ) -> anyhow::Result<ExitCode> {
-    let open = OpenRoot::open(root)?;
+    let open = open_root(root)?;
     let policy = run.policy()?;
     let mut display = Display::new(run.json);
     let Planned {
@@ -142,7 +116,7 @@ pub async fn work(
         fleet,
         mut updates,
         resumed,
-    } = open.start_fleet(&run, &policy, &named).await?;
+    } = start_fleet(&open, &run, &policy, &named).await?;
     display.track(resumed.iter().map(|t| t.id.clone()));
 
     let started = Instant::now();

@@ -8,10 +8,8 @@ mod display;
 mod embedded;
 mod hooks;
 mod inputs;
-mod planning;
 mod remote;
 mod report;
-mod root;
 mod serve;
 mod served;
 

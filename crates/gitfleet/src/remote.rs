@@ -26,7 +26,7 @@ pub async fn node(
     args: NodeArgs,
 ) -> anyhow::Result<ExitCode> {
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
-    let (layout, _lock) = crate::root::claim(root, "a node needs a root of its own")?;
+    let (layout, _lock) = gitfleet_actors::claim(root, "a node needs a root of its own")?;
     let policy = args.policy();
     let credentials = crate::credentials::load(&args.work, None)?;
     args.work.transport_settings()?;

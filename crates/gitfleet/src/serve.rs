@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gitfleet_actors::{Fleet, Submitted, keep_fresh, plan_from_task};
+use gitfleet_actors::{Fleet, Submitted, keep_fresh, plan_from_task, plan_work};
 use gitfleet_git::{Layout, Policy, Target};
 use gitfleet_proto::{CloneTask, Operation, StatusType, TaskUpdate, WorkReply, WorkRequest};
 use tokio::sync::broadcast::error::RecvError;
@@ -22,9 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::RunArgs;
 use crate::display::Display;
-use crate::embedded::{OpenRoot, Started};
+use crate::embedded::{Started, open_root, start_fleet};
 use crate::hooks::{self, SyncUrls, Synced, Webhooks};
-use crate::planning::plan_work;
 
 /// How long cancelled transfers get to stop after the drain time ran out.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
@@ -35,13 +34,13 @@ pub async fn serve(
     drain_timeout: Duration,
     webhooks: Option<Webhooks>,
 ) -> anyhow::Result<ExitCode> {
-    let open = OpenRoot::open(root)?;
+    let open = open_root(root)?;
     let policy = run.policy()?;
     let Started {
         fleet,
         mut updates,
         resumed: _,
-    } = open.start_fleet(&run, &policy, &[]).await?;
+    } = start_fleet(&open, &run, &policy, &[]).await?;
     let scheduled = open
         .known
         .iter()

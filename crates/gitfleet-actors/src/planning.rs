@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use gitfleet_actors::{Job, plan_from_task};
+use crate::{Job, plan_from_task};
 use gitfleet_git::{Layout, Policy, Target, scrub_userinfo};
 use gitfleet_proto::{CloneTask, ErrorCode, Operation, TaskError, WorkRequest};
 
