@@ -59,3 +59,23 @@ nats-server --version
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
+
+# The Python package (python/): built from source by pip with maturin, as `pip install ./python`
+# does (in the dev profile, which shares the build above), in a virtual environment of its own,
+# then its pytest suite against real git servers (gitfleet-test-servers, from tests/bin).
+target_dir=${CARGO_TARGET_DIR:-target}
+venv="$target_dir/py-venv"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv" 2>/dev/null || {
+        apt-get update -qq && apt-get install -y -qq python3-venv
+        python3 -m venv "$venv"
+    }
+fi
+"$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2"
+cargo build --locked -p gitfleet-tests --bin gitfleet-test-servers
+# maturin's build hook runs the `maturin` of the environment: its bin goes first on PATH.
+PATH="$(cd "$venv" && pwd)/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" \
+    "$venv/bin/python" -m pip install --quiet \
+    --no-build-isolation --force-reinstall --no-deps ./python
+GITFLEET_TEST_SERVERS="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers" \
+    "$venv/bin/pytest" -q python/tests

@@ -26,7 +26,7 @@ pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{Requests, RootLock};
 pub use planning::{Planned, find_task, plan_work};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
-pub use root::{OpenRoot, RootError, claim, open_layout};
+pub use root::{OpenRoot, RootError, claim, hostname, open_layout};
 pub use schedule::SchedulePolicy;
 pub use scheduler::{DueTimes, keep_fresh, spread, spread_if_overdue};
 pub use store::{FileStore, Put, StoreFuture, TaskStore};

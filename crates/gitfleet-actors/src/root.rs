@@ -117,3 +117,12 @@ impl OpenRoot {
         })
     }
 }
+
+/// This machine's name: the default node id, and who ran a task.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".into())
+}

@@ -59,7 +59,7 @@ pub async fn start_fleet(
         policy.clone(),
         credentials,
         run.concurrency,
-        crate::inputs::hostname(),
+        gitfleet_actors::hostname(),
     );
     let fleet = Fleet::start(config, open.store.clone()).await?;
     // Before anything is submitted: the first updates can come at once.

@@ -14,8 +14,8 @@ use gitfleet_proto::{
 
 use crate::cli::{NodeArgs, RunArgs};
 use crate::display::Display;
-use crate::inputs::hostname;
 use crate::report::{Summary, print_tasks};
+use gitfleet_actors::hostname;
 
 /// How often a waiting client reads the tasks no event has reported finished.
 const POLL_INTERVAL: Duration = Duration::from_secs(2);

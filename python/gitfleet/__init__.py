@@ -1,0 +1,29 @@
+"""gitfleet: clone, mirror and keep fresh many git repositories, on gitfleet's Rust engine.
+
+``RepoManager`` clones a list of repositories and reports each one's ``CloneTask`` /
+``CloneStatus``; ``to_pydantic_status`` / ``to_pydantic_task`` give pydantic models of them.
+See docs/python.md.
+"""
+
+from ._native import GitfleetError, __version__
+from .manager import CloneStatus, CloneTask, RepoManager, RustCloneStatus, RustCloneTask
+from .models import (
+    PydanticCloneStatus,
+    PydanticCloneTask,
+    to_pydantic_status,
+    to_pydantic_task,
+)
+
+__all__ = [
+    "CloneStatus",
+    "CloneTask",
+    "GitfleetError",
+    "PydanticCloneStatus",
+    "PydanticCloneTask",
+    "RepoManager",
+    "RustCloneStatus",
+    "RustCloneTask",
+    "__version__",
+    "to_pydantic_status",
+    "to_pydantic_task",
+]

@@ -1,0 +1,40 @@
+"""Type stubs of the native module (Rust, PyO3)."""
+
+import os
+from typing import List, Optional, Union
+
+__version__: str
+
+class GitfleetError(Exception):
+    """A gitfleet operation failed: the root cannot be used, or the actors are gone."""
+
+def scrub_userinfo(text: str) -> str:
+    """``text`` with the user information of every http(s) URL in it masked."""
+
+class Session:
+    """A storage root opened for work in this process: the actors and the root's lock."""
+
+    def __init__(
+        self,
+        root: Union[str, "os.PathLike[str]"],
+        *,
+        concurrency: int = 8,
+        retries: int = 3,
+        username: Optional[str] = None,
+        token: Optional[str] = None,
+        token_urls: List[str] = ...,
+    ) -> None: ...
+    @property
+    def root(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def submit(self, inputs: List[str], operation: str) -> str:
+        """JSON: per input ``{"input", "id"}`` or ``{"input", "error": {"code", "message"}}``."""
+    def tasks(self) -> str:
+        """JSON: every task record of the root."""
+    def wait_idle(self, timeout: Optional[float] = None) -> bool:
+        """True once nothing is queued, running or waiting for a retry; False at the timeout."""
+    def cancel(self, ids: List[str]) -> int:
+        """Cancels these tasks; answers how many were cancelled."""
+    def close(self) -> None:
+        """Cancels what is unfinished, stops the actors and lets go of the root."""

@@ -1,0 +1,307 @@
+"""``RepoManager``: clone or mirror a list of repositories and watch each one's status.
+
+The work is done by gitfleet's Rust engine and actors (``gitfleet._native``) on a storage root:
+the same task records, identity rules, limits and retries as the ``gitfleet`` command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
+
+from . import _native
+
+#: How long one wait for the actors lasts before the asyncio task looks again (and can be
+#: cancelled): the executor thread it runs on is busy at most this long after a cancel.
+_WAIT_SLICE_S = 0.2
+
+#: How long a new ``clone_all()`` waits for clones cancelled before to stop.
+_SETTLE_S = 10.0
+
+StatusType = str  # "queued" | "cloning" | "completed" | "failed"
+_FINAL = ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class CloneStatus:
+    """Where one repository's clone stands.
+
+    ``status_type`` is ``"queued"``, ``"cloning"``, ``"completed"`` or ``"failed"``;
+    ``progress`` is 0-100 while cloning (never going backwards) and None otherwise; ``error``
+    says why it failed, and ``error_code`` is the stable code of that failure (``not_found``,
+    ``auth_failed``, ``invalid_url``, ``network``, ...), None unless failed.
+    """
+
+    status_type: StatusType
+    progress: Optional[int] = None
+    error: Optional[str] = None
+    error_code: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class CloneTask:
+    """One repository of a ``RepoManager``: its URL, its status, and where it is once cloned.
+
+    ``url`` never carries a password or token (user information of http(s) URLs is masked);
+    ``temp_dir`` is the repository's directory once completed, None before; ``id`` is
+    gitfleet's task id (what ``gitfleet status`` shows), None until submitted.
+    """
+
+    url: str
+    status: CloneStatus
+    temp_dir: Optional[str] = None
+    id: Optional[str] = None
+
+
+#: The names the product documents use for the classes ``fetch_clone_tasks`` returns.
+RustCloneStatus = CloneStatus
+RustCloneTask = CloneTask
+
+
+def _url_list(urls: Any) -> List[str]:
+    if isinstance(urls, (str, bytes)):
+        raise TypeError("urls must be a list of URLs, not a single string")
+    try:
+        items = list(urls)
+    except TypeError:
+        raise TypeError(
+            f"urls must be a list of URLs, not {type(urls).__name__}"
+        ) from None
+    for i, url in enumerate(items):
+        if not isinstance(url, str):
+            raise TypeError(f"urls[{i}] must be a str, not {type(url).__name__}")
+    return items
+
+
+def _optional_str(name: str, value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+    return value
+
+
+def _close(session: "_native.Session", owned_root: Optional[str]) -> None:
+    session.close()
+    if owned_root is not None:
+        shutil.rmtree(owned_root, ignore_errors=True)
+
+
+class RepoManager:
+    """Clones (or mirrors) ``urls`` with gitfleet, and reports each one's status.
+
+    ``github_username`` / ``github_token``: credentials offered only to the hosts of ``urls``
+    (never to a host a redirect or another URL names). Repositories go under ``root``; without
+    one, under a temporary directory that the manager owns and removes when it is closed (or
+    garbage-collected). ``mirror=True`` makes bare mirrors instead of working-tree clones.
+    ``concurrency`` transfers run at once; ``retries`` transient failures are tried again.
+
+    One bad URL fails alone: its task is ``failed`` with the reason, the others go on.
+    """
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        github_username: Optional[str] = None,
+        github_token: Optional[str] = None,
+        *,
+        root: Union[str, "os.PathLike[str]", None] = None,
+        nats: Optional[str] = None,
+        concurrency: int = 8,
+        mirror: bool = False,
+        retries: int = 3,
+    ) -> None:
+        self._urls = _url_list(urls)
+        username = _optional_str("github_username", github_username)
+        token = _optional_str("github_token", github_token)
+        if nats is not None:
+            raise NotImplementedError(
+                "RepoManager(nats=...) is not available in this version: use the `gitfleet "
+                "--nats` command line, or leave nats unset to work on this machine"
+            )
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError(f"retries must be a non-negative int, not {retries!r}")
+        if not isinstance(mirror, bool):
+            raise TypeError(f"mirror must be a bool, not {type(mirror).__name__}")
+        self._operation = "mirror" if mirror else "clone"
+        owned_root: Optional[str] = None
+        if root is None:
+            owned_root = tempfile.mkdtemp(prefix="gitfleet-")
+            root_path = owned_root
+        else:
+            root_path = os.fspath(root)
+            if not isinstance(root_path, str):
+                raise TypeError("root must be a str or os.PathLike[str]")
+        try:
+            self._session = _native.Session(
+                root_path,
+                concurrency=concurrency,
+                retries=retries,
+                username=username,
+                token=token,
+                token_urls=self._urls,
+            )
+        except BaseException:
+            if owned_root is not None:
+                shutil.rmtree(owned_root, ignore_errors=True)
+            raise
+        self._finalizer = weakref.finalize(self, _close, self._session, owned_root)
+        # url -> task id, or (code, message) for a URL refused before any transfer.
+        self._ids: Dict[str, str] = {}
+        self._refused: Dict[str, Tuple[str, str]] = {}
+        # task id -> highest progress seen while the task is unfinished.
+        self._progress: Dict[str, int] = {}
+        # Task ids cancelled and maybe still stopping.
+        self._cancelling: Set[str] = set()
+
+    @property
+    def root(self) -> str:
+        """The storage root the repositories go under."""
+        return os.fspath(self._session.root)
+
+    @property
+    def urls(self) -> List[str]:
+        """The URLs, as given."""
+        return list(self._urls)
+
+    def clone_all(self) -> "asyncio.Task[None]":
+        """Starts cloning every URL and returns an asyncio task that ends when all are done.
+
+        Call it from async code (it needs the running event loop). The returned task has
+        ``.done()``; await it (``asyncio.wait_for`` works too). Cancelling it cancels the
+        clones still queued or running. It does not raise for a failed repository: see
+        ``fetch_clone_tasks()``.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "clone_all() needs a running asyncio event loop: call it from async code"
+            ) from None
+        self._settle_cancelled()
+        self._submit()
+        task = loop.create_task(self._wait_all())
+        # A callback, not an except clause: a task cancelled before it first ran never enters
+        # its coroutine.
+        task.add_done_callback(self._cancel_if_cancelled)
+        return task
+
+    def _submit(self) -> None:
+        answers = json.loads(self._session.submit(self._urls, self._operation))
+        for answer in answers:
+            url = answer["input"]
+            if "id" in answer:
+                self._ids[url] = answer["id"]
+                self._refused.pop(url, None)
+            else:
+                error = answer["error"]
+                self._refused[url] = (error["code"], error["message"])
+
+    async def _wait_all(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not await loop.run_in_executor(None, self._session.wait_idle, _WAIT_SLICE_S):
+            pass
+
+    def _cancel_if_cancelled(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled() and not self.closed:
+            self.cancel()
+
+    def _settle_cancelled(self) -> None:
+        """Waits (briefly) until the clones cancelled earlier have stopped: submitted again while
+        still stopping, they would only finish as cancelled."""
+        deadline = time.monotonic() + _SETTLE_S
+        while self._cancelling and time.monotonic() < deadline:
+            records = {t["id"]: t for t in json.loads(self._session.tasks())}
+            self._cancelling = {
+                i
+                for i in self._cancelling
+                if i in records and records[i]["status"]["status_type"] not in _FINAL
+            }
+            if self._cancelling:
+                time.sleep(0.01)
+        self._cancelling.clear()
+
+    async def fetch_clone_tasks(self) -> Dict[str, CloneTask]:
+        """Every URL (as given) with its current ``CloneTask``."""
+        return self.clone_tasks()
+
+    def clone_tasks(self) -> Dict[str, CloneTask]:
+        """``fetch_clone_tasks()`` without awaiting: every URL with its current task."""
+        records = {t["id"]: t for t in json.loads(self._session.tasks())}
+        out: Dict[str, CloneTask] = {}
+        for url in self._urls:
+            shown = _native.scrub_userinfo(url)
+            refused = self._refused.get(url)
+            task_id = self._ids.get(url)
+            record = records.get(task_id) if task_id is not None else None
+            if refused is not None:
+                code, message = refused
+                status = CloneStatus("failed", error=message, error_code=code)
+                out[url] = CloneTask(shown, status)
+            elif record is None:
+                out[url] = CloneTask(shown, CloneStatus("queued"), id=task_id)
+            else:
+                out[url] = self._task_of(shown, record)
+        return out
+
+    def _task_of(self, shown_url: str, record: Dict[str, Any]) -> CloneTask:
+        status = record["status"]
+        status_type = status["status_type"]
+        progress = None
+        if status_type == "cloning":
+            seen = max(self._progress.get(record["id"], 0), status.get("progress") or 0)
+            self._progress[record["id"]] = seen
+            progress = seen
+        elif status_type in _FINAL:
+            self._progress.pop(record["id"], None)
+        error = status.get("error") if status_type == "failed" else None
+        code = record.get("error_code") if status_type == "failed" else None
+        temp_dir = None
+        if status_type == "completed":
+            temp_dir = os.path.join(self.root, record["path"])
+        return CloneTask(
+            shown_url,
+            CloneStatus(status_type, progress, error, code),
+            temp_dir,
+            record["id"],
+        )
+
+    def cancel(self) -> int:
+        """Cancels every clone of this manager still queued or running; returns how many."""
+        ids = sorted(set(self._ids.values()))
+        self._cancelling.update(ids)
+        return self._session.cancel(ids)
+
+    def close(self) -> None:
+        """Stops the actors (unfinished clones are cancelled) and removes the temporary root if
+        the manager made one. Closing twice does nothing."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def __enter__(self) -> "RepoManager":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "RepoManager":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RepoManager({len(self._urls)} URL(s), root={self.root!r}, "
+            f"operation={self._operation!r})"
+        )
