@@ -61,8 +61,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked "$@"
 
 # The Python package (python/): built from source by pip with maturin, as `pip install ./python`
-# does (in the dev profile, which shares the build above), in a virtual environment of its own,
-# then its pytest suite against real git servers (gitfleet-test-servers, from tests/bin).
+# does (in the dev profile: dependencies optimised, as in the tests; maturin builds the one crate,
+# so dependencies whose features differ from the workspace's are built again), in a virtual
+# environment of its own, then its pytest suite against real git servers
+# (gitfleet-test-servers, from tests/bin).
 target_dir=${CARGO_TARGET_DIR:-target}
 venv="$target_dir/py-venv"
 if [ ! -x "$venv/bin/python" ]; then
@@ -72,10 +74,13 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2"
-cargo build --locked -p gitfleet-tests --bin gitfleet-test-servers
+# `cargo test` built it (a binary of a package with integration tests); building it alone would
+# resolve features for that package only and rebuild its dependencies.
+servers_bin="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers"
+test -x "$servers_bin" || { echo "cargo test did not build $servers_bin" >&2; exit 1; }
 # maturin's build hook runs the `maturin` of the environment: its bin goes first on PATH.
 PATH="$(cd "$venv" && pwd)/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" \
     "$venv/bin/python" -m pip install --quiet \
     --no-build-isolation --force-reinstall --no-deps ./python
-GITFLEET_TEST_SERVERS="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers" \
+GITFLEET_TEST_SERVERS="$servers_bin" \
     "$venv/bin/pytest" -q python/tests

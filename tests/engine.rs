@@ -366,6 +366,40 @@ fn sync_reports_upstream_changes_and_converges() {
     assert_eq!(refs(&mirror.dest), refs(&fresh));
 }
 
+#[test]
+fn sync_of_a_working_tree_clone_moves_its_remote_tracking_refs() {
+    // A repository with a working tree keeps reflogs: its refs move only with a committer
+    // identity, which nothing configures (isolated config), so the engine gives one.
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = EngineRoot::new();
+    let clone = store.request(&daemon.url("alpha.git"), Operation::Checkout);
+    store.run(&clone).expect("first checkout");
+    let head_before = run_git(&clone.dest, &["rev-parse", "HEAD"]);
+
+    fx.mutate("alpha.git");
+    let sync = Request {
+        operation: Operation::Sync,
+        ..clone.clone()
+    };
+    let result = store.run(&sync).expect("sync after mutate");
+    assert!(result.num_refs_updated > 0, "{result:?}");
+    let upstream = refs(&fx.repo("alpha.git"));
+    let local = refs(&clone.dest);
+    assert_eq!(
+        local.get("refs/remotes/origin/main"),
+        upstream.get("refs/heads/main")
+    );
+    assert!(
+        !local.contains_key("refs/remotes/origin/release/1.0"),
+        "{local:?}"
+    );
+    // The working tree and the local branch are the user's: a sync leaves them.
+    assert_eq!(run_git(&clone.dest, &["rev-parse", "HEAD"]), head_before);
+    assert_eq!(run_git(&clone.dest, &["status", "--porcelain"]).trim(), "");
+    fsck(&clone.dest).expect("the synced checkout passes fsck");
+}
+
 /// Loose ref files under `refs/` of a bare repository.
 fn loose_refs(repo: &Path) -> usize {
     let mut count = 0;

@@ -2,10 +2,19 @@
 
 ``RepoManager`` clones a list of repositories and reports each one's ``CloneTask`` /
 ``CloneStatus``; ``to_pydantic_status`` / ``to_pydantic_task`` give pydantic models of them.
+``GitCacheManager`` keeps a cache of repositories and directories by name.
 See docs/python.md.
 """
 
 from ._native import GitfleetError, __version__
+from .cache import (
+    CacheStatus,
+    CacheType,
+    GitCacheConfig,
+    GitCacheEntry,
+    GitCacheError,
+    GitCacheManager,
+)
 from .manager import CloneStatus, CloneTask, RepoManager, RustCloneStatus, RustCloneTask
 from .models import (
     PydanticCloneStatus,
@@ -15,8 +24,14 @@ from .models import (
 )
 
 __all__ = [
+    "CacheStatus",
+    "CacheType",
     "CloneStatus",
     "CloneTask",
+    "GitCacheConfig",
+    "GitCacheEntry",
+    "GitCacheError",
+    "GitCacheManager",
     "GitfleetError",
     "PydanticCloneStatus",
     "PydanticCloneTask",

@@ -7,9 +7,12 @@ use std::sync::OnceLock;
 static EXTRA_ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
 
 /// Installs the process-wide TLS crypto provider (ring). Call once at start-up, before any
-/// HTTPS or TLS connection; later calls do nothing.
+/// HTTPS or TLS connection (the engine calls it too); later calls do nothing.
 pub fn init_tls() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// Trusts the certificate authorities in the PEM file `path` for https remotes, besides the

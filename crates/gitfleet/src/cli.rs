@@ -141,6 +141,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of a task record (for generating client types).
     Schema,
+    /// A cache of repositories and local directories by name: working-tree clones (and
+    /// copies) refreshed when stale, within a size limit.
+    Cache(CacheArgs),
     /// Join a cluster: run jobs placed on this node and answer the request API (needs --nats).
     Node(NodeArgs),
     /// List the cluster's live nodes with their load and the repositories they own.
@@ -313,6 +316,23 @@ pub struct WorkArgs {
     /// failures in a row that end in a permanent error (not found, authentication).
     #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub quarantine_after: u32,
+    /// The private key for ssh remotes (the only identity offered); `HOST=FILE` gives one
+    /// host a key of its own, which no other host is offered (repeatable).
+    #[arg(long = "ssh-key", value_name = "[HOST=]FILE", env = "GITFLEET_SSH_KEY")]
+    pub ssh_keys: Vec<String>,
+    /// Host keys of ssh remotes (a known_hosts file): any other host key fails the transfer.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KNOWN_HOSTS")]
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// Certificate authorities (PEM) to trust for https remotes, besides the system's.
+    #[arg(long, value_name = "FILE", env = "GITFLEET_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: CredentialArgs,
+}
+
+/// Which token goes to which host (credentials.rs): for work on repositories and for the cache.
+#[derive(Debug, Args)]
+pub struct CredentialArgs {
     /// Username sent with GITFLEET_TOKEN.
     #[arg(long, env = "GITFLEET_USERNAME", default_value = "git")]
     pub username: String,
@@ -326,16 +346,6 @@ pub struct WorkArgs {
         value_delimiter = ','
     )]
     pub token_hosts: Vec<String>,
-    /// The private key for ssh remotes (the only identity offered); `HOST=FILE` gives one
-    /// host a key of its own, which no other host is offered (repeatable).
-    #[arg(long = "ssh-key", value_name = "[HOST=]FILE", env = "GITFLEET_SSH_KEY")]
-    pub ssh_keys: Vec<String>,
-    /// Host keys of ssh remotes (a known_hosts file): any other host key fails the transfer.
-    #[arg(long, value_name = "FILE", env = "GITFLEET_SSH_KNOWN_HOSTS")]
-    pub ssh_known_hosts: Option<PathBuf>,
-    /// Certificate authorities (PEM) to trust for https remotes, besides the system's.
-    #[arg(long, value_name = "FILE", env = "GITFLEET_CA_FILE")]
-    pub ca_file: Option<PathBuf>,
     /// A file of `HOST USERNAME TOKEN_FILE` lines: which token goes to which host.
     #[arg(long, value_name = "FILE", env = "GITFLEET_CREDENTIALS")]
     pub credentials: Option<PathBuf>,
@@ -517,4 +527,68 @@ impl NatsAuthArgs {
             tls_key: self.nats_key.clone(),
         }
     }
+}
+
+/// `gitfleet cache`: the cache in one directory (gitfleet-cache).
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// The cache's directory (created if missing).
+    #[arg(
+        long,
+        env = "GITFLEET_CACHE_DIR",
+        default_value = "cache",
+        value_name = "DIR"
+    )]
+    pub dir: PathBuf,
+    /// An entry not refreshed for longer than this is STALE (and `add` refreshes it).
+    #[arg(long, default_value = "60m", value_name = "DURATION", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// Above this size, the least recently used entries are evicted (never the one just
+    /// cached).
+    #[arg(long, default_value_t = 10.0, value_name = "GB")]
+    pub max_size_gb: f64,
+    #[command(flatten)]
+    pub auth: CredentialArgs,
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Cache git repositories (URLs) or local directories (copied); an entry already there is
+    /// refreshed if it is not FRESH.
+    Add {
+        #[arg(required = true)]
+        sources: Vec<String>,
+        /// The entry's name (one source only); default: the source's last path segment.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the entries as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the entries with their status (FRESH, STALE, MISSING, ERROR).
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh entries by name: every entry that is not FRESH when none is named. A failed
+    /// refresh keeps the previous copy.
+    Refresh {
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries and their copies.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Totals: entries, size, by status and by type.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the path of an entry's copy.
+    Path { name: String },
 }

@@ -22,6 +22,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", gitfleet_proto::clone_task_schema());
             Ok(ExitCode::SUCCESS)
         }
+        // The cache is this machine's, with or without a cluster; it clones synchronously.
+        (Command::Cache(args), _) => tokio::task::spawn_blocking(move || crate::cache::run(args))
+            .await
+            .map_err(|e| anyhow::anyhow!("the cache command stopped: {e}"))?,
         (Command::Node(args), Some(cluster)) => remote::node(&cluster, &root, args).await,
         (Command::Nodes { json }, Some(cluster)) => remote::nodes(&cluster, json).await,
         (Command::Node(_) | Command::Nodes { .. }, None) => {

@@ -8,14 +8,17 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use gitfleet_git::{Credentials, CredentialsConfig, Secret};
 
-use crate::cli::WorkArgs;
+use crate::cli::CredentialArgs;
 
 /// The environment variable holding a token (never a flag: flags show in process listings).
 const TOKEN_VAR: &str = "GITFLEET_TOKEN";
 
 /// The credentials of a run. `named_hosts`: the hosts of the repositories the user named, which
 /// `GITFLEET_TOKEN` is bound to when no `--token-host` is given; `None` on a node.
-pub fn load(work: &WorkArgs, named_hosts: Option<&[String]>) -> anyhow::Result<CredentialsConfig> {
+pub fn load(
+    work: &CredentialArgs,
+    named_hosts: Option<&[String]>,
+) -> anyhow::Result<CredentialsConfig> {
     let mut config = CredentialsConfig::default();
     if let Some(file) = &work.credentials {
         config.per_host.extend(read_file(file)?);

@@ -52,7 +52,7 @@ pub async fn start_fleet(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let credentials = crate::credentials::load(&run.work, Some(&named_hosts))?;
+    let credentials = crate::credentials::load(&run.work.auth, Some(&named_hosts))?;
     run.work.transport_settings()?;
     let config = run.work.fleet_config(
         &open.layout,

@@ -1,6 +1,7 @@
 //! The `gitfleet` command: wires the engine and the actors together; no logic of its own
 //! beyond reading arguments and showing progress.
 
+mod cache;
 mod cli;
 mod commands;
 mod credentials;

@@ -28,7 +28,7 @@ pub async fn node(
     let node_id = args.node_id.clone().unwrap_or_else(hostname);
     let (layout, _lock) = gitfleet_actors::claim(root, "a node needs a root of its own")?;
     let policy = args.policy();
-    let credentials = crate::credentials::load(&args.work, None)?;
+    let credentials = crate::credentials::load(&args.work.auth, None)?;
     args.work.transport_settings()?;
     let config = args.work.fleet_config(
         &layout,

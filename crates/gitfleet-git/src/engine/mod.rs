@@ -76,6 +76,8 @@ pub fn execute(
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<SyncResult, TaskError> {
     let started = Instant::now();
+    // Every transport may build a TLS client: the process must have its crypto provider.
+    crate::init_tls();
     transport::check_credentials(req).map_err(|e| leaving(req, e))?;
     let root: Arc<Root> = Root::new();
     let mut tracker = Tracker::new(root.clone());
@@ -184,8 +186,10 @@ fn interrupted() -> TaskError {
 }
 
 /// How every repository is opened: with no global or system configuration (no credential
-/// helpers, no insteadOf), gix's pack threads shared among the running operations, and no
-/// object built bigger than the limit.
+/// helpers, no insteadOf), gix's pack threads shared among the running operations, no object
+/// built bigger than the limit, and a committer for the reflog entries a sync writes in a
+/// repository with a working tree (which keeps reflogs; with no identity configured, gix refuses
+/// to move its refs).
 fn open_options(req: &Request) -> gix::open::Options {
     gix::open::Options::isolated().config_overrides([
         format!("pack.threads={}", crate::threads::pack_threads()),
@@ -193,6 +197,8 @@ fn open_options(req: &Request) -> gix::open::Options {
             "gitoxide.objects.allocLimit={}",
             req.limits.max_object_bytes
         ),
+        "gitoxide.committer.nameFallback=gitfleet".to_string(),
+        "gitoxide.committer.emailFallback=gitfleet@localhost".to_string(),
     ])
 }
 

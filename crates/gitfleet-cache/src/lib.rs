@@ -1,0 +1,638 @@
+//! A cache of git repositories and local directories under one root, for programs that want a
+//! recent copy of a repository by name (`gitfleet cache`, Python's `GitCacheManager`).
+//!
+//! Layout of a cache root:
+//! - `<name>`: a symlink to the entry's current copy (what users open);
+//! - `.gitfleet-cache/copies/<name>.<generation>/`: the copies. A git copy is a gitfleet root of
+//!   its own holding one working-tree clone made by the engine; a local copy is the directory's
+//!   files. A refresh makes the next generation beside the current one and, once it is complete,
+//!   points the symlink at it (one rename) and deletes the old one: a failed refresh leaves the
+//!   previous good copy in place, and a reader never sees half a copy.
+//! - `.gitfleet-cache/index.json` and `lock` (index.rs).
+//!
+//! Status is derived, never stored: MISSING when the copy is gone, ERROR when the last operation
+//! failed, STALE after the timeout, FRESH otherwise. A refresh of a git entry first fetches into
+//! the current copy: when nothing moved upstream the copy stays (a cheap check); otherwise the
+//! next generation is cloned.
+
+mod fill;
+mod index;
+mod name;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gitfleet_git::{Credentials, CredentialsConfig, Limits, Policy, Secret, scrub_userinfo};
+use gitfleet_proto::{ErrorCode, TaskError};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::fill::GitSettings;
+pub use crate::index::{CacheType, Entry};
+use crate::index::{Locked, STATE_DIR};
+
+/// Why a cache operation failed. `code()` is stable; messages name what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "invalid cache entry name {name:?}: use 1-100 letters, digits, '.', '_' or '-', not \
+         starting with '.' or '-'"
+    )]
+    InvalidName { name: String },
+    #[error("cannot make an entry name from {input}: give one")]
+    NoDefaultName { input: String },
+    #[error(
+        "the name {name:?} is taken by {existing}; give another name to cache {input} (two \
+         sources with the same last path segment need names of their own)"
+    )]
+    Clash {
+        name: String,
+        existing: String,
+        input: String,
+    },
+    #[error("no cache entry named {name:?}")]
+    NotFound { name: String },
+    #[error("{name} has no copy: {reason}")]
+    NoCopy { name: String, reason: String },
+    #[error("{summary}: {message}")]
+    Fill {
+        summary: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
+    #[error("cannot cache {input}: {reason}")]
+    Source { input: String, reason: String },
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("the cache index {} is unreadable: {reason}", path.display())]
+    Index { path: PathBuf, reason: String },
+    #[error("invalid git_config entry {key:?}: {reason}")]
+    GitConfig { key: String, reason: &'static str },
+}
+
+impl CacheError {
+    pub(crate) fn io(what: &str, path: &Path, error: std::io::Error) -> CacheError {
+        CacheError::Io {
+            what: what.to_string(),
+            path: path.to_path_buf(),
+            error,
+        }
+    }
+
+    fn not_found(name: &str) -> CacheError {
+        CacheError::NotFound {
+            name: gitfleet_git::printable(name),
+        }
+    }
+
+    /// A failed clone or fetch, led by what happened in the words users look for.
+    fn fill(e: TaskError) -> CacheError {
+        let summary = match e.code {
+            ErrorCode::NotFound => "Repository not found",
+            ErrorCode::AuthFailed => "Authentication failed",
+            ErrorCode::InvalidUrl | ErrorCode::PolicyDenied => "Invalid source",
+            _ => "Caching failed",
+        };
+        CacheError::Fill {
+            summary,
+            code: e.code,
+            message: e.message,
+        }
+    }
+
+    /// The stable code of the failure (`not_found`, `auth_failed`, `name_clash`, ...).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CacheError::InvalidName { .. } | CacheError::NoDefaultName { .. } => "invalid_name",
+            CacheError::Clash { .. } => "name_clash",
+            CacheError::NotFound { .. } => "not_found",
+            CacheError::NoCopy { .. } => "missing",
+            CacheError::Fill { code, .. } => code.as_str(),
+            CacheError::Source { .. } => "invalid_source",
+            CacheError::Io { .. } | CacheError::Index { .. } => "storage",
+            CacheError::GitConfig { .. } => "invalid_config",
+        }
+    }
+}
+
+/// An entry's state, derived when it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CacheStatus {
+    Fresh,
+    Stale,
+    Missing,
+    Error,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Fresh => "FRESH",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Missing => "MISSING",
+            CacheStatus::Error => "ERROR",
+        }
+    }
+}
+
+/// An entry as users see it: the record, its status now, and its path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CachedEntry {
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub status: CacheStatus,
+    /// `<cache root>/<name>`: the symlink to the current copy.
+    pub cache_path: PathBuf,
+}
+
+/// Totals over the cache.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CacheStats {
+    pub total_entries: usize,
+    pub total_size_bytes: u64,
+    pub total_size_gb: f64,
+    pub max_size_bytes: u64,
+    pub by_status: std::collections::BTreeMap<&'static str, usize>,
+    pub by_type: std::collections::BTreeMap<&'static str, usize>,
+}
+
+/// How a cache behaves.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub root: PathBuf,
+    /// After this long without a refresh an entry is STALE (and `add` refreshes it).
+    pub timeout: Duration,
+    /// Above this, the least recently used entries are evicted (never the one just cached).
+    pub max_bytes: u64,
+    pub limits: Limits,
+    /// `(key, value)` pairs written into every git entry's repository config
+    /// (`user.name`, `http.extraHeader`, ...), for the tools that open the copy. gitfleet's own
+    /// transfers never read a repository's config.
+    pub git_config: Vec<(String, String)>,
+}
+
+impl CacheConfig {
+    pub fn new(root: impl Into<PathBuf>) -> CacheConfig {
+        CacheConfig {
+            root: root.into(),
+            timeout: Duration::from_secs(60 * 60),
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            limits: Limits::default(),
+            git_config: Vec::new(),
+        }
+    }
+}
+
+/// A cache root opened by this process. Every operation takes the cache's lock for its whole
+/// length: operations of several processes (and threads) on one cache take turns.
+#[derive(Debug)]
+pub struct Cache {
+    config: CacheConfig,
+    state_dir: PathBuf,
+    git: GitSettings,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `config.root`.
+    pub fn open(config: CacheConfig) -> Result<Cache, CacheError> {
+        for (key, value) in &config.git_config {
+            fill::check_git_config(key, value)?;
+        }
+        std::fs::create_dir_all(&config.root)
+            .map_err(|e| CacheError::io("creating the cache root", &config.root, e))?;
+        let root = config
+            .root
+            .canonicalize()
+            .map_err(|e| CacheError::io("opening the cache root", &config.root, e))?;
+        let state_dir = root.join(STATE_DIR);
+        // Read once: a broken index is an error now rather than at the first operation.
+        drop(Locked::open(&state_dir)?);
+        Ok(Cache {
+            config: CacheConfig { root, ..config },
+            state_dir,
+            git: GitSettings {
+                policy: Policy::permissive(),
+                credentials: CredentialsConfig::default(),
+                limits: config.limits,
+            },
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.config.root
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Which credentials go to which host for git sources (replacing those set before).
+    pub fn set_credentials(&mut self, credentials: CredentialsConfig) {
+        self.git.credentials = credentials;
+    }
+
+    /// Offers `username`/`token` to `host` (an exact name or `*.suffix`) for git sources; kept
+    /// in memory only.
+    pub fn add_credentials(&mut self, host: &str, username: &str, token: &str) {
+        self.git.credentials.per_host.insert(
+            0,
+            (
+                host.to_ascii_lowercase(),
+                Credentials {
+                    username: username.to_string(),
+                    token: Secret::new(token),
+                },
+            ),
+        );
+    }
+
+    fn copy_dir(&self, name: &str, generation: u64) -> PathBuf {
+        self.state_dir
+            .join("copies")
+            .join(format!("{name}.{generation}"))
+    }
+
+    fn link_of(&self, name: &str) -> PathBuf {
+        self.config.root.join(name)
+    }
+
+    fn view(&self, entry: &Entry, now: Timestamp) -> CachedEntry {
+        let cache_path = self.link_of(&entry.name);
+        let status = if entry.generation == 0 {
+            if entry.error.is_some() {
+                CacheStatus::Error
+            } else {
+                CacheStatus::Missing
+            }
+        } else if !cache_path.exists() {
+            CacheStatus::Missing
+        } else if entry.error.is_some() {
+            CacheStatus::Error
+        } else {
+            let stale = entry.last_updated.is_none_or(|at| {
+                now.duration_since(at)
+                    .try_into()
+                    .is_ok_and(|age: Duration| age > self.config.timeout)
+            });
+            if stale {
+                CacheStatus::Stale
+            } else {
+                CacheStatus::Fresh
+            }
+        };
+        CachedEntry {
+            entry: entry.clone(),
+            status,
+            cache_path,
+        }
+    }
+
+    /// Caches `source` (a URL, or a local directory) as `name` (default: its last path
+    /// segment). An entry of that name and source is reused: refreshed when it is not FRESH. A
+    /// name another source holds is refused.
+    pub fn add(&self, source: &str, name: Option<&str>) -> Result<CachedEntry, CacheError> {
+        let name = match name {
+            Some(name) => name::checked(name)?.to_string(),
+            None => name::default_for(source)?,
+        };
+        let (cache_type, source_key) = self.classify(source)?;
+        let mut locked = Locked::open(&self.state_dir)?;
+        let now = Timestamp::now();
+        if let Some(existing) = locked.index.entries.get(&name) {
+            if existing.source != source_key || existing.cache_type != cache_type {
+                return Err(CacheError::Clash {
+                    name,
+                    existing: existing.source.clone(),
+                    input: source_key,
+                });
+            }
+            if self.view(existing, now).status == CacheStatus::Fresh {
+                let entry = locked
+                    .index
+                    .entries
+                    .get_mut(&name)
+                    .ok_or_else(|| CacheError::not_found(&name))?;
+                entry.last_used = now;
+                let view = self.view(entry, now);
+                locked.save()?;
+                return Ok(view);
+            }
+        } else {
+            locked.index.entries.insert(
+                name.clone(),
+                Entry {
+                    name: name.clone(),
+                    source: source_key,
+                    cache_type,
+                    created_at: now,
+                    last_updated: None,
+                    last_used: now,
+                    size_bytes: 0,
+                    error: None,
+                    error_code: None,
+                    generation: 0,
+                    inner: PathBuf::new(),
+                },
+            );
+        }
+        self.refresh_locked(&mut locked, &name, source)
+    }
+
+    /// Brings the entry `name` up to date: a git entry is fetched (and cloned anew when
+    /// upstream moved), a local one copied again. On failure the previous copy stays.
+    pub fn refresh(&self, name: &str) -> Result<CachedEntry, CacheError> {
+        let mut locked = Locked::open(&self.state_dir)?;
+        let entry = locked
+            .index
+            .entries
+            .get(name)
+            .ok_or_else(|| CacheError::not_found(name))?;
+        let source = entry.source.clone();
+        let name = entry.name.clone();
+        self.refresh_locked(&mut locked, &name, &source)
+    }
+
+    /// Refreshes `name` from `source`: as the caller gave it (a URL may carry credentials the
+    /// index does not keep), or as the index holds it.
+    fn refresh_locked(
+        &self,
+        locked: &mut Locked,
+        name: &str,
+        source: &str,
+    ) -> Result<CachedEntry, CacheError> {
+        let entry = locked
+            .index
+            .entries
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CacheError::not_found(name))?;
+        let now = Timestamp::now();
+        let current = self.copy_dir(name, entry.generation);
+        let has_copy = entry.generation > 0 && self.link_of(name).exists();
+        let outcome = match entry.cache_type {
+            CacheType::Git if has_copy => match self.git.upstream_moved(&current, source) {
+                Ok(false) => Ok(None),
+                Ok(true) => self.make_copy(&entry, source).map(Some),
+                Err(e) => Err(CacheError::fill(e)),
+            },
+            _ => self.make_copy(&entry, source).map(Some),
+        };
+        let stored = locked
+            .index
+            .entries
+            .get_mut(name)
+            .ok_or_else(|| CacheError::not_found(name))?;
+        stored.last_used = now;
+        match outcome {
+            Ok(made) => {
+                if let Some((generation, inner)) = made {
+                    let old =
+                        (stored.generation > 0).then(|| self.copy_dir(name, stored.generation));
+                    stored.generation = generation;
+                    stored.inner = inner;
+                    if let Some(old) = old
+                        && let Err(e) = std::fs::remove_dir_all(&old)
+                    {
+                        tracing::warn!(path = %old.display(), error = %e, "cannot remove an old copy");
+                    }
+                }
+                stored.size_bytes = fill::size_of(&self.copy_dir(name, stored.generation));
+                stored.last_updated = Some(now);
+                stored.error = None;
+                stored.error_code = None;
+                let view = self.view(stored, now);
+                self.evict(locked, name);
+                locked.save()?;
+                Ok(view)
+            }
+            Err(e) => {
+                stored.error = Some(e.to_string());
+                stored.error_code = Some(e.code().to_string());
+                locked.save()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The next generation of `entry`'s copy, complete, with the entry's symlink pointing at
+    /// it: `(generation, path of the repository inside the copy)`.
+    fn make_copy(&self, entry: &Entry, source: &str) -> Result<(u64, PathBuf), CacheError> {
+        let generation = entry.generation + 1;
+        let dir = self.copy_dir(&entry.name, generation);
+        // What an interrupted run left of this generation.
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| CacheError::io("removing", &dir, e))?;
+        }
+        let made = match entry.cache_type {
+            CacheType::Git => self
+                .git
+                .clone(&dir, source)
+                .map_err(CacheError::fill)
+                .and_then(|inner| {
+                    fill::write_git_config(&dir.join(&inner), &self.config.git_config)
+                        .map_err(|e| CacheError::io("configuring", &dir.join(&inner), e))?;
+                    Ok(inner)
+                }),
+            CacheType::Local => fill::copy_dir(Path::new(source), &dir)
+                .map(|()| PathBuf::new())
+                .map_err(|e| CacheError::Source {
+                    input: source.to_string(),
+                    reason: e.to_string(),
+                }),
+        }
+        .and_then(|inner| {
+            self.point_at(&entry.name, &dir.join(&inner))?;
+            Ok(inner)
+        });
+        match made {
+            Ok(inner) => Ok((generation, inner)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// Points `<root>/<name>` at `target` in one rename (a symlink made beside it first). A
+    /// directory or file that is not the cache's symlink is never replaced.
+    fn point_at(&self, name: &str, target: &Path) -> Result<(), CacheError> {
+        let link = self.link_of(name);
+        if let Ok(meta) = std::fs::symlink_metadata(&link)
+            && !meta.file_type().is_symlink()
+        {
+            return Err(CacheError::Source {
+                input: link.display().to_string(),
+                reason: "something that is not the cache's own link is at the entry's path".into(),
+            });
+        }
+        let relative = target.strip_prefix(&self.config.root).unwrap_or(target);
+        let tmp = self.state_dir.join(format!("link-{name}.tmp"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(relative, &tmp)
+            .map_err(|e| CacheError::io("linking", &tmp, e))?;
+        std::fs::rename(&tmp, &link).map_err(|e| CacheError::io("linking", &link, e))
+    }
+
+    /// Evicts the least recently used entries until the cache fits, never `keep`.
+    fn evict(&self, locked: &mut Locked, keep: &str) {
+        let mut total: u64 = locked.index.entries.values().map(|e| e.size_bytes).sum();
+        while total > self.config.max_bytes {
+            let Some(victim) = locked
+                .index
+                .entries
+                .values()
+                .filter(|e| e.name != keep && e.size_bytes > 0)
+                .min_by_key(|e| e.last_used)
+                .map(|e| e.name.clone())
+            else {
+                break;
+            };
+            if let Some(entry) = locked.index.entries.remove(&victim) {
+                tracing::info!(name = %victim, bytes = entry.size_bytes, "evicted from the cache");
+                total -= entry.size_bytes;
+                self.delete_copies(&entry);
+            }
+        }
+    }
+
+    fn delete_copies(&self, entry: &Entry) {
+        let link = self.link_of(&entry.name);
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            let _ = std::fs::remove_file(&link);
+        }
+        if entry.generation > 0 {
+            let _ = std::fs::remove_dir_all(self.copy_dir(&entry.name, entry.generation));
+        }
+    }
+
+    /// What `source` is: a local directory (copied), or a git URL (checked now, so that a bad
+    /// one is refused before an entry is made). The key is the source as the index keeps it.
+    fn classify(&self, source: &str) -> Result<(CacheType, String), CacheError> {
+        let path = Path::new(source);
+        if !source.contains("://") && path.is_dir() {
+            let canonical = path.canonicalize().map_err(|e| CacheError::Source {
+                input: source.to_string(),
+                reason: e.to_string(),
+            })?;
+            if canonical.starts_with(&self.config.root) || self.config.root.starts_with(&canonical)
+            {
+                return Err(CacheError::Source {
+                    input: source.to_string(),
+                    reason: "the cache and the directory contain one another".into(),
+                });
+            }
+            return Ok((CacheType::Local, canonical.display().to_string()));
+        }
+        gitfleet_git::Target::for_url(
+            source,
+            gitfleet_proto::Operation::Checkout,
+            &self.git.policy,
+        )
+        .map_err(CacheError::fill)?;
+        Ok((CacheType::Git, scrub_userinfo(source)))
+    }
+
+    /// Every entry, by name.
+    pub fn list(&self) -> Result<Vec<CachedEntry>, CacheError> {
+        let locked = Locked::open(&self.state_dir)?;
+        let now = Timestamp::now();
+        Ok(locked
+            .index
+            .entries
+            .values()
+            .map(|e| self.view(e, now))
+            .collect())
+    }
+
+    /// The entry `name`.
+    pub fn get(&self, name: &str) -> Result<CachedEntry, CacheError> {
+        let locked = Locked::open(&self.state_dir)?;
+        locked
+            .index
+            .entries
+            .get(name)
+            .map(|e| self.view(e, Timestamp::now()))
+            .ok_or_else(|| CacheError::not_found(name))
+    }
+
+    /// The path of `name`'s copy (and it counts as used): an error when it has none.
+    pub fn path(&self, name: &str) -> Result<PathBuf, CacheError> {
+        let mut locked = Locked::open(&self.state_dir)?;
+        let now = Timestamp::now();
+        let entry = locked
+            .index
+            .entries
+            .get_mut(name)
+            .ok_or_else(|| CacheError::not_found(name))?;
+        entry.last_used = now;
+        let view = self.view(entry, now);
+        if matches!(view.status, CacheStatus::Missing)
+            || (view.entry.generation == 0 && view.status == CacheStatus::Error)
+        {
+            return Err(CacheError::NoCopy {
+                name: view.entry.name,
+                reason: view
+                    .entry
+                    .error
+                    .unwrap_or_else(|| "its files are gone; refresh it".into()),
+            });
+        }
+        locked.save()?;
+        Ok(view.cache_path)
+    }
+
+    /// Removes the entry `name` and its copy.
+    pub fn remove(&self, name: &str) -> Result<(), CacheError> {
+        let mut locked = Locked::open(&self.state_dir)?;
+        let entry = locked
+            .index
+            .entries
+            .remove(name)
+            .ok_or_else(|| CacheError::not_found(name))?;
+        self.delete_copies(&entry);
+        locked.save()
+    }
+
+    /// Removes every entry; how many there were.
+    pub fn clear(&self) -> Result<usize, CacheError> {
+        let mut locked = Locked::open(&self.state_dir)?;
+        let entries = std::mem::take(&mut locked.index.entries);
+        for entry in entries.values() {
+            self.delete_copies(entry);
+        }
+        locked.save()?;
+        Ok(entries.len())
+    }
+
+    /// Totals, by status and by type.
+    pub fn stats(&self) -> Result<CacheStats, CacheError> {
+        let entries = self.list()?;
+        let mut stats = CacheStats {
+            total_entries: entries.len(),
+            max_size_bytes: self.config.max_bytes,
+            ..CacheStats::default()
+        };
+        for status in ["FRESH", "STALE", "MISSING", "ERROR"] {
+            stats.by_status.insert(status, 0);
+        }
+        for kind in ["git", "local"] {
+            stats.by_type.insert(kind, 0);
+        }
+        for e in &entries {
+            stats.total_size_bytes += e.entry.size_bytes;
+            *stats.by_status.entry(e.status.as_str()).or_default() += 1;
+            *stats
+                .by_type
+                .entry(e.entry.cache_type.as_str())
+                .or_default() += 1;
+        }
+        stats.total_size_gb = stats.total_size_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+        Ok(stats)
+    }
+}
