@@ -82,5 +82,5 @@ test -x "$servers_bin" || { echo "cargo test did not build $servers_bin" >&2; ex
 PATH="$(cd "$venv" && pwd)/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" \
     "$venv/bin/python" -m pip install --quiet \
     --no-build-isolation --force-reinstall --no-deps ./python
-GITFLEET_TEST_SERVERS="$servers_bin" \
+GITFLEET_TEST_SERVERS="$servers_bin" GITFLEET_BIN="$(cd "$target_dir" && pwd)/debug/gitfleet" \
     "$venv/bin/pytest" -q python/tests

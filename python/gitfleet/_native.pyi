@@ -30,14 +30,30 @@ class Session:
     def closed(self) -> bool: ...
     def submit(self, inputs: List[str], operation: str) -> str:
         """JSON: per input ``{"input", "id"}`` or ``{"input", "error": {"code", "message"}}``."""
-    def tasks(self) -> str:
-        """JSON: every task record of the root."""
-    def wait_idle(self, timeout: Optional[float] = None) -> bool:
-        """True once nothing is queued, running or waiting for a retry; False at the timeout."""
+    def tasks_of(self, ids: List[str]) -> str:
+        """JSON: the task records of ``ids`` (those that exist)."""
+    def wait_final(self, ids: List[str], timeout: Optional[float] = None) -> bool:
+        """True once every task of ``ids`` has ended; False at the timeout."""
     def cancel(self, ids: List[str]) -> int:
         """Cancels these tasks; answers how many were cancelled."""
     def close(self) -> None:
         """Cancels what is unfinished, stops the actors and lets go of the root."""
+
+class ClusterSession:
+    """A gitfleet cluster's request API on NATS (the nodes do the work)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "gitfleet",
+        creds_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+    ) -> None: ...
+    def submit(self, inputs: List[str], operation: str) -> str: ...
+    def tasks_of(self, ids: List[str]) -> str: ...
+    def wait_final(self, ids: List[str], timeout: Optional[float] = None) -> bool: ...
+    def cancel(self, ids: List[str]) -> int: ...
+    def close(self) -> None: ...
 
 class NativeCache:
     """A cache root (gitfleet-cache). Every method answers JSON: ``{"ok": ...}`` or

@@ -50,14 +50,16 @@ class CloneTask:
     """One repository of a ``RepoManager``: its URL, its status, and where it is once cloned.
 
     ``url`` never carries a password or token (user information of http(s) URLs is masked);
-    ``temp_dir`` is the repository's directory once completed, None before; ``id`` is
-    gitfleet's task id (what ``gitfleet status`` shows), None until submitted.
+    ``temp_dir`` is the repository's directory once completed, None before (with a cluster:
+    its path below the root of ``node``, the node that holds it); ``id`` is gitfleet's task id
+    (what ``gitfleet status`` shows), None until submitted.
     """
 
     url: str
     status: CloneStatus
     temp_dir: Optional[str] = None
     id: Optional[str] = None
+    node: Optional[str] = None
 
 
 #: The names the product documents use for the classes ``fetch_clone_tasks`` returns.
@@ -101,6 +103,11 @@ class RepoManager:
     garbage-collected). ``mirror=True`` makes bare mirrors instead of working-tree clones.
     ``concurrency`` transfers run at once; ``retries`` transient failures are tried again.
 
+    ``nats="nats://host:4222"`` drives a gitfleet cluster instead (subjects under
+    ``nats_prefix``; credentials in the URL or a ``nats_creds`` file): the nodes clone with
+    their own roots, concurrency, retries and credentials, so ``root``, ``github_token``,
+    ``concurrency`` and ``retries`` do not apply there.
+
     One bad URL fails alone: its task is ``failed`` with the reason, the others go on.
     """
 
@@ -115,15 +122,12 @@ class RepoManager:
         concurrency: int = 8,
         mirror: bool = False,
         retries: int = 3,
+        nats_prefix: str = "gitfleet",
+        nats_creds: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
         self._urls = _url_list(urls)
         username = _optional_str("github_username", github_username)
         token = _optional_str("github_token", github_token)
-        if nats is not None:
-            raise NotImplementedError(
-                "RepoManager(nats=...) is not available in this version: use the `gitfleet "
-                "--nats` command line, or leave nats unset to work on this machine"
-            )
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive int, not {concurrency!r}")
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
@@ -132,26 +136,44 @@ class RepoManager:
             raise TypeError(f"mirror must be a bool, not {type(mirror).__name__}")
         self._operation = "mirror" if mirror else "clone"
         owned_root: Optional[str] = None
-        if root is None:
-            owned_root = tempfile.mkdtemp(prefix="gitfleet-")
-            root_path = owned_root
-        else:
-            root_path = os.fspath(root)
-            if not isinstance(root_path, str):
-                raise TypeError("root must be a str or os.PathLike[str]")
-        try:
-            self._session = _native.Session(
-                root_path,
-                concurrency=concurrency,
-                retries=retries,
-                username=username,
-                token=token,
-                token_urls=self._urls,
+        self._root: Optional[str] = None
+        if nats is not None:
+            if not isinstance(nats, str):
+                raise TypeError(f"nats must be a URL (str), not {type(nats).__name__}")
+            if root is not None:
+                raise ValueError("root is the nodes' with nats=...: leave it unset")
+            if token is not None:
+                raise ValueError(
+                    "with nats=..., the nodes use their own credentials (GITFLEET_TOKEN or "
+                    "--credentials on each node); a token is never sent over NATS"
+                )
+            self._session = _native.ClusterSession(
+                nats,
+                prefix=nats_prefix,
+                creds_file=None if nats_creds is None else os.fspath(nats_creds),
             )
-        except BaseException:
-            if owned_root is not None:
-                shutil.rmtree(owned_root, ignore_errors=True)
-            raise
+        else:
+            if root is None:
+                owned_root = tempfile.mkdtemp(prefix="gitfleet-")
+                root_path = owned_root
+            else:
+                root_path = os.fspath(root)
+                if not isinstance(root_path, str):
+                    raise TypeError("root must be a str or os.PathLike[str]")
+            try:
+                self._session = _native.Session(
+                    root_path,
+                    concurrency=concurrency,
+                    retries=retries,
+                    username=username,
+                    token=token,
+                    token_urls=self._urls,
+                )
+            except BaseException:
+                if owned_root is not None:
+                    shutil.rmtree(owned_root, ignore_errors=True)
+                raise
+            self._root = os.fspath(self._session.root)
         self._finalizer = weakref.finalize(self, _close, self._session, owned_root)
         # url -> task id, or (code, message) for a URL refused before any transfer.
         self._ids: Dict[str, str] = {}
@@ -162,9 +184,9 @@ class RepoManager:
         self._cancelling: Set[str] = set()
 
     @property
-    def root(self) -> str:
-        """The storage root the repositories go under."""
-        return os.fspath(self._session.root)
+    def root(self) -> Optional[str]:
+        """The storage root the repositories go under (None with a cluster: the nodes')."""
+        return self._root
 
     @property
     def urls(self) -> List[str]:
@@ -206,7 +228,10 @@ class RepoManager:
 
     async def _wait_all(self) -> None:
         loop = asyncio.get_running_loop()
-        while not await loop.run_in_executor(None, self._session.wait_idle, _WAIT_SLICE_S):
+        ids = sorted(set(self._ids.values()))
+        while not await loop.run_in_executor(
+            None, self._session.wait_final, ids, _WAIT_SLICE_S
+        ):
             pass
 
     def _cancel_if_cancelled(self, task: "asyncio.Task[None]") -> None:
@@ -218,7 +243,7 @@ class RepoManager:
         still stopping, they would only finish as cancelled."""
         deadline = time.monotonic() + _SETTLE_S
         while self._cancelling and time.monotonic() < deadline:
-            records = {t["id"]: t for t in json.loads(self._session.tasks())}
+            records = self._records(sorted(self._cancelling))
             self._cancelling = {
                 i
                 for i in self._cancelling
@@ -234,7 +259,7 @@ class RepoManager:
 
     def clone_tasks(self) -> Dict[str, CloneTask]:
         """``fetch_clone_tasks()`` without awaiting: every URL with its current task."""
-        records = {t["id"]: t for t in json.loads(self._session.tasks())}
+        records = self._records(sorted(set(self._ids.values())))
         out: Dict[str, CloneTask] = {}
         for url in self._urls:
             shown = _native.scrub_userinfo(url)
@@ -251,6 +276,9 @@ class RepoManager:
                 out[url] = self._task_of(shown, record)
         return out
 
+    def _records(self, ids: List[str]) -> Dict[str, Dict[str, Any]]:
+        return {t["id"]: t for t in json.loads(self._session.tasks_of(ids))}
+
     def _task_of(self, shown_url: str, record: Dict[str, Any]) -> CloneTask:
         status = record["status"]
         status_type = status["status_type"]
@@ -265,12 +293,16 @@ class RepoManager:
         code = record.get("error_code") if status_type == "failed" else None
         temp_dir = None
         if status_type == "completed":
-            temp_dir = os.path.join(self.root, record["path"])
+            # Embedded: a local path. A cluster's node reports the path below its own root.
+            temp_dir = record["path"]
+            if self._root is not None:
+                temp_dir = os.path.join(self._root, temp_dir)
         return CloneTask(
             shown_url,
             CloneStatus(status_type, progress, error, code),
             temp_dir,
             record["id"],
+            record.get("node") if self._root is None else None,
         )
 
     def cancel(self) -> int:
@@ -301,7 +333,5 @@ class RepoManager:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"RepoManager({len(self._urls)} URL(s), root={self.root!r}, "
-            f"operation={self._operation!r})"
-        )
+        where = f"root={self._root!r}" if self._root is not None else "cluster"
+        return f"RepoManager({len(self._urls)} URL(s), {where}, operation={self._operation!r})"

@@ -1,8 +1,9 @@
 """Real git servers for the Python suite: `gitfleet-test-servers` (from the Rust workspace's test
 support) serves the fixture repositories over `git daemon` and smart HTTP on 127.0.0.1.
 
-``GITFLEET_TEST_SERVERS`` names the binary (scripts/test.sh builds it and sets it). Without it
-every test that needs a server errors: the suite never skips.
+``GITFLEET_TEST_SERVERS`` names the binary and ``GITFLEET_BIN`` the ``gitfleet`` command (for
+the cluster's node); scripts/test.sh builds and sets both. Without them every test that needs
+them errors: the suite never skips.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ def servers() -> Iterator[Servers]:
             "GITFLEET_TEST_SERVERS must name the gitfleet-test-servers binary "
             "(scripts/test.sh builds it: cargo build -p gitfleet-tests --bin gitfleet-test-servers)"
         )
+    # With a nats-server for the cluster tests (scripts/test.sh puts one on PATH).
     process = subprocess.Popen(
-        [binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [binary, "--nats"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -82,3 +84,10 @@ def git(*args: str) -> str:
     return subprocess.run(
         ["git", *args], check=True, capture_output=True, text=True, env=env
     ).stdout.strip()
+
+
+def gitfleet_bin() -> str:
+    binary = os.environ.get("GITFLEET_BIN")
+    if not binary or not os.access(binary, os.X_OK):
+        raise RuntimeError("GITFLEET_BIN must name the gitfleet binary (scripts/test.sh sets it)")
+    return binary

@@ -2,13 +2,16 @@
 //! HTTP (`git http-backend`, open and behind Basic auth) on 127.0.0.1, for test suites in other
 //! languages (the Python package's pytest suite). The same servers as the Rust tests use.
 //!
+//! With `--nats`, also a nats-server with JetStream on a free port (for a cluster the caller
+//! starts its `gitfleet node` processes on).
+//!
 //! Prints one line of JSON (where everything is), then reads commands from standard input:
 //! `mutate NAME` rewrites a fixture repository (see `Fixtures::mutate`) and answers `ok`.
 //! Everything stops and is deleted when standard input closes.
 
 use std::io::{BufRead, Write};
 
-use gitfleet_tests::{Fixtures, GitDaemon, HttpOptions, HttpServer};
+use gitfleet_tests::{Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer};
 
 const USER: &str = "alice";
 const TOKEN: &str = "s3cret-fixture-token";
@@ -32,7 +35,11 @@ fn main() {
             ..HttpOptions::default()
         },
     );
+    let nats = std::env::args()
+        .any(|a| a == "--nats")
+        .then(NatsServer::start);
     let ready = serde_json::json!({
+        "nats": nats.as_ref().map(NatsServer::url),
         "repos": fixtures.root,
         "git": format!("git://127.0.0.1:{}", daemon.port()),
         "http": format!("http://127.0.0.1:{}", http.port()),

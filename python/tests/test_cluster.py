@@ -1,0 +1,81 @@
+"""RepoManager(nats=...) against a real cluster: a nats-server and a `gitfleet node` process,
+cloning from the real git servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import subprocess
+import time
+from typing import Iterator
+
+import pytest
+from conftest import Servers, git, gitfleet_bin
+
+from gitfleet import CloneStatus, RepoManager
+
+NODE_ID = "py-node"
+
+
+@pytest.fixture(scope="module")
+def node(servers: Servers, tmp_path_factory) -> Iterator[pathlib.Path]:
+    """One node on the servers' nats-server; yields its root."""
+    root = tmp_path_factory.mktemp("node-root")
+    nats = servers.info["nats"]
+    assert nats, "gitfleet-test-servers started without its nats-server"
+    process = subprocess.Popen(
+        [gitfleet_bin(), "--nats", nats, "--root", str(root), "node", "--node-id", NODE_ID,
+         "--allow-private", "--concurrency", "2", "--retry-delay", "0.2"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("GITFLEET_")},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        out = subprocess.run(
+            [gitfleet_bin(), "--nats", nats, "nodes", "--json"], capture_output=True, text=True
+        )
+        if out.returncode == 0 and NODE_ID in out.stdout:
+            break
+        assert process.poll() is None, "the node exited"
+        assert time.monotonic() < deadline, f"the node never joined: {out.stderr}"
+        time.sleep(0.2)
+    yield root
+    process.terminate()
+    process.wait(timeout=60)
+
+
+def test_a_cluster_clones_what_repo_manager_asks(servers: Servers, node: pathlib.Path) -> None:
+    good = [servers.git("alpha.git"), servers.http("beta.git")]
+    missing = servers.git("not-there.git")
+    urls = [*good, missing, ""]
+
+    async def main():
+        manager = RepoManager(urls, nats=servers.info["nats"], mirror=True)
+        future = manager.clone_all()
+        await asyncio.wait_for(future, timeout=120)
+        return await manager.fetch_clone_tasks()
+
+    tasks = asyncio.run(main())
+    for url in good:
+        task = tasks[url]
+        assert task.status == CloneStatus("completed"), task
+        assert task.node == NODE_ID
+        # The path is the node's, below its root.
+        repo = node / task.temp_dir
+        name = url.rsplit("/", 1)[1]
+        assert git("-C", str(repo), "rev-parse", "main") == git(
+            "-C", servers.upstream(name), "rev-parse", "main"
+        )
+    assert tasks[missing].status.status_type == "failed"
+    assert tasks[missing].status.error_code == "not_found", tasks[missing]
+    assert tasks[""].status.error_code == "invalid_url", tasks[""]
+
+
+def test_a_cluster_takes_no_token_and_no_root(servers: Servers) -> None:
+    nats = servers.info["nats"]
+    with pytest.raises(ValueError, match="never sent over NATS"):
+        RepoManager([servers.git("alpha.git")], "user", "token", nats=nats)
+    with pytest.raises(ValueError, match="root"):
+        RepoManager([servers.git("alpha.git")], root="/tmp/x", nats=nats)
