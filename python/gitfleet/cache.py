@@ -205,7 +205,7 @@ class GitCacheManager:
     async def cache_repository_async(
         self, url_or_path: PathLike, name: Optional[str] = None
     ) -> Union[GitCacheEntry, Exception]:
-        """``cache_repository`` on a worker thread (operations on one cache take turns)."""
+        """``cache_repository`` on a worker thread: several run side by side."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, self.cache_repository, url_or_path, name)
 

@@ -1,7 +1,8 @@
 //! The cache's index: every entry, in `<cache root>/.gitfleet-cache/index.json`, replaced whole
 //! (written to a temporary file, fsynced, renamed) so that a reader sees the old index or the new
-//! one. Every operation holds `.gitfleet-cache/lock` (an exclusive `flock`) from reading the
-//! index to writing it back: two processes on one cache take turns.
+//! one. Every change holds `.gitfleet-cache/lock` (an exclusive `flock`) from reading the index
+//! to writing it back, so no change is lost to another process's; the long work (clones,
+//! copies) runs between two such holds (lib.rs `refresh_from`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -55,6 +56,9 @@ pub struct Entry {
     pub error_code: Option<String>,
     /// The copy in use: `.gitfleet-cache/copies/<name>.<generation>`; 0 before the first.
     pub generation: u64,
+    /// The highest generation handed to a refresh (which makes its copy without the lock).
+    #[serde(default)]
+    pub reserved: u64,
     /// Where the repository or directory is inside its copy (relative; empty for a local copy).
     pub inner: PathBuf,
 }

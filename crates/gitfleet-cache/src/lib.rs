@@ -151,6 +151,14 @@ pub struct CachedEntry {
     pub cache_path: PathBuf,
 }
 
+/// What the unlocked part of a refresh made.
+enum Made {
+    /// Nothing moved upstream: the current copy stays.
+    Unchanged { size: u64 },
+    /// A new copy, complete, not yet switched in.
+    Copy { inner: PathBuf, size: u64 },
+}
+
 /// Totals over the cache.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CacheStats {
@@ -189,8 +197,9 @@ impl CacheConfig {
     }
 }
 
-/// A cache root opened by this process. Every operation takes the cache's lock for its whole
-/// length: operations of several processes (and threads) on one cache take turns.
+/// A cache root opened by this process. Every operation reads and writes the index under the
+/// cache's lock; clones, fetches and copies run without it, so operations of several processes
+/// (and threads) on one cache run side by side.
 #[derive(Debug)]
 pub struct Cache {
     config: CacheConfig,
@@ -337,17 +346,18 @@ impl Cache {
                     error: None,
                     error_code: None,
                     generation: 0,
+                    reserved: 0,
                     inner: PathBuf::new(),
                 },
             );
         }
-        self.refresh_locked(&mut locked, &name, source)
+        self.refresh_from(locked, &name, source)
     }
 
     /// Brings the entry `name` up to date: a git entry is fetched (and cloned anew when
     /// upstream moved), a local one copied again. On failure the previous copy stays.
     pub fn refresh(&self, name: &str) -> Result<CachedEntry, CacheError> {
-        let mut locked = Locked::open(&self.state_dir)?;
+        let locked = Locked::open(&self.state_dir)?;
         let entry = locked
             .index
             .entries
@@ -355,59 +365,87 @@ impl Cache {
             .ok_or_else(|| CacheError::not_found(name))?;
         let source = entry.source.clone();
         let name = entry.name.clone();
-        self.refresh_locked(&mut locked, &name, &source)
+        self.refresh_from(locked, &name, &source)
     }
 
-    /// Refreshes `name` from `source`: as the caller gave it (a URL may carry credentials the
-    /// index does not keep), or as the index holds it.
-    fn refresh_locked(
+    /// Refreshes `name` from `source` (as the caller gave it: a URL may carry credentials the
+    /// index does not keep). Three steps, so that other operations go on meanwhile: under the
+    /// lock, reserve the next generation; without it, fetch and make the copy; under the lock
+    /// again, switch the copy in, unless the entry went away or a newer copy is in place already
+    /// (then this one is deleted).
+    fn refresh_from(
         &self,
-        locked: &mut Locked,
+        mut locked: Locked,
         name: &str,
         source: &str,
     ) -> Result<CachedEntry, CacheError> {
         let entry = locked
             .index
             .entries
-            .get(name)
-            .cloned()
+            .get_mut(name)
             .ok_or_else(|| CacheError::not_found(name))?;
+        entry.reserved = entry.reserved.max(entry.generation) + 1;
+        let generation = entry.reserved;
+        let before = entry.clone();
+        locked.save()?;
+        drop(locked);
+
+        let outcome = self.fill(&before, generation, source);
+
+        let mut locked = Locked::open(&self.state_dir)?;
         let now = Timestamp::now();
-        let current = self.copy_dir(name, entry.generation);
-        let has_copy = entry.generation > 0 && self.link_of(name).exists();
-        let outcome = match entry.cache_type {
-            CacheType::Git if has_copy => match self.git.upstream_moved(&current, source) {
-                Ok(false) => Ok(None),
-                Ok(true) => self.make_copy(&entry, source).map(Some),
-                Err(e) => Err(CacheError::fill(e)),
-            },
-            _ => self.make_copy(&entry, source).map(Some),
+        let new_copy = self.copy_dir(name, generation);
+        let discard = |made: &Result<Made, CacheError>| {
+            if matches!(made, Ok(Made::Copy { .. })) {
+                let _ = std::fs::remove_dir_all(&new_copy);
+            }
         };
-        let stored = locked
+        // Gone, or removed and made again meanwhile (perhaps of another source): not ours.
+        let Some(stored) = locked
             .index
             .entries
             .get_mut(name)
-            .ok_or_else(|| CacheError::not_found(name))?;
+            .filter(|e| e.created_at == before.created_at && e.source == before.source)
+        else {
+            discard(&outcome);
+            return Err(CacheError::not_found(name));
+        };
         stored.last_used = now;
-        match outcome {
-            Ok(made) => {
-                if let Some((generation, inner)) = made {
-                    let old =
-                        (stored.generation > 0).then(|| self.copy_dir(name, stored.generation));
-                    stored.generation = generation;
+        let switched = match outcome {
+            Ok(Made::Copy { inner, size }) if generation > stored.generation => self
+                .point_at(name, &new_copy.join(&inner))
+                .map(|()| {
+                    let old = std::mem::replace(&mut stored.generation, generation);
                     stored.inner = inner;
-                    if let Some(old) = old
-                        && let Err(e) = std::fs::remove_dir_all(&old)
-                    {
-                        tracing::warn!(path = %old.display(), error = %e, "cannot remove an old copy");
-                    }
+                    stored.size_bytes = size;
+                    (old > 0).then(|| self.copy_dir(name, old))
+                })
+                .inspect_err(|_| {
+                    let _ = std::fs::remove_dir_all(&new_copy);
+                }),
+            made @ Ok(Made::Copy { .. }) => {
+                // Another refresh switched a newer copy in meanwhile.
+                discard(&made);
+                Ok(None)
+            }
+            Ok(Made::Unchanged { size }) => {
+                stored.size_bytes = size;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        };
+        match switched {
+            Ok(old) => {
+                if let Some(old) = old
+                    && let Err(e) = std::fs::remove_dir_all(&old)
+                {
+                    tracing::warn!(path = %old.display(), error = %e, "cannot remove an old copy");
                 }
-                stored.size_bytes = fill::size_of(&self.copy_dir(name, stored.generation));
                 stored.last_updated = Some(now);
                 stored.error = None;
                 stored.error_code = None;
                 let view = self.view(stored, now);
-                self.evict(locked, name);
+                self.evict(&mut locked, name);
                 locked.save()?;
                 Ok(view)
             }
@@ -420,15 +458,23 @@ impl Cache {
         }
     }
 
-    /// The next generation of `entry`'s copy, complete, with the entry's symlink pointing at
-    /// it: `(generation, path of the repository inside the copy)`.
-    fn make_copy(&self, entry: &Entry, source: &str) -> Result<(u64, PathBuf), CacheError> {
-        let generation = entry.generation + 1;
-        let dir = self.copy_dir(&entry.name, generation);
-        // What an interrupted run left of this generation.
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| CacheError::io("removing", &dir, e))?;
+    /// The work of a refresh, without the lock: a git copy is fetched and kept when nothing
+    /// moved upstream; otherwise copy `generation` is made.
+    fn fill(&self, entry: &Entry, generation: u64, source: &str) -> Result<Made, CacheError> {
+        let current = self.copy_dir(&entry.name, entry.generation);
+        let has_copy = entry.generation > 0 && self.link_of(&entry.name).exists();
+        if entry.cache_type == CacheType::Git && has_copy {
+            let moved = self
+                .git
+                .upstream_moved(&current, source)
+                .map_err(CacheError::fill)?;
+            if !moved {
+                return Ok(Made::Unchanged {
+                    size: fill::size_of(&current),
+                });
+            }
         }
+        let dir = self.copy_dir(&entry.name, generation);
         let made = match entry.cache_type {
             CacheType::Git => self
                 .git
@@ -445,13 +491,12 @@ impl Cache {
                     input: source.to_string(),
                     reason: e.to_string(),
                 }),
-        }
-        .and_then(|inner| {
-            self.point_at(&entry.name, &dir.join(&inner))?;
-            Ok(inner)
-        });
+        };
         match made {
-            Ok(inner) => Ok((generation, inner)),
+            Ok(inner) => Ok(Made::Copy {
+                inner,
+                size: fill::size_of(&dir),
+            }),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 Err(e)

@@ -313,3 +313,67 @@ fn two_handles_at_once_both_land_in_the_index() {
     assert!(cache.list().expect("list").is_empty());
     assert!(!cache.root().join("alpha").exists());
 }
+
+#[test]
+fn a_long_clone_does_not_hold_up_other_operations() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    // big.git is 4 MiB: at 512 KiB/s its clone takes seconds.
+    let slow = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(512 * 1024),
+            ..HttpOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let big_url = slow.url("big.git");
+    std::thread::scope(|s| {
+        let big = s.spawn(|| cache_at(&root).add(&big_url, None));
+        let cache = cache_at(&root);
+        gitfleet_tests::wait_until(Duration::from_secs(60), "the big clone to start", || {
+            cache.get("big").is_ok()
+        });
+        let beta = cache.add(&daemon.url("beta.git"), None).expect("beta");
+        assert_eq!(beta.status, CacheStatus::Fresh);
+        assert!(
+            !big.is_finished(),
+            "beta waited for big's clone: operations took turns"
+        );
+        assert_eq!(cache.list().expect("list").len(), 2);
+        let big = big.join().expect("thread").expect("big cached");
+        assert_eq!(big.status, CacheStatus::Fresh);
+    });
+}
+
+#[test]
+fn two_refreshes_of_one_entry_leave_one_good_copy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).expect("mkdir");
+    std::fs::write(project.join("a.txt"), "a").expect("write");
+    let root = dir.path().to_path_buf();
+    cache_at(&root)
+        .add(project.to_str().expect("utf-8"), None)
+        .expect("cached");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| cache_at(&root).refresh("project")))
+            .collect();
+        for h in handles {
+            h.join().expect("thread").expect("refreshed");
+        }
+    });
+    let cache = cache_at(&root);
+    let entry = cache.get("project").expect("entry");
+    assert_eq!(entry.status, CacheStatus::Fresh);
+    assert_eq!(
+        std::fs::read_to_string(entry.cache_path.join("a.txt")).expect("read"),
+        "a"
+    );
+    let copies = std::fs::read_dir(cache.root().join(".gitfleet-cache/copies"))
+        .expect("copies")
+        .count();
+    assert_eq!(copies, 1, "the copy that lost the race is gone");
+}
