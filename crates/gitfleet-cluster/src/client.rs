@@ -10,6 +10,7 @@ use gitfleet_proto::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::{MAX_REPOSITORIES, MAX_REQUEST_BYTES};
 use crate::auth::NatsAuth;
 use crate::infra::{ClusterError, Nats};
 use crate::subjects::Subjects;
@@ -99,12 +100,42 @@ impl Client {
         }
     }
 
+    /// Submits any number of repositories: a request over the API's per-request limits
+    /// (`MAX_REPOSITORIES`, `MAX_REQUEST_BYTES`) goes as several, answered in order as one.
     pub async fn submit(&self, request: &SubmitRequest) -> Result<SubmitReply, ClientError> {
-        self.call("submit", request).await
+        let parts = split(&request.repositories);
+        if parts.len() <= 1 {
+            return self.call("submit", request).await;
+        }
+        let mut tasks = Vec::with_capacity(request.repositories.len());
+        for (i, part) in parts.into_iter().enumerate() {
+            let part = SubmitRequest {
+                repositories: part.to_vec(),
+                operation: request.operation,
+                worktree: request.worktree,
+                // Each part is a request of its own; retried, it is still the same part.
+                idempotency_key: request.idempotency_key.as_ref().map(|k| format!("{k}#{i}")),
+            };
+            tasks.extend(self.call::<_, SubmitReply>("submit", &part).await?.tasks);
+        }
+        Ok(SubmitReply { tasks })
     }
 
+    /// Syncs any number of named repositories, split as `submit` splits (an empty list, every
+    /// repository, is one request).
     pub async fn sync(&self, request: &SyncRequest) -> Result<SubmitReply, ClientError> {
-        self.call("sync", request).await
+        let parts = split(&request.repositories);
+        if parts.len() <= 1 {
+            return self.call("sync", request).await;
+        }
+        let mut tasks = Vec::with_capacity(request.repositories.len());
+        for part in parts {
+            let part = SyncRequest {
+                repositories: part.to_vec(),
+            };
+            tasks.extend(self.call::<_, SubmitReply>("sync", &part).await?.tasks);
+        }
+        Ok(SubmitReply { tasks })
     }
 
     pub async fn get(&self, task: &str) -> Result<CloneTask, ClientError> {
@@ -169,5 +200,56 @@ impl Client {
             .subscribe(self.nats.subjects.status_all())
             .await
             .map_err(|e| ClusterError::request("status events", e).into())
+    }
+}
+
+/// `repositories` in parts the API takes: at most `MAX_REPOSITORIES` each, and their JSON (each
+/// input as a JSON string, plus a comma) below `MAX_REQUEST_BYTES` with room for the rest.
+fn split(repositories: &[String]) -> Vec<&[String]> {
+    const ROOM: usize = MAX_REQUEST_BYTES - 4096;
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, input) in repositories.iter().enumerate() {
+        let size = serde_json::to_string(input).map_or(6 * input.len() + 2, |j| j.len()) + 1;
+        if i > start && (i - start == MAX_REPOSITORIES || bytes + size > ROOM) {
+            parts.push(&repositories[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < repositories.len() {
+        parts.push(&repositories[start..]);
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_split_within_the_api_limits_and_in_order() {
+        let many: Vec<String> = (0..4_500).map(|i| format!("https://h/r{i}")).collect();
+        let parts = split(&many);
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [MAX_REPOSITORIES, MAX_REPOSITORIES, 500]
+        );
+        assert_eq!(parts.concat(), many);
+        // Long inputs: the byte limit splits first.
+        let long: Vec<String> = (0..300)
+            .map(|i| format!("{i}{}", "x".repeat(4_000)))
+            .collect();
+        let parts = split(&long);
+        assert!(parts.len() > 1);
+        for part in &parts {
+            let json = serde_json::to_vec(&SyncRequest {
+                repositories: part.to_vec(),
+            })
+            .expect("json");
+            assert!(json.len() < MAX_REQUEST_BYTES, "{}", json.len());
+        }
+        assert_eq!(parts.concat(), long);
+        assert!(split(&[]).is_empty());
     }
 }

@@ -576,6 +576,47 @@ async fn the_command_line_talks_to_the_cluster() {
     assert_eq!(task.status.status_type, StatusType::Completed);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_command_with_more_repositories_than_a_request_takes_handles_every_one() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let _node = sandbox(&nats).start_node("solo");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    // More inputs than one request may carry (the API answers `too_large` to such a request):
+    // refused ones first (no transfer, cheap), then two real repositories past the limit.
+    let limit = gitfleet_cluster::api::MAX_REPOSITORIES;
+    let mut lines: Vec<String> = (0..limit)
+        .map(|i| format!("ftp://127.0.0.1/refused-{i}.git"))
+        .collect();
+    lines.push(daemon.url("alpha.git"));
+    lines.push(daemon.url("beta.git"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, lines.join("\n")).expect("write the list");
+    let (code, stdout, stderr) =
+        sandbox(&nats).run_cli(&["mirror", "--file", list.to_str().expect("utf-8")]);
+    // The refused inputs fail the command; every one is reported, and the rest is done.
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("too_large"), "{stderr}");
+    assert_eq!(
+        stdout
+            .lines()
+            .filter(|l| l.starts_with("rejected "))
+            .count(),
+        limit,
+        "every refusal is reported"
+    );
+    assert!(stderr.contains("2 completed"), "{stderr}");
+    for repo in ["alpha.git", "beta.git"] {
+        let task = client.get(&daemon.url(repo)).await.expect("a task");
+        assert_eq!(task.status.status_type, StatusType::Completed, "{repo}");
+    }
+}
+
 /// A job published straight onto a node's subject by any NATS client that can, naming another
 /// task's id, gitfleet's own directory or a task that does not exist: the node derives the path
 /// from the job's URL itself and checks the task in the bucket, so nothing is written.
