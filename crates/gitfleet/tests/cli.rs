@@ -843,3 +843,67 @@ fn commands_on_a_served_root_are_handed_to_serve() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!text(&out.stderr).contains("handing the work"));
 }
+
+#[test]
+fn a_restarted_serve_keeps_the_schedule_and_runs_what_fell_due() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let (alpha, beta) = (daemon.url("alpha.git"), daemon.url("beta.git"));
+    let start_serve = || {
+        let serve = gitfleet(root.path())
+            .args(["serve", "--min-interval", "1h", "--max-interval", "2h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start gitfleet serve");
+        let socket = root.path().join(".gitfleet/serve.sock");
+        wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+        serve
+    };
+    let mut serve = start_serve();
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha, &beta]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // beta falls due every second from now on; alpha keeps its hour.
+    let out = run(gitfleet(root.path()).args(["schedule", "--every", "1s", &beta]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    terminate(&mut serve);
+    assert!(
+        serve.wait().expect("wait").success(),
+        "serve drained and stopped"
+    );
+
+    let before = status_json(root.path());
+    let alpha_before = task_for(&before, "alpha").clone();
+    let beta_before = task_for(&before, "beta").clone();
+    assert!(!alpha_before["next_sync_at"].is_null(), "{alpha_before:#}");
+    // While nothing serves the root, beta's time passes.
+    wait_until(Duration::from_secs(10), "beta is overdue", || {
+        let due: jiff::Timestamp = beta_before["next_sync_at"]
+            .as_str()
+            .expect("scheduled")
+            .parse()
+            .expect("a time");
+        jiff::Timestamp::now() > due
+    });
+
+    let mut serve = start_serve();
+    // The overdue one is synced by the restarted serve ...
+    wait_until(
+        Duration::from_secs(60),
+        "the overdue beta is synced",
+        || {
+            task_for(&status_json(root.path()), "beta")["last_success_at"]
+                != beta_before["last_success_at"]
+        },
+    );
+    // ... and the one not due keeps its time and its last sync: a restart does not sync
+    // everything again.
+    let alpha_after = task_for(&status_json(root.path()), "alpha").clone();
+    assert_eq!(alpha_after["next_sync_at"], alpha_before["next_sync_at"]);
+    assert_eq!(
+        alpha_after["last_success_at"],
+        alpha_before["last_success_at"]
+    );
+    terminate(&mut serve);
+}
