@@ -73,7 +73,8 @@ if [ ! -x "$venv/bin/python" ]; then
         python3 -m venv "$venv"
     }
 fi
-"$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2"
+"$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2" \
+    "prometheus-client>=0.20"
 # `cargo test` built it (a binary of a package with integration tests); building it alone would
 # resolve features for that package only and rebuild its dependencies.
 servers_bin="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers"

@@ -415,6 +415,19 @@ impl TaskTable {
         }
     }
 
+    /// Every task counted by status and freshness (the repositories taken as present).
+    pub(crate) fn census(&self, at: gitfleet_proto::FreshnessAt) -> crate::Census {
+        let mut census = crate::Census::default();
+        for record in &self.records {
+            let status = record.status_type();
+            let success = record.time(Time::LastSuccess);
+            let freshness =
+                gitfleet_proto::Freshness::of(record.quarantined(), status, success, at);
+            census.add(status, freshness, success);
+        }
+        census
+    }
+
     /// Every task, oldest first (ties by id).
     pub(crate) fn tasks(&self) -> Vec<CloneTask> {
         let mut tasks: Vec<CloneTask> = (0..self.records.len()).map(|s| self.task(s)).collect();

@@ -5,6 +5,7 @@
 mod compact;
 mod job;
 mod lock;
+mod metrics;
 mod planning;
 mod registry;
 mod root;
@@ -24,6 +25,7 @@ use tokio::sync::broadcast;
 
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{Requests, RootLock};
+pub use metrics::{Census, FleetMetrics};
 pub use planning::{Planned, find_task, plan_work};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
 pub use root::{OpenRoot, RootError, claim, hostname, open_layout};
@@ -180,6 +182,11 @@ impl Fleet {
     pub async fn cancel(&self, task_id: &str) -> Result<bool, FleetError> {
         ractor::call!(self.supervisor, SupervisorMsg::Cancel, task_id.to_string())
             .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
+    /// The Registry, for what watches it (metrics).
+    pub(crate) fn registry_ref(&self) -> ActorRef<RegistryMsg> {
+        self.registry.clone()
     }
 
     pub async fn tasks(&self) -> Result<Vec<CloneTask>, FleetError> {

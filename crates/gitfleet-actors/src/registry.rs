@@ -50,6 +50,8 @@ pub enum RegistryMsg {
     },
     Get(String, RpcReplyPort<Option<CloneTask>>),
     List(RpcReplyPort<Vec<CloneTask>>),
+    /// The tasks counted by status and by freshness (a success within the duration is fresh).
+    Census(std::time::Duration, RpcReplyPort<crate::Census>),
 }
 
 pub struct Registry;
@@ -376,6 +378,14 @@ impl Actor for Registry {
                         let _ = reply.send(task);
                     })
                     .await;
+            }
+            RegistryMsg::Census(stale_after, reply) => {
+                let census = state.tasks.census(gitfleet_proto::FreshnessAt {
+                    now: Timestamp::now(),
+                    stale_after,
+                    present: true,
+                });
+                let _ = reply.send(census);
             }
             RegistryMsg::List(reply) => {
                 let tasks = state.tasks.tasks();

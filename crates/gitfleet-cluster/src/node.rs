@@ -27,6 +27,8 @@ pub struct NodeOptions {
     pub durability: Durability,
     /// Applied to every URL of the API and of jobs: strict unless configured otherwise.
     pub policy: Policy,
+    /// Fed from this node's actors, for `GET /metrics`.
+    pub metrics: Option<std::sync::Arc<gitfleet_actors::FleetMetrics>>,
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -46,6 +48,9 @@ pub async fn run_node(
         .await
         .map_err(|e| ClusterError::Config(e.to_string()))?;
     let started_at = jiff::Timestamp::now();
+    if let Some(metrics) = &options.metrics {
+        metrics.watch(&fleet);
+    }
     adopt_earlier_repositories(&store, &layout, &options.node_id).await;
 
     let mut background = tokio::task::JoinSet::new();

@@ -426,19 +426,53 @@ impl CloneTask {
         stale_after: std::time::Duration,
         present: bool,
     ) -> Freshness {
-        if self.quarantined {
+        Freshness::of(
+            self.quarantined,
+            self.status.status_type,
+            self.last_success_at,
+            FreshnessAt {
+                now,
+                stale_after,
+                present,
+            },
+        )
+    }
+}
+
+/// When, and against what, freshness is judged.
+#[derive(Debug, Clone, Copy)]
+pub struct FreshnessAt {
+    pub now: Timestamp,
+    /// A success within this long is fresh.
+    pub stale_after: std::time::Duration,
+    /// Whether the repository is where its record says (the caller looks).
+    pub present: bool,
+}
+
+impl Freshness {
+    /// The freshness of a task in this state: quarantined, then missing (it succeeded once and
+    /// is gone), then error (the latest attempt failed), then fresh or stale by its last
+    /// success. The one rule, for records and for compact ones alike.
+    pub fn of(
+        quarantined: bool,
+        status: StatusType,
+        last_success_at: Option<Timestamp>,
+        at: FreshnessAt,
+    ) -> Freshness {
+        if quarantined {
             return Freshness::Quarantined;
         }
-        if self.last_success_at.is_some() && !present {
+        if last_success_at.is_some() && !at.present {
             return Freshness::Missing;
         }
-        if self.status.status_type == StatusType::Failed {
+        if status == StatusType::Failed {
             return Freshness::Error;
         }
-        let fresh = self.last_success_at.is_some_and(|at| {
-            now.duration_since(at)
+        let fresh = last_success_at.is_some_and(|success| {
+            at.now
+                .duration_since(success)
                 .try_into()
-                .is_ok_and(|age: std::time::Duration| age <= stale_after)
+                .is_ok_and(|age: std::time::Duration| age <= at.stale_after)
         });
         if fresh {
             Freshness::Fresh

@@ -380,6 +380,12 @@ impl WorkArgs {
         Ok(())
     }
 
+    /// When a repository counts as stale in metrics: twice the longest scheduled interval (as
+    /// `status --stale-after` defaults to).
+    pub fn stale_after(&self) -> Duration {
+        2 * self.max_interval.max(self.min_interval)
+    }
+
     /// The actors' configuration: a pool of `concurrency` workers running git with these limits.
     pub fn fleet_config(
         &self,

@@ -1,4 +1,5 @@
-//! Push-triggered sync: the webhook endpoints of `gitfleet serve --listen`.
+//! Push-triggered sync: the webhook endpoints of `gitfleet serve --listen` (and `node
+//! --listen`), served beside the metrics (metrics.rs).
 //!
 //! - `POST /hooks/github`: `X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the body.
 //! - `POST /hooks/gitlab`: `X-Gitlab-Token: <secret>`.
@@ -68,11 +69,12 @@ pub struct Webhooks {
     pub secret: Option<Secret>,
 }
 
-/// Serves the webhook endpoints on `webhooks.address`, syncing with `sync`, until `stop`;
-/// returns the server's task.
+/// Serves the webhook endpoints on `webhooks.address`, syncing with `sync`, and the fleet's
+/// `metrics` (`GET /metrics`), until `stop`; returns the server's task.
 pub async fn listen(
     webhooks: Webhooks,
     sync: SyncUrls,
+    metrics: Arc<gitfleet_actors::FleetMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
@@ -83,8 +85,11 @@ pub async fn listen(
     if webhooks.secret.is_none() {
         eprintln!("gitfleet: no GITFLEET_WEBHOOK_SECRET: every webhook will be refused (401)");
     }
-    let router = router(Hooks::new(webhooks.secret, sync));
-    eprintln!("gitfleet: webhooks on http://{address}/hooks/{{github,gitlab,gitea,sync}}");
+    let router = router(Hooks::new(webhooks.secret, sync)).merge(crate::metrics::router(metrics));
+    eprintln!(
+        "gitfleet: webhooks on http://{address}/hooks/{{github,gitlab,gitea,sync}}, metrics on \
+         http://{address}/metrics"
+    );
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(stop)

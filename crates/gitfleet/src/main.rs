@@ -9,6 +9,7 @@ mod display;
 mod embedded;
 mod hooks;
 mod inputs;
+mod metrics;
 mod remote;
 mod report;
 mod serve;

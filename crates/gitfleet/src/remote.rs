@@ -49,6 +49,7 @@ pub async fn node(
         "gitfleet: node {node_id} joining the cluster at {}",
         cluster.shown_url()
     );
+    let metrics = gitfleet_actors::FleetMetrics::new(args.work.stale_after());
     if let Some(address) = args.listen {
         let webhooks = crate::hooks::Webhooks {
             address,
@@ -80,7 +81,7 @@ pub async fn node(
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        crate::hooks::listen(webhooks, sync, stop).await?;
+        crate::hooks::listen(webhooks, sync, metrics.clone(), stop).await?;
     }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -93,6 +94,7 @@ pub async fn node(
                 replicas: args.replicas,
             },
             policy,
+            metrics: Some(metrics),
         },
         config,
         shutdown,

@@ -87,7 +87,9 @@ pub async fn serve(
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let server = match webhooks {
         Some(webhooks) => {
-            Some(start_webhooks(webhooks, calls_tx.clone(), stopped(stop.clone())).await?)
+            let metrics = gitfleet_actors::FleetMetrics::new(run.work.stale_after());
+            metrics.watch(&fleet);
+            Some(start_webhooks(webhooks, calls_tx.clone(), metrics, stopped(stop.clone())).await?)
         }
         None => None,
     };
@@ -350,10 +352,12 @@ async fn follow(
     }
 }
 
-/// Serves the webhook endpoints until `stop`, handing their URLs to the serve loop.
+/// Serves the webhook endpoints (and the metrics) until `stop`, handing their URLs to the serve
+/// loop.
 async fn start_webhooks(
     webhooks: Webhooks,
     requests: mpsc::Sender<Call>,
+    metrics: Arc<gitfleet_actors::FleetMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let sync: SyncUrls = Arc::new(move |urls| {
@@ -366,7 +370,7 @@ async fn start_webhooks(
             rx.await.unwrap_or_default()
         })
     });
-    hooks::listen(webhooks, sync, stop).await
+    hooks::listen(webhooks, sync, metrics, stop).await
 }
 
 /// Requests a sync of every tracked repository that one of `urls` names (a webhook never adds

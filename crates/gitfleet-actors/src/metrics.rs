@@ -1,0 +1,328 @@
+//! Prometheus metrics of a fleet (`GET /metrics` on `serve` and `node`): counters and histograms
+//! fed by the Registry's broadcast, and gauges of the tasks as they are, counted by the Registry
+//! at each scrape (`Census`) without building a task record.
+//!
+//! Cardinality is bounded: labels are operation kinds, results, error codes, statuses and
+//! freshness values; never a repository.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use gitfleet_proto::{CloneTask, ErrorCode, Freshness, StatusType, TaskUpdate, Timestamp};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use ractor::ActorRef;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{FleetError, RegistryMsg};
+
+/// The tasks of a Registry, counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub by_status: HashMap<StatusType, u64>,
+    pub by_freshness: HashMap<Freshness, u64>,
+    /// The oldest last successful sync among tasks that had one.
+    pub oldest_success: Option<Timestamp>,
+}
+
+impl Census {
+    pub(crate) fn add(
+        &mut self,
+        status: StatusType,
+        freshness: Freshness,
+        success: Option<Timestamp>,
+    ) {
+        *self.by_status.entry(status).or_default() += 1;
+        *self.by_freshness.entry(freshness).or_default() += 1;
+        if let Some(at) = success {
+            self.oldest_success = Some(self.oldest_success.map_or(at, |o| o.min(at)));
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FreshnessLabels {
+    freshness: &'static str,
+}
+
+/// A fleet's metrics. `watch` feeds it from a fleet; `render` is one scrape.
+pub struct FleetMetrics {
+    registry: Registry,
+    operations: Family<OperationLabels, Counter>,
+    failures: Family<CodeLabels, Counter>,
+    retries: Counter,
+    durations: Family<KindLabels, Histogram>,
+    bytes: Counter,
+    tasks: Family<StatusLabels, Gauge>,
+    freshness: Family<FreshnessLabels, Gauge>,
+    oldest_success_age: Gauge,
+    /// The attempt each unfinished task was last seen at (what tells a retry, and a final
+    /// state that ends work from one that only repeats it).
+    in_flight: Mutex<HashMap<String, u32>>,
+    registry_actor: OnceLock<ActorRef<RegistryMsg>>,
+    stale_after: Duration,
+}
+
+impl std::fmt::Debug for FleetMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetMetrics").finish_non_exhaustive()
+    }
+}
+
+const STATUSES: [StatusType; 4] = [
+    StatusType::Queued,
+    StatusType::Cloning,
+    StatusType::Completed,
+    StatusType::Failed,
+];
+const FRESHNESS: [Freshness; 5] = [
+    Freshness::Fresh,
+    Freshness::Stale,
+    Freshness::Missing,
+    Freshness::Error,
+    Freshness::Quarantined,
+];
+
+impl FleetMetrics {
+    /// Metrics whose freshness gauges count a task stale after `stale_after` without a success.
+    pub fn new(stale_after: Duration) -> Arc<FleetMetrics> {
+        let mut registry = Registry::with_prefix("gitfleet");
+        let operations = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "operations",
+            "Operations that ended, by kind (mirror, bare, checkout, init, sync) and result",
+            operations.clone(),
+        );
+        let failures = Family::<CodeLabels, Counter>::default();
+        registry.register(
+            "failures",
+            "Operations that failed, by error code",
+            failures.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Attempts started again after a transient failure",
+            retries.clone(),
+        );
+        let durations = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 14))
+        });
+        registry.register(
+            "operation_duration_seconds",
+            "How long operations took, from start to their end, by kind",
+            durations.clone(),
+        );
+        let bytes = Counter::default();
+        registry.register(
+            "received_bytes",
+            "Bytes received by completed transfers",
+            bytes.clone(),
+        );
+        let tasks = Family::<StatusLabels, Gauge>::default();
+        registry.register("tasks", "Tasks by status", tasks.clone());
+        let freshness = Family::<FreshnessLabels, Gauge>::default();
+        registry.register(
+            "tasks_by_freshness",
+            "Tasks by freshness (fresh, stale, error, quarantined)",
+            freshness.clone(),
+        );
+        let oldest_success_age = Gauge::default();
+        registry.register(
+            "oldest_successful_sync_age_seconds",
+            "Age of the oldest last successful sync among the tasks",
+            oldest_success_age.clone(),
+        );
+        Arc::new(FleetMetrics {
+            registry,
+            operations,
+            failures,
+            retries,
+            durations,
+            bytes,
+            tasks,
+            freshness,
+            oldest_success_age,
+            in_flight: Mutex::new(HashMap::new()),
+            registry_actor: OnceLock::new(),
+            stale_after,
+        })
+    }
+
+    /// Feeds these metrics from `fleet` until it stops (a task on the current runtime). One
+    /// fleet per metrics.
+    pub fn watch(self: &Arc<Self>, fleet: &crate::Fleet) {
+        let _ = self.registry_actor.set(fleet.registry_ref());
+        let mut updates = fleet.subscribe();
+        let metrics = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match updates.recv().await {
+                    Ok(TaskUpdate::State { task }) => metrics.observe(&task),
+                    Ok(TaskUpdate::Progress(_)) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// Counts what a state change says happened.
+    pub fn observe(&self, task: &CloneTask) {
+        let Ok(mut in_flight) = self.in_flight.lock() else {
+            return;
+        };
+        let status = task.status.status_type;
+        if !status.is_final() {
+            // Attempts count from 1 when one starts (0 while first queued): a task seen at an
+            // attempt and then at a later one was tried again.
+            let previous = in_flight.insert(task.id.clone(), task.attempts);
+            if previous.is_some_and(|attempt| attempt >= 1 && attempt < task.attempts) {
+                self.retries.inc();
+            }
+            return;
+        }
+        // A final state repeated (a schedule change, a resume) ended no work.
+        if in_flight.remove(&task.id).is_none() {
+            return;
+        }
+        drop(in_flight);
+        let operation = task.operation.as_str();
+        let result = if status == StatusType::Completed {
+            "completed"
+        } else {
+            "failed"
+        };
+        self.operations
+            .get_or_create(&OperationLabels { operation, result })
+            .inc();
+        if status == StatusType::Failed {
+            let code = task.error_code.unwrap_or(ErrorCode::Internal).as_str();
+            self.failures.get_or_create(&CodeLabels { code }).inc();
+        }
+        if let Some(sync) = &task.last_sync
+            && status == StatusType::Completed
+        {
+            self.bytes.inc_by(sync.bytes_received);
+        }
+        if let (Some(started), Some(finished)) = (task.started_at, task.finished_at)
+            && let Ok(took) = Duration::try_from(finished.duration_since(started))
+        {
+            self.durations
+                .get_or_create(&KindLabels { operation })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    /// One scrape: the gauges counted now, then everything in the text format.
+    pub async fn render(&self) -> Result<String, FleetError> {
+        let census = match self.registry_actor.get() {
+            Some(registry) => ractor::call!(registry, RegistryMsg::Census, self.stale_after)
+                .map_err(|_| FleetError::Gone("registry"))?,
+            None => Census::default(),
+        };
+        for status in STATUSES {
+            let n = census.by_status.get(&status).copied().unwrap_or(0);
+            self.tasks
+                .get_or_create(&StatusLabels {
+                    status: status.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        for freshness in FRESHNESS {
+            let n = census.by_freshness.get(&freshness).copied().unwrap_or(0);
+            self.freshness
+                .get_or_create(&FreshnessLabels {
+                    freshness: freshness.as_str(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let age = census
+            .oldest_success
+            .map_or(0, |at| Timestamp::now().duration_since(at).as_secs().max(0));
+        self.oldest_success_age.set(age);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|_| FleetError::Spawn("cannot encode the metrics".into()))?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gitfleet_proto::{CloneStatus, Operation};
+
+    fn state(id: &str, status: StatusType, attempts: u32) -> CloneTask {
+        let mut task = CloneTask::new(
+            id.to_string(),
+            format!("https://h/{id}.git"),
+            Operation::Mirror,
+            "p".to_string(),
+            Timestamp::now(),
+        );
+        task.status = CloneStatus {
+            status_type: status,
+            progress: None,
+            error: None,
+        };
+        task.attempts = attempts;
+        task
+    }
+
+    #[tokio::test]
+    async fn transitions_are_counted_once_and_repeats_not_at_all() {
+        let metrics = FleetMetrics::new(Duration::from_secs(60));
+        // a: queued, running, a transient failure and a second attempt, then done.
+        for (status, attempt) in [
+            (StatusType::Queued, 0),
+            (StatusType::Cloning, 1),
+            (StatusType::Queued, 1),
+            (StatusType::Cloning, 2),
+            (StatusType::Completed, 2),
+        ] {
+            metrics.observe(&state("a", status, attempt));
+        }
+        // b: fails for good; its final state broadcast again later (a resume) counts nothing.
+        let mut failed = state("b", StatusType::Failed, 1);
+        failed.error_code = Some(ErrorCode::AuthFailed);
+        metrics.observe(&state("b", StatusType::Queued, 0));
+        metrics.observe(&state("b", StatusType::Cloning, 1));
+        metrics.observe(&failed);
+        metrics.observe(&failed);
+        let text = metrics.render().await.expect("render");
+        for line in [
+            "gitfleet_operations_total{operation=\"mirror\",result=\"completed\"} 1",
+            "gitfleet_operations_total{operation=\"mirror\",result=\"failed\"} 1",
+            "gitfleet_failures_total{code=\"auth_failed\"} 1",
+            "gitfleet_retries_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
+}
