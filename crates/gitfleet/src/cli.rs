@@ -41,6 +41,17 @@ pub struct Cli {
     #[command(flatten)]
     pub nats_auth: NatsAuthArgs,
 
+    /// How log lines (GITFLEET_LOG) are written on standard error: `text`, or `json` (one object
+    /// per line, for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "GITFLEET_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
+    pub log_format: String,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -907,3 +907,24 @@ fn a_restarted_serve_keeps_the_schedule_and_runs_what_fell_due() {
     );
     terminate(&mut serve);
 }
+
+#[test]
+fn log_lines_can_be_json_for_log_shippers() {
+    let fixtures = Fixtures::new();
+    let http = HttpServer::start(&fixtures.root, HttpOptions::default());
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = run(gitfleet(root.path())
+        .args(["--log-format", "json", "mirror", &http.url("beta.git")])
+        .env("GITFLEET_LOG", "debug"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let logs: Vec<Value> = text(&out.stderr)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(!logs.is_empty(), "{}", text(&out.stderr));
+    assert!(
+        logs.iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+}
