@@ -45,11 +45,15 @@ impl GitSettings {
         Ok(inner(copy_root, &job.dest))
     }
 
-    /// Fetches into the copy in `copy_root`: true when upstream moved (a ref was created,
-    /// updated or deleted), so that the working tree is out of date.
-    pub(crate) fn upstream_moved(&self, copy_root: &Path, source: &str) -> Result<bool, TaskError> {
-        let (_, result) = self.run(copy_root, source, Operation::Sync)?;
-        Ok(result.num_refs_created + result.num_refs_updated + result.num_refs_deleted > 0)
+    /// Fetches into the copy in `copy_root`; true when its working tree is not at what the
+    /// remote has (upstream moved, in this fetch or an earlier one whose re-clone failed).
+    pub(crate) fn behind_upstream(
+        &self,
+        copy_root: &Path,
+        source: &str,
+    ) -> Result<bool, TaskError> {
+        let (job, _) = self.run(copy_root, source, Operation::Sync)?;
+        gitfleet_git::checkout_is_behind(&job.dest)
     }
 }
 
@@ -100,9 +104,14 @@ pub(crate) fn check_git_config(key: &str, value: &str) -> Result<(), crate::Cach
     };
     let (section, rest) = key.split_once('.').ok_or(invalid("not section.key"))?;
     let name = rest.rsplit('.').next().unwrap_or(rest);
-    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let word = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphabetic())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
     if !word(section) || !word(name) {
-        return Err(invalid("section and key are letters, digits and '-'"));
+        return Err(invalid(
+            "section and key start with a letter and hold letters, digits and '-'",
+        ));
     }
     let subsection = &rest[..rest.len() - name.len()];
     if subsection.contains(['\n', '"', '\0']) || value.contains(['\n', '\r', '\0']) {
@@ -124,6 +133,7 @@ pub(crate) fn write_git_config(repo: &Path, pairs: &[(String, String)]) -> std::
         if subsection.is_empty() {
             text.push_str(&format!("[{section}]\n"));
         } else {
+            let subsection = subsection.replace('\\', "\\\\");
             text.push_str(&format!("[{section} \"{subsection}\"]\n"));
         }
         let escaped = value.replace('\\', "\\\\").replace('"', "\\\"");

@@ -54,11 +54,9 @@ pub struct Entry {
     /// Why the last operation on it failed (its copy, if any, is the previous good one).
     pub error: Option<String>,
     pub error_code: Option<String>,
-    /// The copy in use: `.gitfleet-cache/copies/<name>.<generation>`; 0 before the first.
+    /// The copy in use: `.gitfleet-cache/copies/<name>.<generation>`; 0 before the first. A
+    /// cache-wide number, never given twice.
     pub generation: u64,
-    /// The highest generation handed to a refresh (which makes its copy without the lock).
-    #[serde(default)]
-    pub reserved: u64,
     /// Where the repository or directory is inside its copy (relative; empty for a local copy).
     pub inner: PathBuf,
 }
@@ -67,6 +65,34 @@ pub struct Entry {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Index {
     pub(crate) entries: BTreeMap<String, Entry>,
+    /// The last copy number handed out.
+    #[serde(default)]
+    pub(crate) next_copy: u64,
+}
+
+impl Index {
+    /// Refuses an index whose names or paths could lead outside the cache (edited by hand, or
+    /// damaged): every key a valid name equal to its entry's, every `inner` path relative and
+    /// without `..`.
+    fn check(&self) -> Result<(), String> {
+        for (key, entry) in &self.entries {
+            crate::name::checked(key).map_err(|e| e.to_string())?;
+            if *key != entry.name {
+                return Err(format!("the entry under {key:?} is named {:?}", entry.name));
+            }
+            let inner_ok = entry
+                .inner
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inner_ok {
+                return Err(format!(
+                    "{key}: its copy's path {:?} leaves the copy",
+                    entry.inner
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The index, locked for this process until dropped.
@@ -89,7 +115,7 @@ impl Locked {
             .map_err(|e| io("opening the lock of", e))?;
         lock.lock().map_err(|e| io("locking", e))?;
         let path = state_dir.join(INDEX);
-        let index = match std::fs::read(&path) {
+        let index: Index = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| CacheError::Index {
                 path: path.clone(),
                 reason: e.to_string(),
@@ -97,6 +123,10 @@ impl Locked {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Index::default(),
             Err(e) => return Err(io("reading the index in", e)),
         };
+        index.check().map_err(|reason| CacheError::Index {
+            path: path.clone(),
+            reason,
+        })?;
         Ok(Locked {
             _lock: lock,
             index,

@@ -20,6 +20,7 @@ mod index;
 mod name;
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use gitfleet_git::{Credentials, CredentialsConfig, Limits, Policy, Secret, scrub_userinfo};
@@ -159,6 +160,19 @@ enum Made {
     Copy { inner: PathBuf, size: u64 },
 }
 
+/// `url` without the user information of its authority (`https://user@host/x` is
+/// `https://host/x`); ssh's `user@host:path` form keeps its user, which names no secret.
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if matches!(scheme, "http" | "https") => format!("{scheme}://{}", &rest[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
 /// Totals over the cache.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CacheStats {
@@ -204,7 +218,8 @@ impl CacheConfig {
 pub struct Cache {
     config: CacheConfig,
     state_dir: PathBuf,
-    git: GitSettings,
+    /// Behind a lock of its own, held only to read or change it.
+    credentials: Mutex<CredentialsConfig>,
 }
 
 impl Cache {
@@ -225,11 +240,7 @@ impl Cache {
         Ok(Cache {
             config: CacheConfig { root, ..config },
             state_dir,
-            git: GitSettings {
-                policy: Policy::permissive(),
-                credentials: CredentialsConfig::default(),
-                limits: config.limits,
-            },
+            credentials: Mutex::new(CredentialsConfig::default()),
         })
     }
 
@@ -242,23 +253,40 @@ impl Cache {
     }
 
     /// Which credentials go to which host for git sources (replacing those set before).
-    pub fn set_credentials(&mut self, credentials: CredentialsConfig) {
-        self.git.credentials = credentials;
+    pub fn set_credentials(&self, credentials: CredentialsConfig) {
+        if let Ok(mut held) = self.credentials.lock() {
+            *held = credentials;
+        }
     }
 
     /// Offers `username`/`token` to `host` (an exact name or `*.suffix`) for git sources; kept
-    /// in memory only.
-    pub fn add_credentials(&mut self, host: &str, username: &str, token: &str) {
-        self.git.credentials.per_host.insert(
-            0,
-            (
-                host.to_ascii_lowercase(),
-                Credentials {
-                    username: username.to_string(),
-                    token: Secret::new(token),
-                },
-            ),
-        );
+    /// in memory only. Operations already running keep the credentials they started with.
+    pub fn add_credentials(&self, host: &str, username: &str, token: &str) {
+        if let Ok(mut held) = self.credentials.lock() {
+            held.per_host.insert(
+                0,
+                (
+                    host.to_ascii_lowercase(),
+                    Credentials {
+                        username: username.to_string(),
+                        token: Secret::new(token),
+                    },
+                ),
+            );
+        }
+    }
+
+    /// How git copies are made now (the credentials as they are at this moment).
+    fn git(&self) -> GitSettings {
+        GitSettings {
+            policy: Policy::permissive(),
+            credentials: self
+                .credentials
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default(),
+            limits: self.config.limits,
+        }
     }
 
     fn copy_dir(&self, name: &str, generation: u64) -> PathBuf {
@@ -346,7 +374,6 @@ impl Cache {
                     error: None,
                     error_code: None,
                     generation: 0,
-                    reserved: 0,
                     inner: PathBuf::new(),
                 },
             );
@@ -384,9 +411,11 @@ impl Cache {
             .entries
             .get_mut(name)
             .ok_or_else(|| CacheError::not_found(name))?;
-        entry.reserved = entry.reserved.max(entry.generation) + 1;
-        let generation = entry.reserved;
         let before = entry.clone();
+        // Copy numbers are the cache's, never reused: no two copies (of this entry or of an
+        // entry of the same name made again) share a directory.
+        locked.index.next_copy = locked.index.next_copy.max(before.generation) + 1;
+        let generation = locked.index.next_copy;
         locked.save()?;
         drop(locked);
 
@@ -428,6 +457,16 @@ impl Cache {
                 discard(&made);
                 Ok(None)
             }
+            // What was learned about a copy that is no longer the entry's says nothing about it.
+            _ if stored.generation != before.generation => {
+                let stale = self.copy_dir(name, before.generation);
+                if before.generation > 0 {
+                    let _ = std::fs::remove_dir_all(&stale);
+                }
+                let view = self.view(stored, now);
+                locked.save()?;
+                return Ok(view);
+            }
             Ok(Made::Unchanged { size }) => {
                 stored.size_bytes = size;
                 Ok(None)
@@ -436,17 +475,19 @@ impl Cache {
         };
         match switched {
             Ok(old) => {
-                if let Some(old) = old
-                    && let Err(e) = std::fs::remove_dir_all(&old)
-                {
-                    tracing::warn!(path = %old.display(), error = %e, "cannot remove an old copy");
-                }
                 stored.last_updated = Some(now);
                 stored.error = None;
                 stored.error_code = None;
                 let view = self.view(stored, now);
-                self.evict(&mut locked, name);
+                let evicted = self.evict(&mut locked, name);
+                // The index first: if it cannot be written, the copies it names are still there.
                 locked.save()?;
+                drop(locked);
+                for dir in old.into_iter().chain(evicted) {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(path = %dir.display(), error = %e, "cannot remove an old copy");
+                    }
+                }
                 Ok(view)
             }
             Err(e) => {
@@ -464,11 +505,11 @@ impl Cache {
         let current = self.copy_dir(&entry.name, entry.generation);
         let has_copy = entry.generation > 0 && self.link_of(&entry.name).exists();
         if entry.cache_type == CacheType::Git && has_copy {
-            let moved = self
-                .git
-                .upstream_moved(&current, source)
+            let behind = self
+                .git()
+                .behind_upstream(&current, source)
                 .map_err(CacheError::fill)?;
-            if !moved {
+            if !behind {
                 return Ok(Made::Unchanged {
                     size: fill::size_of(&current),
                 });
@@ -477,7 +518,7 @@ impl Cache {
         let dir = self.copy_dir(&entry.name, generation);
         let made = match entry.cache_type {
             CacheType::Git => self
-                .git
+                .git()
                 .clone(&dir, source)
                 .map_err(CacheError::fill)
                 .and_then(|inner| {
@@ -485,12 +526,23 @@ impl Cache {
                         .map_err(|e| CacheError::io("configuring", &dir.join(&inner), e))?;
                     Ok(inner)
                 }),
-            CacheType::Local => fill::copy_dir(Path::new(source), &dir)
-                .map(|()| PathBuf::new())
-                .map_err(|e| CacheError::Source {
-                    input: source.to_string(),
-                    reason: e.to_string(),
-                }),
+            // The directory checked when the entry was made, checked again (a symlink on its
+            // way may have changed since).
+            CacheType::Local => self
+                .classify(&entry.source)
+                .and_then(|(kind, checked)| {
+                    if kind != CacheType::Local || checked != entry.source {
+                        return Err(CacheError::Source {
+                            input: entry.source.clone(),
+                            reason: "it is no longer the directory it was".into(),
+                        });
+                    }
+                    fill::copy_dir(Path::new(&checked), &dir).map_err(|e| CacheError::Source {
+                        input: entry.source.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .map(|()| PathBuf::new()),
         };
         match made {
             Ok(inner) => Ok(Made::Copy {
@@ -524,8 +576,11 @@ impl Cache {
         std::fs::rename(&tmp, &link).map_err(|e| CacheError::io("linking", &link, e))
     }
 
-    /// Evicts the least recently used entries until the cache fits, never `keep`.
-    fn evict(&self, locked: &mut Locked, keep: &str) {
+    /// Evicts the least recently used entries until the cache fits, never `keep`: out of the
+    /// index and their links removed; their copies are returned, to delete once the index is
+    /// saved.
+    fn evict(&self, locked: &mut Locked, keep: &str) -> Vec<PathBuf> {
+        let mut doomed = Vec::new();
         let mut total: u64 = locked.index.entries.values().map(|e| e.size_bytes).sum();
         while total > self.config.max_bytes {
             let Some(victim) = locked
@@ -541,16 +596,25 @@ impl Cache {
             if let Some(entry) = locked.index.entries.remove(&victim) {
                 tracing::info!(name = %victim, bytes = entry.size_bytes, "evicted from the cache");
                 total -= entry.size_bytes;
-                self.delete_copies(&entry);
+                self.unlink(&entry);
+                if entry.generation > 0 {
+                    doomed.push(self.copy_dir(&entry.name, entry.generation));
+                }
             }
         }
+        doomed
     }
 
-    fn delete_copies(&self, entry: &Entry) {
+    /// Removes the entry's link (only the cache's own symlink).
+    fn unlink(&self, entry: &Entry) {
         let link = self.link_of(&entry.name);
         if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
             let _ = std::fs::remove_file(&link);
         }
+    }
+
+    fn delete_copies(&self, entry: &Entry) {
+        self.unlink(entry);
         if entry.generation > 0 {
             let _ = std::fs::remove_dir_all(self.copy_dir(&entry.name, entry.generation));
         }
@@ -574,13 +638,19 @@ impl Cache {
             }
             return Ok((CacheType::Local, canonical.display().to_string()));
         }
-        gitfleet_git::Target::for_url(
+        let target = gitfleet_git::Target::for_url(
             source,
             gitfleet_proto::Operation::Checkout,
-            &self.git.policy,
+            &Policy::permissive(),
         )
         .map_err(CacheError::fill)?;
-        Ok((CacheType::Git, scrub_userinfo(source)))
+        // Kept without any user information: a token given inside the URL is for this call,
+        // and a later refresh uses the credentials registered for the host.
+        let key = target.url().map_or_else(
+            || scrub_userinfo(source),
+            |url| without_userinfo(&url.display()),
+        );
+        Ok((CacheType::Git, key))
     }
 
     /// Every entry, by name.

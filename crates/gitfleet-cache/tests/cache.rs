@@ -147,7 +147,7 @@ fn failures_say_what_happened_and_never_show_the_token() {
         },
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cache = cache_at(dir.path());
+    let cache = cache_at(dir.path());
 
     let missing = cache
         .add(&daemon.url("nope.git"), None)
@@ -376,4 +376,72 @@ fn two_refreshes_of_one_entry_leave_one_good_copy() {
         .expect("copies")
         .count();
     assert_eq!(copies, 1, "the copy that lost the race is gone");
+}
+
+#[test]
+fn a_copy_behind_what_was_fetched_is_made_again() {
+    // A fetch moved the copy's remote-tracking branch but its working tree stayed (a re-clone
+    // that failed, or someone's `git fetch`): the next refresh must not call it current.
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = cache_at(dir.path());
+    let entry = cache.add(&daemon.url("alpha.git"), None).expect("cached");
+    fixtures.mutate("alpha.git");
+    run_git(&entry.cache_path, &["fetch", "-q", "origin"]);
+    let refreshed = cache.refresh("alpha").expect("refreshed");
+    assert!(refreshed.entry.generation > entry.entry.generation);
+    assert_eq!(
+        head(&refreshed.cache_path),
+        upstream_main(&fixtures, "alpha.git")
+    );
+}
+
+#[test]
+fn a_token_in_the_url_is_not_kept_and_refreshes_use_the_hosts_credentials() {
+    let fixtures = Fixtures::new();
+    let token = "t0ken-in-the-url";
+    let http = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            auth: Some(("alice".into(), token.into())),
+            ..HttpOptions::default()
+        },
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = cache_at(dir.path());
+    let entry = cache
+        .add(&http.url_with_credentials("beta.git", "alice", token), None)
+        .expect("cached with the URL's token");
+    assert_eq!(entry.entry.source, http.url("beta.git"));
+    // The same repository named without the token is the same entry, not a clash.
+    cache
+        .add(&http.url("beta.git"), None)
+        .expect("the same entry");
+    cache.add_credentials("127.0.0.1", "alice", token);
+    cache
+        .refresh("beta")
+        .expect("refreshed with the host's credentials");
+}
+
+#[test]
+fn an_index_naming_paths_outside_the_cache_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = cache_at(dir.path());
+    drop(cache);
+    let index = dir.path().join("cache/.gitfleet-cache/index.json");
+    std::fs::write(
+        &index,
+        r#"{"entries": {"../../x": {"name": "../../x", "source": "/tmp", "cache_type": "local",
+            "created_at": "2026-01-01T00:00:00Z", "last_updated": null,
+            "last_used": "2026-01-01T00:00:00Z", "size_bytes": 1, "error": null,
+            "error_code": null, "generation": 1, "inner": ""}}}"#,
+    )
+    .expect("write");
+    let err = Cache::open(CacheConfig::new(dir.path().join("cache"))).expect_err("refused");
+    assert_eq!(err.code(), "storage");
+    assert!(
+        err.to_string().contains("invalid cache entry name"),
+        "{err}"
+    );
 }

@@ -21,6 +21,7 @@ mod text;
 mod threads;
 mod tls;
 mod url;
+mod worktree;
 
 pub use engine::{Control, Limits, Request, execute};
 pub use error::GitError;
@@ -32,3 +33,4 @@ pub use target::{InitName, Source, Target, is_task_id};
 pub use text::{MAX_MESSAGE_CHARS, printable};
 pub use tls::{init_tls, trust_ca_file};
 pub use url::{LocalPaths, Policy, RepoUrl, Scheme, UrlError};
+pub use worktree::checkout_is_behind;

@@ -6,14 +6,12 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::failed;
-
 /// A cache root (gitfleet-cache) opened by this process. Every method answers JSON:
 /// `{"ok": ...}` or `{"error": {"code", "message"}}` (the Python layer returns errors as
 /// `Exception` values, as the cache documents say). Operations wait without the interpreter.
 #[pyclass(frozen, module = "gitfleet._native")]
 pub(crate) struct NativeCache {
-    cache: std::sync::RwLock<gitfleet_cache::Cache>,
+    cache: gitfleet_cache::Cache,
 }
 
 fn answer<T: serde::Serialize>(result: Result<T, gitfleet_cache::CacheError>) -> String {
@@ -32,13 +30,7 @@ impl NativeCache {
         py: Python<'_>,
         f: impl FnOnce(&gitfleet_cache::Cache) -> Result<T, gitfleet_cache::CacheError> + Send,
     ) -> PyResult<String> {
-        py.detach(|| {
-            let cache = self
-                .cache
-                .read()
-                .map_err(|_| failed("the cache is unusable after a panic"))?;
-            Ok(answer(f(&cache)))
-        })
+        Ok(py.detach(|| answer(f(&self.cache))))
     }
 }
 
@@ -69,28 +61,17 @@ impl NativeCache {
         let cache = py
             .detach(|| gitfleet_cache::Cache::open(config))
             .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(NativeCache {
-            cache: std::sync::RwLock::new(cache),
-        })
+        Ok(NativeCache { cache })
     }
 
     /// Offers `username`/`token` to `host` (an exact name or `*.suffix`) for git sources.
-    fn add_credentials(&self, host: &str, username: &str, token: &str) -> PyResult<()> {
-        let mut cache = self
-            .cache
-            .write()
-            .map_err(|_| failed("the cache is unusable after a panic"))?;
-        cache.add_credentials(host, username, token);
-        Ok(())
+    fn add_credentials(&self, host: &str, username: &str, token: &str) {
+        self.cache.add_credentials(host, username, token);
     }
 
     #[getter]
-    fn root(&self) -> PyResult<PathBuf> {
-        let cache = self
-            .cache
-            .read()
-            .map_err(|_| failed("the cache is unusable after a panic"))?;
-        Ok(cache.root().to_path_buf())
+    fn root(&self) -> PathBuf {
+        self.cache.root().to_path_buf()
     }
 
     #[pyo3(signature = (source, name = None))]

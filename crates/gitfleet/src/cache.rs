@@ -17,7 +17,7 @@ pub fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
     let mut config = CacheConfig::new(&args.dir);
     config.timeout = args.stale_after;
     config.max_bytes = (args.max_size_gb * 1024.0 * 1024.0 * 1024.0) as u64;
-    let mut cache = Cache::open(config)?;
+    let cache = Cache::open(config)?;
     match args.command {
         CacheCommand::Add {
             sources,
