@@ -60,16 +60,19 @@ class GitCacheConfig(BaseModel):
     """Where the cache is and how it behaves. ``git_config`` entries are written into every
     cached git repository's config (for the tools that open it; gitfleet's own transfers never
     read a repository's config). ``provider_config`` maps a host to ``{"username", "token"}``,
-    as ``register_provider`` does."""
+    as ``register_provider`` does; it never shows in a repr, a dump or a validation error."""
 
-    model_config = ConfigDict(frozen=True)
+    # Validation errors would quote the input, tokens included.
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)
 
     cache_root: Path = Path("./.metagit/.cache")
     default_timeout_minutes: int = Field(default=60, ge=0)
     max_cache_size_gb: float = Field(default=10.0, gt=0)
     enable_async: bool = True
     git_config: Dict[str, str] = Field(default_factory=dict)
-    provider_config: Optional[Dict[str, Dict[str, str]]] = None
+    provider_config: Optional[Dict[str, Dict[str, str]]] = Field(
+        default=None, repr=False, exclude=True
+    )
 
     def __init__(self, cache_root: Optional[PathLike] = None, /, **data: Any) -> None:
         if cache_root is not None:

@@ -88,10 +88,12 @@ def _optional_str(name: str, value: Any) -> Optional[str]:
     return value
 
 
-def _close(session: "_native.Session", owned_root: Optional[str]) -> None:
-    session.close()
-    if owned_root is not None:
-        shutil.rmtree(owned_root, ignore_errors=True)
+def _close(session: Any, owned_root: Optional[str]) -> None:
+    try:
+        session.close()
+    finally:
+        if owned_root is not None:
+            shutil.rmtree(owned_root, ignore_errors=True)
 
 
 class RepoManager:
@@ -182,6 +184,8 @@ class RepoManager:
         self._progress: Dict[str, int] = {}
         # Task ids cancelled and maybe still stopping.
         self._cancelling: Set[str] = set()
+        # clone_all() calls so far.
+        self._runs = 0
 
     @property
     def root(self) -> Optional[str]:
@@ -209,10 +213,15 @@ class RepoManager:
             ) from None
         self._settle_cancelled()
         self._submit()
+        self._runs += 1
+        run = self._runs
         task = loop.create_task(self._wait_all())
         # A callback, not an except clause: a task cancelled before it first ran never enters
-        # its coroutine.
-        task.add_done_callback(self._cancel_if_cancelled)
+        # its coroutine. Only the latest run's cancellation cancels clones (a newer run has
+        # taken them over).
+        task.add_done_callback(
+            lambda done: self._cancel_if_cancelled(done) if run == self._runs else None
+        )
         return task
 
     def _submit(self) -> None:
@@ -254,8 +263,10 @@ class RepoManager:
         self._cancelling.clear()
 
     async def fetch_clone_tasks(self) -> Dict[str, CloneTask]:
-        """Every URL (as given) with its current ``CloneTask``."""
-        return self.clone_tasks()
+        """Every URL (as given) with its current ``CloneTask`` (read on a worker thread: with
+        a cluster it is a round trip)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.clone_tasks)
 
     def clone_tasks(self) -> Dict[str, CloneTask]:
         """``fetch_clone_tasks()`` without awaiting: every URL with its current task."""

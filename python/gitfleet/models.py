@@ -29,6 +29,7 @@ class PydanticCloneTask(BaseModel):
     status: PydanticCloneStatus
     temp_dir: Optional[str] = None
     id: Optional[str] = None
+    node: Optional[str] = None
 
 
 def to_pydantic_status(status: CloneStatus) -> PydanticCloneStatus:
@@ -52,4 +53,5 @@ def to_pydantic_task(task: CloneTask) -> PydanticCloneTask:
         status=to_pydantic_status(task.status),
         temp_dir=task.temp_dir,
         id=task.id,
+        node=task.node,
     )

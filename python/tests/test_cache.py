@@ -267,3 +267,12 @@ def test_the_cache_documents_examples(servers: Servers, tmp_path, monkeypatch, c
     assert "Repository does not exist or is private" in out, out
     assert result is True and manager.list_cache_entries() == []
     assert servers.token not in out
+
+
+def test_provider_tokens_never_show(tmp_path) -> None:
+    token = "s3cr3t-provider-token"
+    config = GitCacheConfig(tmp_path, provider_config={"git.example": {"username": "u", "token": token}})
+    assert token not in repr(config) and token not in config.model_dump_json()
+    with pytest.raises(ValidationError) as refused:
+        GitCacheConfig(tmp_path, provider_config={"a.example": {"token": token}, "b.example": {}})
+    assert token not in str(refused.value)

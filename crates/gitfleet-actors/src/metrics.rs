@@ -81,7 +81,8 @@ pub struct FleetMetrics {
     bytes: Counter,
     tasks: Family<StatusLabels, Gauge>,
     freshness: Family<FreshnessLabels, Gauge>,
-    oldest_success_age: Gauge,
+    oldest_success_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    missed_updates: Counter,
     /// The attempt each unfinished task was last seen at (what tells a retry, and a final
     /// state that ends work from one that only repeats it).
     in_flight: Mutex<HashMap<String, u32>>,
@@ -153,11 +154,17 @@ impl FleetMetrics {
             "Tasks by freshness (fresh, stale, error, quarantined)",
             freshness.clone(),
         );
-        let oldest_success_age = Gauge::default();
+        let oldest_success_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "oldest_successful_sync_age_seconds",
-            "Age of the oldest last successful sync among the tasks",
+            "Age of the oldest last successful sync among the tasks (NaN: none succeeded yet)",
             oldest_success_age.clone(),
+        );
+        let missed_updates = Counter::default();
+        registry.register(
+            "metrics_missed_updates",
+            "State changes the metrics fell too far behind to count",
+            missed_updates.clone(),
         );
         Arc::new(FleetMetrics {
             registry,
@@ -169,6 +176,7 @@ impl FleetMetrics {
             tasks,
             freshness,
             oldest_success_age,
+            missed_updates,
             in_flight: Mutex::new(HashMap::new()),
             registry_actor: OnceLock::new(),
             stale_after,
@@ -185,11 +193,22 @@ impl FleetMetrics {
             loop {
                 match updates.recv().await {
                     Ok(TaskUpdate::State { task }) => metrics.observe(&task),
-                    Ok(TaskUpdate::Progress(_)) | Err(RecvError::Lagged(_)) => {}
+                    Ok(TaskUpdate::Progress(_)) => {}
+                    Err(RecvError::Lagged(missed)) => metrics.missed(missed),
                     Err(RecvError::Closed) => break,
                 }
             }
         });
+    }
+
+    /// Updates were lost (the watcher fell behind the broadcast): what they ended is not
+    /// counted, and the tasks in flight are forgotten rather than kept forever (they are seen
+    /// again at their next state).
+    fn missed(&self, updates: u64) {
+        self.missed_updates.inc_by(updates);
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.clear();
+        }
     }
 
     /// Counts what a state change says happened.
@@ -262,9 +281,9 @@ impl FleetMetrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        let age = census
-            .oldest_success
-            .map_or(0, |at| Timestamp::now().duration_since(at).as_secs().max(0));
+        let age = census.oldest_success.map_or(f64::NAN, |at| {
+            Timestamp::now().duration_since(at).as_secs_f64().max(0.0)
+        });
         self.oldest_success_age.set(age);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)

@@ -128,10 +128,19 @@ impl ClusterSession {
     fn close(&self) {}
 }
 
+/// Requests in flight at once when reading many tasks.
+const CONCURRENT_GETS: usize = 32;
+
 async fn tasks_of(client: &Client, ids: &[String]) -> PyResult<Vec<gitfleet_proto::CloneTask>> {
+    use futures_util::StreamExt;
+    let answers: Vec<_> = futures_util::stream::iter(ids)
+        .map(|id| client.get(id))
+        .buffered(CONCURRENT_GETS)
+        .collect()
+        .await;
     let mut tasks = Vec::with_capacity(ids.len());
-    for id in ids {
-        match client.get(id).await {
+    for answer in answers {
+        match answer {
             Ok(task) => tasks.push(task),
             Err(gitfleet_cluster::ClientError::Api(e))
                 if e.code == gitfleet_proto::ApiErrorCode::NotFound => {}
