@@ -74,7 +74,7 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2" \
-    "prometheus-client>=0.20"
+    "prometheus-client>=0.20" "mypy>=1.10"
 # `cargo test` built it (a binary of a package with integration tests); building it alone would
 # resolve features for that package only and rebuild its dependencies.
 servers_bin="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers"
@@ -83,5 +83,7 @@ test -x "$servers_bin" || { echo "cargo test did not build $servers_bin" >&2; ex
 PATH="$(cd "$venv" && pwd)/bin:$PATH" MATURIN_PEP517_ARGS="--profile dev" \
     "$venv/bin/python" -m pip install --quiet \
     --no-build-isolation --force-reinstall --no-deps ./python
+# The installed package type-checks against its own stubs (what users' type checkers see).
+"$venv/bin/python" -m mypy --strict -p gitfleet
 GITFLEET_TEST_SERVERS="$servers_bin" GITFLEET_BIN="$(cd "$target_dir" && pwd)/debug/gitfleet" \
     "$venv/bin/pytest" -q python/tests

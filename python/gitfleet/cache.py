@@ -81,7 +81,9 @@ class GitCacheConfig(BaseModel):
 
     @field_validator("provider_config")
     @classmethod
-    def _tokens_given(cls, value: Optional[Dict[str, Dict[str, str]]]):
+    def _tokens_given(
+        cls, value: Optional[Dict[str, Dict[str, str]]]
+    ) -> Optional[Dict[str, Dict[str, str]]]:
         for host, settings in (value or {}).items():
             if not settings.get("token"):
                 raise ValueError(f"provider_config[{host!r}] needs a token")
@@ -257,5 +259,6 @@ class GitCacheManager:
         result = _result(self._native.stats())
         if isinstance(result, Exception):
             return result
-        result["cache_root"] = str(self.cache_root)
-        return result
+        stats: Dict[str, Any] = dict(result)
+        stats["cache_root"] = str(self.cache_root)
+        return stats

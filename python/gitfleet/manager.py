@@ -149,7 +149,7 @@ class RepoManager:
                     "with nats=..., the nodes use their own credentials (GITFLEET_TOKEN or "
                     "--credentials on each node); a token is never sent over NATS"
                 )
-            self._session = _native.ClusterSession(
+            self._session: Union[_native.Session, _native.ClusterSession] = _native.ClusterSession(
                 nats,
                 prefix=nats_prefix,
                 creds_file=None if nats_creds is None else os.fspath(nats_creds),
@@ -163,7 +163,7 @@ class RepoManager:
                 if not isinstance(root_path, str):
                     raise TypeError("root must be a str or os.PathLike[str]")
             try:
-                self._session = _native.Session(
+                embedded = _native.Session(
                     root_path,
                     concurrency=concurrency,
                     retries=retries,
@@ -175,7 +175,8 @@ class RepoManager:
                 if owned_root is not None:
                     shutil.rmtree(owned_root, ignore_errors=True)
                 raise
-            self._root = os.fspath(self._session.root)
+            self._session = embedded
+            self._root = os.fspath(embedded.root)
         self._finalizer = weakref.finalize(self, _close, self._session, owned_root)
         # url -> task id, or (code, message) for a URL refused before any transfer.
         self._ids: Dict[str, str] = {}
