@@ -74,6 +74,15 @@ impl Actor for CloneWorker {
                 let blocking = tokio::task::spawn_blocking({
                     let job = job.clone();
                     move || {
+                        // Every log line of the transfer names its task (the URL as stored:
+                        // no credentials).
+                        let _task = tracing::info_span!(
+                            "task",
+                            id = %job.task_id,
+                            url = %job.display,
+                            attempt = job.attempt
+                        )
+                        .entered();
                         let mut last_sent: Option<Instant> = None;
                         let mut on_progress = |p: &gitfleet_git::Progress| {
                             let now = Instant::now();
@@ -93,7 +102,21 @@ impl Actor for CloneWorker {
                                 objects_total: p.objects_total,
                             }));
                         };
-                        executor.execute(&job, &control, &mut on_progress)
+                        tracing::debug!(operation = job.operation.as_str(), "transfer started");
+                        let result = executor.execute(&job, &control, &mut on_progress);
+                        match &result {
+                            Ok(done) => tracing::debug!(
+                                bytes_received = done.bytes_received,
+                                duration_ms = done.duration_ms,
+                                "transfer completed"
+                            ),
+                            Err(e) => tracing::debug!(
+                                code = e.code.as_str(),
+                                error = %e.message,
+                                "transfer failed"
+                            ),
+                        }
+                        result
                     }
                 });
                 tokio::spawn(async move {

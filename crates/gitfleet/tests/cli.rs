@@ -927,4 +927,16 @@ fn log_lines_can_be_json_for_log_shippers() {
         logs.iter()
             .all(|l| l["level"].is_string() && l["timestamp"].is_string())
     );
+    // A line about a task names it: its id and its URL.
+    let url = http.url("beta.git");
+    let about_the_task = logs
+        .iter()
+        .find(|l| l["fields"]["message"] == "transfer completed")
+        .unwrap_or_else(|| panic!("no transfer line in {}", text(&out.stderr)));
+    assert_eq!(
+        about_the_task["span"]["url"],
+        url.as_str(),
+        "{about_the_task}"
+    );
+    assert!(about_the_task["span"]["id"].is_string(), "{about_the_task}");
 }

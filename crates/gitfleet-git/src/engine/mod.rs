@@ -90,7 +90,10 @@ pub fn execute(
         let interrupt = control.interrupt();
         let commit = commit.clone();
         let meter = meter.clone();
+        // The caller's span (the task, in the actors) goes with the work to the git thread.
+        let span = tracing::Span::current();
         let spawned = crate::threads::spawn(Box::new(move || {
+            let _task = span.enter();
             let _running = crate::threads::Running::start();
             let attempt = Attempt {
                 req: &req,
