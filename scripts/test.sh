@@ -74,7 +74,7 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2" \
-    "prometheus-client>=0.20" "mypy>=1.10"
+    "prometheus-client>=0.20" "mypy>=1.10" "nats-py>=2.6"
 # `cargo test` built it (a binary of a package with integration tests); building it alone would
 # resolve features for that package only and rebuild its dependencies.
 servers_bin="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers"

@@ -337,7 +337,7 @@ async fn an_oversized_record_does_not_hide_the_tasks_after_it() {
     let reply =
         gitfleet_cluster::api::handle(&ctx, "list", b"{}", gitfleet_proto::Encoding::Json).await;
     let reply: gitfleet_proto::ApiReply<gitfleet_proto::ListReply> =
-        gitfleet_proto::from_json(&reply).expect("a list reply");
+        gitfleet_proto::from_json(&reply.body).expect("a list reply");
     let gitfleet_proto::ApiReply::Ok(list) = reply else {
         panic!("an error: {reply:?}");
     };

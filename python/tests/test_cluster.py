@@ -4,6 +4,7 @@ cloning from the real git servers."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pathlib
 import subprocess
@@ -79,3 +80,23 @@ def test_a_cluster_takes_no_token_and_no_root(servers: Servers) -> None:
         RepoManager([servers.git("alpha.git")], "user", "token", nats=nats)
     with pytest.raises(ValueError, match="root"):
         RepoManager([servers.git("alpha.git")], root="/tmp/x", nats=nats)
+
+
+def test_the_node_answers_nats_service_discovery(servers: Servers, node: pathlib.Path) -> None:
+    import nats  # nats-py: any NATS client sees the nodes as a service
+
+    async def main():
+        nc = await nats.connect(servers.info["nats"])
+        try:
+            await nc.request("gitfleet.api.nodes", b"{}", timeout=30)
+            ping = json.loads((await nc.request("$SRV.PING.gitfleet", b"", timeout=10)).data)
+            stats = json.loads((await nc.request("$SRV.STATS.gitfleet", b"", timeout=10)).data)
+        finally:
+            await nc.close()
+        return ping, stats
+
+    ping, stats = asyncio.run(main())
+    assert ping["name"] == "gitfleet" and ping["metadata"]["node"] == NODE_ID, ping
+    endpoints = {e["name"]: e for e in stats["endpoints"]}
+    assert {"submit", "sync", "get", "list", "cancel", "nodes"} <= set(endpoints), stats
+    assert endpoints["nodes"]["num_requests"] >= 1, stats

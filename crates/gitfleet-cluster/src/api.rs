@@ -1,4 +1,8 @@
-//! The request/reply API, served by every node in one queue group (any node answers).
+//! The request/reply API, served by every node in one queue group (any node answers), as a
+//! NATS service (`$SRV.*`: discovery and per-operation stats).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::kv;
@@ -16,6 +20,7 @@ use serde::de::DeserializeOwned;
 use crate::infra::{ClusterError, Nats};
 use crate::kv_store::KvStore;
 use crate::placement;
+use crate::subjects::API_OPERATIONS;
 
 /// Requests larger than this get `too_large` (below NATS' default 1 MiB payload limit, so that
 /// the error reaches the client instead of the connection failing).
@@ -54,56 +59,131 @@ pub fn encoding_of(headers: Option<&HeaderMap>) -> Encoding {
     }
 }
 
-/// Serves the API until the subscription ends.
-pub async fn serve(ctx: ApiContext) -> Result<(), ClusterError> {
-    let mut requests = ctx
+/// The API's name as a NATS service (`$SRV.PING.gitfleet`, `nats micro ls`).
+pub const SERVICE_NAME: &str = "gitfleet";
+/// Requests for operations no endpoint has are answered by a subscription of this group.
+const UNKNOWN_QUEUE_GROUP: &str = "gitfleet-api-unknown";
+
+/// Serves the API until the service stops: one NATS service endpoint per operation (so that
+/// `$SRV.PING`, `$SRV.INFO` and `$SRV.STATS` list this node, its version and each operation's
+/// requests, latency and error replies), in one queue group across the nodes, and a
+/// subscription that answers requests for unknown operations.
+pub async fn serve(ctx: ApiContext, node_id: &str) -> Result<(), ClusterError> {
+    use async_nats::service::ServiceExt;
+    let errors: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let service = ctx
         .nats
         .client
-        .queue_subscribe(ctx.nats.subjects.api_all(), QUEUE_GROUP.to_string())
+        .service_builder()
+        .description("gitfleet's request API: mirror, clone and keep fresh git repositories")
+        .metadata(HashMap::from([
+            ("node".to_string(), node_id.to_string()),
+            ("prefix".to_string(), ctx.nats.subjects.prefix().to_string()),
+        ]))
+        .queue_group(QUEUE_GROUP)
+        .stats_handler({
+            let errors = errors.clone();
+            move |endpoint, _| {
+                let n = errors
+                    .lock()
+                    .map(|e| e.get(&endpoint).copied().unwrap_or(0))
+                    .unwrap_or(0);
+                serde_json::json!({ "error_replies": n })
+            }
+        })
+        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+        .await
+        .map_err(|e| ClusterError::request("starting the API service", e))?;
+    let mut endpoints = Vec::new();
+    for operation in API_OPERATIONS {
+        let endpoint = service
+            .endpoint_builder()
+            .name(operation)
+            .add(ctx.nats.subjects.api(operation))
+            .await
+            .map_err(|e| ClusterError::request("adding an API endpoint", e))?;
+        endpoints.push(endpoint.map(move |request| (operation, request)).boxed());
+    }
+    let mut requests = futures_util::stream::select_all(endpoints);
+    let mut unknown = ctx
+        .nats
+        .client
+        .queue_subscribe(ctx.nats.subjects.api_all(), UNKNOWN_QUEUE_GROUP.to_string())
         .await
         .map_err(|e| ClusterError::request("API subscription", e))?;
-    while let Some(message) = requests.next().await {
-        let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let Some(reply_to) = message.reply.clone() else {
-                return;
-            };
-            let encoding = encoding_of(message.headers.as_ref());
-            let operation = ctx
-                .nats
-                .subjects
-                .api_operation(&message.subject)
-                .unwrap_or("")
-                .to_string();
-            let body = handle(&ctx, &operation, &message.payload, encoding).await;
-            let mut headers = HeaderMap::new();
-            if encoding == Encoding::MsgPack {
-                headers.insert("Content-Type", MSGPACK);
+    loop {
+        tokio::select! {
+            Some((operation, request)) = requests.next() => {
+                let (ctx, errors) = (ctx.clone(), errors.clone());
+                tokio::spawn(async move {
+                    let message = &request.message;
+                    let encoding = encoding_of(message.headers.as_ref());
+                    let answer = handle(&ctx, operation, &message.payload, encoding).await;
+                    if answer.error
+                        && let Ok(mut errors) = errors.lock()
+                    {
+                        *errors.entry(operation.to_string()).or_default() += 1;
+                    }
+                    let mut headers = HeaderMap::new();
+                    if encoding == Encoding::MsgPack {
+                        headers.insert("Content-Type", MSGPACK);
+                    }
+                    if let Err(e) = request
+                        .respond_with_headers(Ok(answer.body.into()), headers)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot send an API reply");
+                    }
+                });
             }
-            if let Err(e) = ctx
-                .nats
-                .client
-                .publish_with_headers(reply_to, headers, body.into())
-                .await
-            {
-                tracing::warn!(error = %e, "cannot send an API reply");
+            Some(message) = unknown.next() => {
+                let operation = ctx
+                    .nats
+                    .subjects
+                    .api_operation(&message.subject)
+                    .unwrap_or("")
+                    .to_string();
+                // A known operation is its endpoint's.
+                if API_OPERATIONS.contains(&operation.as_str()) {
+                    continue;
+                }
+                let Some(reply_to) = message.reply.clone() else { continue };
+                let encoding = encoding_of(message.headers.as_ref());
+                let answer = handle(&ctx, &operation, &message.payload, encoding).await;
+                if let Err(e) = ctx.nats.client.publish(reply_to, answer.body.into()).await {
+                    tracing::warn!(error = %e, "cannot send an API reply");
+                }
             }
-        });
+            else => break,
+        }
     }
     Ok(())
 }
 
-fn reply<T: Serialize>(result: Result<T, ApiError>, encoding: Encoding) -> Vec<u8> {
+/// The answer to one request: its body, and whether it is an error reply (counted per
+/// endpoint in the service's stats).
+#[derive(Debug)]
+pub struct Answer {
+    pub body: Vec<u8>,
+    pub error: bool,
+}
+
+fn reply<T: Serialize>(result: Result<T, ApiError>, encoding: Encoding) -> Answer {
+    let error = result.is_err();
     let reply = match result {
         Ok(v) => ApiReply::Ok(v),
         Err(e) => ApiReply::Error(e),
     };
-    gitfleet_proto::encode(&reply, encoding).unwrap_or_else(|e| {
-        gitfleet_proto::to_json(&ApiReply::<()>::Error(ApiError::new(
-            ApiErrorCode::Unavailable,
-            e.to_string(),
-        )))
-    })
+    match gitfleet_proto::encode(&reply, encoding) {
+        Ok(body) => Answer { body, error },
+        Err(e) => Answer {
+            body: gitfleet_proto::to_json(&ApiReply::<()>::Error(ApiError::new(
+                ApiErrorCode::Unavailable,
+                e.to_string(),
+            ))),
+            error: true,
+        },
+    }
 }
 
 fn decode<T: DeserializeOwned>(payload: &[u8], encoding: Encoding) -> Result<T, ApiError> {
@@ -121,7 +201,7 @@ pub async fn handle(
     operation: &str,
     payload: &[u8],
     encoding: Encoding,
-) -> Vec<u8> {
+) -> Answer {
     if payload.len() > MAX_REQUEST_BYTES {
         let e = ApiError::new(
             ApiErrorCode::TooLarge,

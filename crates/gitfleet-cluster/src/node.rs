@@ -68,8 +68,9 @@ pub async fn run_node(
             nodes: nodes.clone(),
             policy: options.policy.clone(),
         };
+        let node_id = options.node_id.clone();
         background.spawn(async move {
-            if let Err(e) = api::serve(context).await {
+            if let Err(e) = api::serve(context, &node_id).await {
                 tracing::error!(error = &e as &dyn std::error::Error, "the API stopped");
             }
         });

@@ -617,6 +617,64 @@ async fn one_command_with_more_repositories_than_a_request_takes_handles_every_o
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_a_nats_service_with_per_operation_stats() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let _node = sandbox(&nats).start_node("svc-node");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    mirror_one(&client, &daemon.url("beta.git")).await;
+    // An error reply is counted as one.
+    assert!(client.get("0000000000000000").await.is_err());
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let ask = |subject: &'static str| {
+        let raw = raw.clone();
+        async move {
+            let reply = raw
+                .request(subject, "".into())
+                .await
+                .expect("a service reply");
+            serde_json::from_slice::<serde_json::Value>(&reply.payload).expect("JSON")
+        }
+    };
+    let ping = ask("$SRV.PING.gitfleet").await;
+    assert_eq!(ping["name"], "gitfleet", "{ping}");
+    assert_eq!(ping["version"], env!("CARGO_PKG_VERSION"), "{ping}");
+    assert_eq!(ping["metadata"]["node"], "svc-node", "{ping}");
+    let info = ask("$SRV.INFO.gitfleet").await;
+    let names: Vec<&str> = info["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    for operation in gitfleet_cluster::subjects::API_OPERATIONS {
+        assert!(names.contains(&operation), "{operation} in {info}");
+    }
+    let stats = ask("$SRV.STATS.gitfleet").await;
+    let endpoint = |name: &str| {
+        stats["endpoints"]
+            .as_array()
+            .expect("endpoints")
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} in {stats}"))
+    };
+    assert!(
+        endpoint("submit")["num_requests"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    assert!(
+        endpoint("get")["data"]["error_replies"].as_u64() >= Some(1),
+        "{stats}"
+    );
+}
+
 /// A job published straight onto a node's subject by any NATS client that can, naming another
 /// task's id, gitfleet's own directory or a task that does not exist: the node derives the path
 /// from the job's URL itself and checks the task in the bucket, so nothing is written.
