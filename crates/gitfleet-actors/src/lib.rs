@@ -13,6 +13,7 @@ mod schedule;
 mod scheduler;
 mod store;
 mod supervisor;
+mod transitions;
 mod worker;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use schedule::SchedulePolicy;
 pub use scheduler::{DueTimes, keep_fresh, spread, spread_if_overdue};
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use transitions::{Change, Transitions};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
 
 #[derive(Debug, thiserror::Error)]

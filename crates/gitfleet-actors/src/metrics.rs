@@ -19,6 +19,7 @@ use prometheus_client::registry::Registry;
 use ractor::ActorRef;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::transitions::{Change, Transitions};
 use crate::{FleetError, RegistryMsg};
 
 /// The tasks of a Registry, counted.
@@ -83,9 +84,9 @@ pub struct FleetMetrics {
     freshness: Family<FreshnessLabels, Gauge>,
     oldest_success_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     missed_updates: Counter,
-    /// The attempt each unfinished task was last seen at (what tells a retry, and a final
-    /// state that ends work from one that only repeats it).
-    in_flight: Mutex<HashMap<String, u32>>,
+    notifications_dropped: Counter,
+    /// Which state changes end work (transitions.rs).
+    transitions: Mutex<Transitions>,
     registry_actor: OnceLock<ActorRef<RegistryMsg>>,
     stale_after: Duration,
 }
@@ -160,6 +161,12 @@ impl FleetMetrics {
             "Age of the oldest last successful sync among the tasks (NaN: none succeeded yet)",
             oldest_success_age.clone(),
         );
+        let notifications_dropped = Counter::default();
+        registry.register(
+            "notifications_dropped",
+            "Notifications dropped because their queue was full",
+            notifications_dropped.clone(),
+        );
         let missed_updates = Counter::default();
         registry.register(
             "metrics_missed_updates",
@@ -177,7 +184,8 @@ impl FleetMetrics {
             freshness,
             oldest_success_age,
             missed_updates,
-            in_flight: Mutex::new(HashMap::new()),
+            notifications_dropped,
+            transitions: Mutex::new(Transitions::default()),
             registry_actor: OnceLock::new(),
             stale_after,
         })
@@ -206,31 +214,32 @@ impl FleetMetrics {
     /// again at their next state).
     fn missed(&self, updates: u64) {
         self.missed_updates.inc_by(updates);
-        if let Ok(mut in_flight) = self.in_flight.lock() {
-            in_flight.clear();
+        if let Ok(mut transitions) = self.transitions.lock() {
+            transitions.forget();
         }
+    }
+
+    /// A notification did not fit its queue.
+    pub fn notification_dropped(&self) {
+        self.notifications_dropped.inc();
     }
 
     /// Counts what a state change says happened.
     pub fn observe(&self, task: &CloneTask) {
-        let Ok(mut in_flight) = self.in_flight.lock() else {
+        let Ok(mut transitions) = self.transitions.lock() else {
             return;
         };
-        let status = task.status.status_type;
-        if !status.is_final() {
-            // Attempts count from 1 when one starts (0 while first queued): a task seen at an
-            // attempt and then at a later one was tried again.
-            let previous = in_flight.insert(task.id.clone(), task.attempts);
-            if previous.is_some_and(|attempt| attempt >= 1 && attempt < task.attempts) {
+        let change = transitions.observe(task);
+        drop(transitions);
+        match change {
+            Change::Retried => {
                 self.retries.inc();
+                return;
             }
-            return;
+            Change::InFlight | Change::Repeated => return,
+            Change::Ended => {}
         }
-        // A final state repeated (a schedule change, a resume) ended no work.
-        if in_flight.remove(&task.id).is_none() {
-            return;
-        }
-        drop(in_flight);
+        let status = task.status.status_type;
         let operation = task.operation.as_str();
         let result = if status == StatusType::Completed {
             "completed"
@@ -311,6 +320,9 @@ mod tests {
             error: None,
         };
         task.attempts = attempts;
+        if status.is_final() {
+            task.finished_at = Some(Timestamp::now());
+        }
         task
     }
 
@@ -334,6 +346,10 @@ mod tests {
         metrics.observe(&state("b", StatusType::Cloning, 1));
         metrics.observe(&failed);
         metrics.observe(&failed);
+        // c: finished before the metrics started (a resume of old work broadcasts it): nothing.
+        let mut old = state("c", StatusType::Completed, 1);
+        old.finished_at = Timestamp::from_second(0).ok();
+        metrics.observe(&old);
         let text = metrics.render().await.expect("render");
         for line in [
             "gitfleet_operations_total{operation=\"mirror\",result=\"completed\"} 1",

@@ -128,6 +128,8 @@ pub enum Command {
             hide_env_values = true
         )]
         webhook_secret: Option<String>,
+        #[command(flatten)]
+        notify: NotifyArgs,
     },
     /// Take quarantined repositories (ids or URLs) back into the schedule, due now.
     Resume {
@@ -608,4 +610,57 @@ pub enum CacheCommand {
     },
     /// Print the path of an entry's copy.
     Path { name: String },
+}
+
+/// Notifications of `serve` (notify.rs).
+#[derive(Debug, Args)]
+pub struct NotifyArgs {
+    /// POST each event (`{"event", "task"}` JSON) to this URL; retried with backoff until
+    /// delivered. Signed (`X-Gitfleet-Signature: sha256=<hex>`) with GITFLEET_NOTIFY_SECRET.
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
+    /// Run this command for each event, the event's JSON on its standard input. Its words are
+    /// split on white space and run as they are: no shell.
+    #[arg(long, value_name = "CMD")]
+    pub notify_exec: Option<String>,
+    /// Which events (comma-separated): completed (something changed), failed, quarantined.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = ["completed", "failed", "quarantined"])]
+    pub notify_on: Vec<String>,
+    /// The secret notifications are signed with (only from the environment).
+    #[arg(
+        long,
+        env = "GITFLEET_NOTIFY_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub notify_secret: Option<String>,
+}
+
+impl NotifyArgs {
+    pub fn notifications(&self) -> anyhow::Result<crate::notify::Notifications> {
+        let url = self
+            .notify_url
+            .as_deref()
+            .map(|u| {
+                reqwest::Url::parse(u)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"))
+                    .ok_or_else(|| anyhow::anyhow!("--notify-url: {u:?} is not an http(s) URL"))
+            })
+            .transpose()?;
+        Ok(crate::notify::Notifications {
+            url,
+            exec: self
+                .notify_exec
+                .as_deref()
+                .map(|c| c.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
+            secret: self
+                .notify_secret
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(gitfleet_git::Secret::new),
+            kinds: self.notify_on.clone(),
+        })
+    }
 }

@@ -53,16 +53,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 drain_timeout,
                 listen,
                 webhook_secret,
+                notify,
             },
             None,
         ) => {
+            let notifications = notify.notifications()?;
             let webhooks = listen.map(|address| crate::hooks::Webhooks {
                 address,
                 secret: webhook_secret
                     .filter(|s| !s.is_empty())
                     .map(gitfleet_git::Secret::new),
             });
-            serve::serve(&root, run, drain_timeout, webhooks).await
+            serve::serve(&root, run, drain_timeout, webhooks, notifications).await
         }
         (Command::Serve { .. }, Some(_)) => {
             bail!(

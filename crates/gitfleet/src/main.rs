@@ -10,6 +10,7 @@ mod embedded;
 mod hooks;
 mod inputs;
 mod metrics;
+mod notify;
 mod remote;
 mod report;
 mod serve;

@@ -33,6 +33,7 @@ pub async fn serve(
     run: RunArgs,
     drain_timeout: Duration,
     webhooks: Option<Webhooks>,
+    notifications: crate::notify::Notifications,
 ) -> anyhow::Result<ExitCode> {
     let open = open_root(root)?;
     let policy = run.policy()?;
@@ -51,6 +52,9 @@ pub async fn serve(
         open.layout.root().display()
     );
 
+    let metrics = gitfleet_actors::FleetMetrics::new(run.work.stale_after());
+    metrics.watch(&fleet);
+    crate::notify::start(notifications, &fleet, Some(metrics.clone()));
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
         stop_signal().await;
@@ -86,11 +90,15 @@ pub async fn serve(
     // Webhooks and commands on the socket hand their work to this loop, which has the fleet.
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
     let server = match webhooks {
-        Some(webhooks) => {
-            let metrics = gitfleet_actors::FleetMetrics::new(run.work.stale_after());
-            metrics.watch(&fleet);
-            Some(start_webhooks(webhooks, calls_tx.clone(), metrics, stopped(stop.clone())).await?)
-        }
+        Some(webhooks) => Some(
+            start_webhooks(
+                webhooks,
+                calls_tx.clone(),
+                metrics.clone(),
+                stopped(stop.clone()),
+            )
+            .await?,
+        ),
         None => None,
     };
     let socket = socket_path(&open.layout);

@@ -940,3 +940,127 @@ fn log_lines_can_be_json_for_log_shippers() {
     );
     assert!(about_the_task["span"]["id"].is_string(), "{about_the_task}");
 }
+
+/// One HTTP request as a test receiver got it: lower-cased header names, and the body.
+type Received = (std::collections::HashMap<String, String>, String);
+
+/// Accepts requests on `listener` until the test ends, answering 200, recording each.
+fn receive(listener: std::net::TcpListener) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut headers = std::collections::HashMap::new();
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line); // the request line
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
+                }
+            }
+            let length: usize = headers
+                .get("content-length")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if let Ok(mut got) = record.lock() {
+                got.push((headers, String::from_utf8_lossy(&body).into_owned()));
+            }
+        }
+    });
+    got
+}
+
+#[test]
+fn notifications_arrive_once_each_signed_even_after_the_receiver_was_down() {
+    use hmac::{Hmac, KeyInit, Mac};
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let events_file = root.path().join("events.jsonl");
+    // A port with nothing on it yet: the receiver is down when the events happen.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let secret = "notify-secret";
+    let mut serve = gitfleet(root.path())
+        .args([
+            "serve",
+            "--min-interval",
+            "1h",
+            "--retries",
+            "0",
+            "--notify-url",
+        ])
+        .arg(format!("http://127.0.0.1:{port}/events"))
+        .arg("--notify-exec")
+        .arg(format!("tee -a {}", events_file.display()))
+        .env("GITFLEET_NOTIFY_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfleet serve");
+    let socket = root.path().join(".gitfleet/serve.sock");
+    wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+    let out = run(gitfleet(root.path()).args([
+        "mirror",
+        &daemon.url("alpha.git"),
+        &daemon.url("nope.git"),
+    ]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // The command got both events at once, the task's record on its standard input.
+    wait_until(Duration::from_secs(60), "the command ran twice", || {
+        std::fs::read_to_string(&events_file).is_ok_and(|t| t.lines().count() == 2)
+    });
+    let lines = std::fs::read_to_string(&events_file).expect("events");
+    let kinds: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON")["event"].clone())
+        .collect();
+    assert!(kinds.contains(&serde_json::json!("completed")), "{lines}");
+    assert!(kinds.contains(&serde_json::json!("failed")), "{lines}");
+
+    // The receiver comes up: the queued events arrive, once each, signed.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
+    let got = receive(listener);
+    wait_until(Duration::from_secs(60), "both events are posted", || {
+        got.lock().is_ok_and(|g| g.len() >= 2)
+    });
+    // Time for a duplicate to show, were one sent: the next retry would be due by now.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = got.lock().expect("received").clone();
+    assert_eq!(got.len(), 2, "each event once: {got:?}");
+    for (headers, body) in &got {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+        mac.update(body.as_bytes());
+        let expected: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            headers["x-gitfleet-signature"],
+            format!("sha256={expected}")
+        );
+        let event: Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(
+            headers["x-gitfleet-event"],
+            event["event"].as_str().expect("kind")
+        );
+        assert!(event["task"]["url"].is_string(), "{event}");
+    }
+    terminate(&mut serve);
+}
