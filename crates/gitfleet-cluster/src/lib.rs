@@ -18,5 +18,5 @@ pub use auth::NatsAuth;
 pub use client::{Client, ClientError};
 pub use infra::{ClusterError, Durability, Nats};
 pub use kv_store::{KvStore, LINGER};
-pub use node::{NodeOptions, run_node};
+pub use node::{NodeOptions, Watcher, run_node};
 pub use subjects::Subjects;

@@ -21,20 +21,34 @@ const PROGRESS_ACK_INTERVAL: Duration = Duration::from_secs(10);
 /// Progress events of a task go out at most this often; a state transition goes out at once.
 const PROGRESS_EVENT_INTERVAL: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub node_id: String,
     pub durability: Durability,
     /// Applied to every URL of the API and of jobs: strict unless configured otherwise.
     pub policy: Policy,
-    /// Fed from this node's actors, for `GET /metrics`.
-    pub metrics: Option<std::sync::Arc<gitfleet_actors::FleetMetrics>>,
+    /// What watches this node's actors once they run (metrics, notifications), each given the
+    /// fleet once.
+    pub watchers: Vec<Watcher>,
+}
+
+/// Something that watches a node's actors: started with them.
+pub type Watcher = Box<dyn FnOnce(&Fleet) + Send>;
+
+impl std::fmt::Debug for NodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeOptions")
+            .field("node_id", &self.node_id)
+            .field("durability", &self.durability)
+            .field("policy", &self.policy)
+            .field("watchers", &self.watchers.len())
+            .finish()
+    }
 }
 
 /// Runs a node until `shutdown` resolves.
 pub async fn run_node(
     nats: Nats,
-    options: NodeOptions,
+    mut options: NodeOptions,
     fleet_config: FleetConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ClusterError> {
@@ -48,8 +62,8 @@ pub async fn run_node(
         .await
         .map_err(|e| ClusterError::Config(e.to_string()))?;
     let started_at = jiff::Timestamp::now();
-    if let Some(metrics) = &options.metrics {
-        metrics.watch(&fleet);
+    for watch in std::mem::take(&mut options.watchers) {
+        watch(&fleet);
     }
     adopt_earlier_repositories(&store, &layout, &options.node_id).await;
 

@@ -199,6 +199,8 @@ pub struct NodeArgs {
     )]
     pub webhook_secret: Option<String>,
     #[command(flatten)]
+    pub notify: NotifyArgs,
+    #[command(flatten)]
     pub work: WorkArgs,
 }
 
@@ -612,7 +614,7 @@ pub enum CacheCommand {
     Path { name: String },
 }
 
-/// Notifications of `serve` (notify.rs).
+/// Notifications of `serve` and `node` (notify.rs).
 #[derive(Debug, Args)]
 pub struct NotifyArgs {
     /// POST each event (`{"event", "task"}` JSON) to this URL; retried with backoff until

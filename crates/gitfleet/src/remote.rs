@@ -50,6 +50,7 @@ pub async fn node(
         cluster.shown_url()
     );
     let metrics = gitfleet_actors::FleetMetrics::new(args.work.stale_after());
+    let notifications = args.notify.notifications()?;
     if let Some(address) = args.listen {
         let webhooks = crate::hooks::Webhooks {
             address,
@@ -94,7 +95,10 @@ pub async fn node(
                 replicas: args.replicas,
             },
             policy,
-            metrics: Some(metrics),
+            watchers: vec![Box::new(move |fleet: &gitfleet_actors::Fleet| {
+                metrics.watch(fleet);
+                crate::notify::start(notifications, fleet, Some(metrics.clone()));
+            })],
         },
         config,
         shutdown,

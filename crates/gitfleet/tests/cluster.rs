@@ -675,6 +675,52 @@ async fn nodes_are_a_nats_service_with_per_operation_stats() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_notifies_what_its_tasks_did() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = dir.path().join("events.jsonl");
+    let notify = format!("tee -a {}", events.display());
+    let _node = sandbox(&nats).start_node_full(
+        "notifier",
+        tempfile::tempdir().expect("tempdir"),
+        &[],
+        &["--notify-exec", &notify, "--notify-on", "completed"],
+    );
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("connect");
+    wait_for_nodes(&client, 1).await;
+    // A failure is not among the kinds asked for. It ends first: had it been told, its line
+    // would come before the completion's (one queue, in order).
+    let failing = client
+        .submit(&SubmitRequest {
+            repositories: vec![daemon.url("nope.git")],
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let failing = failing.tasks[0].task_id.clone().expect("a task");
+    let failed = wait_final(&client, &[failing]).await.remove(0);
+    assert_eq!(failed.status.status_type, StatusType::Failed);
+    let task = mirror_one(&client, &daemon.url("beta.git")).await;
+    eventually(CLUSTER_WAIT, "the completion is told", || async {
+        std::fs::read_to_string(&events)
+            .ok()
+            .filter(|t| t.lines().count() == 1)
+    })
+    .await;
+    let line = std::fs::read_to_string(&events).expect("events");
+    let event: serde_json::Value = serde_json::from_str(line.trim()).expect("JSON");
+    assert_eq!(event["event"], "completed", "{event}");
+    assert_eq!(event["task"]["id"], task.id.as_str(), "{event}");
+    assert_eq!(event["task"]["node"], "notifier", "{event}");
+}
+
 /// A job published straight onto a node's subject by any NATS client that can, naming another
 /// task's id, gitfleet's own directory or a task that does not exist: the node derives the path
 /// from the job's URL itself and checks the task in the bucket, so nothing is written.
