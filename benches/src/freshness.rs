@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use crate::fleet::Fleet;
 use crate::procs::{KillOnDrop, check_interrupted, peak_rss_kib, process_cpu, run_ok};
 use crate::report::{Target, percentile};
-use crate::runs::Env;
+use crate::runs::{Env, parse_tasks};
 
 /// How big the freshness runs are.
 #[derive(Debug, Clone, Copy)]
@@ -327,14 +327,12 @@ impl Serve {
                 .arg(&self.root)
                 .args(["status", "--json"]),
         )?;
-        let tasks: Value = serde_json::from_str(&status).context("status --json")?;
+        let tasks = parse_tasks(&status)?;
         let mut paths = Vec::new();
         for name in names {
             let url = git_url(name);
             let task = tasks
-                .as_array()
-                .into_iter()
-                .flatten()
+                .iter()
                 .find(|t| t["url"] == json!(url))
                 .with_context(|| format!("no task for {url}"))?;
             if task["status"]["status_type"] != json!("completed") {

@@ -290,7 +290,7 @@ fn evaluate(row: &mut Row, tasks: &[Value], launch: Timestamp, items: &[Item]) -
     completed
 }
 
-fn parse_tasks(json: &str) -> anyhow::Result<Vec<Value>> {
+pub fn parse_tasks(json: &str) -> anyhow::Result<Vec<Value>> {
     let v: Value = serde_json::from_str(json).context("status --json is not JSON")?;
     Ok(v.as_array().cloned().unwrap_or_default())
 }

@@ -88,7 +88,12 @@ fn a_stale_entry_is_refreshed_and_follows_upstream() {
     let cache = Cache::open(config).expect("open");
     let url = daemon.url("alpha.git");
     let first = cache.add(&url, None).expect("cached");
-    std::thread::sleep(Duration::from_millis(20));
+    // With no timeout, it is stale as soon as any time has passed since.
+    gitfleet_tests::wait_until(Duration::from_secs(10), "alpha is stale", || {
+        cache
+            .get("alpha")
+            .is_ok_and(|e| e.status == CacheStatus::Stale)
+    });
     assert_eq!(
         cache.get("alpha").expect("entry").status,
         CacheStatus::Stale
