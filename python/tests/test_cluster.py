@@ -9,14 +9,18 @@ import os
 import pathlib
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 from typing import Iterator
 
 import pytest
-from conftest import Servers, git, gitfleet_bin
+from conftest import Servers, free_port, git, gitfleet_bin
 
 from gitfleet import CloneStatus, RepoManager
 
 NODE_ID = "py-node"
+# The node's listener (dashboard, metrics, webhooks).
+NODE_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +31,8 @@ def node(servers: Servers, tmp_path_factory) -> Iterator[pathlib.Path]:
     assert nats, "gitfleet-test-servers started without its nats-server"
     process = subprocess.Popen(
         [gitfleet_bin(), "--nats", nats, "--root", str(root), "node", "--node-id", NODE_ID,
-         "--allow-private", "--concurrency", "2", "--retry-delay", "0.2"],
+         "--allow-private", "--concurrency", "2", "--retry-delay", "0.2",
+         "--listen", f"127.0.0.1:{NODE_PORT}"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("GITFLEET_")},
@@ -100,3 +105,27 @@ def test_the_node_answers_nats_service_discovery(servers: Servers, node: pathlib
     endpoints = {e["name"]: e for e in stats["endpoints"]}
     assert {"submit", "sync", "get", "list", "cancel", "nodes"} <= set(endpoints), stats
     assert endpoints["nodes"]["num_requests"] >= 1, stats
+
+
+def test_the_nodes_dashboard_shows_its_repositories_and_the_nodes_load(
+    servers: Servers, node: pathlib.Path
+) -> None:
+    url = servers.git("beta.git")
+    out = subprocess.run(
+        [gitfleet_bin(), "--nats", servers.info["nats"], "mirror", url],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{NODE_PORT}{path}", timeout=30) as reply:
+            return json.loads(reply.read())
+
+    summary = get("/api/summary")
+    assert summary["mode"] == "node" and summary["name"] == NODE_ID, summary
+    assert [n["node_id"] for n in summary["nodes"]] == [NODE_ID], summary
+    assert summary["nodes"][0]["concurrency"] == 2
+    assert summary["by_status"]["completed"] >= 1
+    page = get("/api/tasks?" + urllib.parse.urlencode({"q": url, "status": "completed"}))
+    assert [t["url"] for t in page["tasks"]] == [url], page
+    assert page["tasks"][0]["node"] == NODE_ID

@@ -3,20 +3,11 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import time
 import urllib.request
 
-from conftest import Servers, gitfleet_bin
+from conftest import Servers, clean_env, gitfleet_bin, serving
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def samples(text: str) -> dict:
@@ -29,19 +20,8 @@ def samples(text: str) -> dict:
 
 def test_serve_metrics_count_what_happened(servers: Servers, tmp_path) -> None:
     root = tmp_path / "root"
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITFLEET_")}
-    env["GITFLEET_WEBHOOK_SECRET"] = "metrics-test-secret"
-    serve = subprocess.Popen(
-        [gitfleet_bin(), "--root", str(root), "serve", "--retries", "0",
-         "--listen", f"127.0.0.1:{port}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (root / ".gitfleet" / "serve.sock").exists():
-            assert serve.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+    env = clean_env(GITFLEET_WEBHOOK_SECRET="metrics-test-secret")
+    with serving(root, "--retries", "0", env=env) as port:
         urls = [servers.git("alpha.git"), servers.http("beta.git"), servers.git("absent.git")]
         done = subprocess.run(
             [gitfleet_bin(), "--root", str(root), "mirror", *urls], env=env, capture_output=True
@@ -50,9 +30,6 @@ def test_serve_metrics_count_what_happened(servers: Servers, tmp_path) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as reply:
             assert reply.headers["Content-Type"].startswith("application/openmetrics-text")
             text = reply.read().decode()
-    finally:
-        serve.terminate()
-        serve.wait(timeout=60)
     got = samples(text)
 
     def value(name: str, **labels) -> float:

@@ -428,6 +428,55 @@ impl TaskTable {
         census
     }
 
+    /// The page `query` asks for: records in the order they were first tracked (slots only
+    /// grow, so a slot is a stable cursor), filtered without building a task record; one pass
+    /// over the compact records, which also counts every match.
+    pub(crate) fn page(
+        &self,
+        query: &crate::TaskQuery,
+        at: gitfleet_proto::FreshnessAt,
+    ) -> crate::TaskPage {
+        let text = query.text.as_deref();
+        let start = query.after.map_or(0, |after| after.saturating_add(1));
+        let mut page = crate::TaskPage::default();
+        for (slot, record) in self.records.iter().enumerate() {
+            if query.status.is_some_and(|s| s != record.status) {
+                continue;
+            }
+            let freshness = gitfleet_proto::Freshness::of(
+                record.quarantined,
+                record.status,
+                record.time(Time::LastSuccess),
+                at,
+            );
+            if query.freshness.is_some_and(|f| f != freshness) {
+                continue;
+            }
+            if let Some(text) = text
+                && !contains_ignoring_case(record.url(), text)
+            {
+                continue;
+            }
+            page.matched += 1;
+            let cursor = slot as u64;
+            if cursor < start {
+                continue;
+            }
+            if page.tasks.len() < query.limit {
+                let mut task = self.task(slot);
+                task.freshness = Some(freshness);
+                page.tasks.push(task);
+            } else if page.next.is_none() {
+                page.next = page
+                    .tasks
+                    .last()
+                    .and_then(|t| self.find(&t.id))
+                    .map(|s| s as u64);
+            }
+        }
+        page
+    }
+
     /// Every task, oldest first (ties by id).
     pub(crate) fn tasks(&self) -> Vec<CloneTask> {
         let mut tasks: Vec<CloneTask> = (0..self.records.len()).map(|s| self.task(s)).collect();
@@ -438,6 +487,15 @@ impl TaskTable {
         });
         tasks
     }
+}
+
+/// Whether `haystack` contains `needle`, ASCII case ignored.
+fn contains_ignoring_case(haystack: &str, needle: &str) -> bool {
+    needle.is_empty()
+        || haystack
+            .as_bytes()
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 // The encoding of a `SyncResult`: its counts as LEB128 varints, names as a header varint (0:
@@ -951,5 +1009,71 @@ mod tests {
             "{}",
             std::mem::size_of::<Record>()
         );
+    }
+
+    #[test]
+    fn pages_follow_their_cursor_and_filters_count_every_match() {
+        let mut table = TaskTable::default();
+        for i in 0..7u64 {
+            let mut task = CloneTask::new(
+                format!("{i:016x}"),
+                format!("https://Host.example/team-{}/repo-{i}", i % 2),
+                Operation::Mirror,
+                format!("/x/{i}"),
+                at(1_700_000_000, 0),
+            );
+            if i == 3 {
+                task.status = CloneStatus::failed("not found");
+                task.error_code = Some(ErrorCode::NotFound);
+            }
+            table.insert(task);
+        }
+        let at = gitfleet_proto::FreshnessAt {
+            now: at(1_700_000_100, 0),
+            stale_after: std::time::Duration::from_secs(60),
+            present: true,
+        };
+        let query = |after, limit| crate::TaskQuery {
+            after,
+            limit,
+            ..crate::TaskQuery::default()
+        };
+        let ids = |page: &crate::TaskPage| -> Vec<String> {
+            page.tasks.iter().map(|t| t.id[14..].to_string()).collect()
+        };
+
+        let first = table.page(&query(None, 3), at);
+        assert_eq!(ids(&first), ["00", "01", "02"]);
+        assert_eq!((first.matched, first.next), (7, Some(2)));
+        let second = table.page(&query(first.next, 3), at);
+        assert_eq!(ids(&second), ["03", "04", "05"]);
+        let last = table.page(&query(second.next, 3), at);
+        assert_eq!(ids(&last), ["06"]);
+        assert_eq!(last.next, None);
+
+        let failed = table.page(
+            &crate::TaskQuery {
+                status: Some(StatusType::Failed),
+                ..query(None, 10)
+            },
+            at,
+        );
+        assert_eq!(ids(&failed), ["03"]);
+        assert_eq!(
+            failed.tasks[0].freshness,
+            Some(gitfleet_proto::Freshness::Error)
+        );
+        let team_one = crate::TaskQuery {
+            text: Some("HOST.EXAMPLE/TEAM-1".into()),
+            ..query(None, 2)
+        };
+        let page = table.page(&team_one, at);
+        assert_eq!(ids(&page), ["01", "03"]);
+        assert_eq!((page.matched, page.next), (3, Some(3)));
+        let stale = crate::TaskQuery {
+            freshness: Some(gitfleet_proto::Freshness::Stale),
+            ..team_one
+        };
+        assert_eq!(ids(&table.page(&stale, at)), ["01", "05"]);
     }
 }

@@ -14,6 +14,7 @@ mod scheduler;
 mod store;
 mod supervisor;
 mod transitions;
+mod view;
 mod worker;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub use scheduler::{DueTimes, keep_fresh, spread, spread_if_overdue};
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
 pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use transitions::{Change, Transitions};
+pub use view::{FleetView, MAX_PAGE, TaskPage, TaskQuery};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +191,11 @@ impl Fleet {
     /// The Registry, for what watches it (metrics).
     pub(crate) fn registry_ref(&self) -> ActorRef<RegistryMsg> {
         self.registry.clone()
+    }
+
+    /// A handle for readers (the dashboard) that does not keep the fleet alive.
+    pub fn view(&self) -> FleetView {
+        FleetView::new(self.registry.clone(), &self.updates)
     }
 
     pub async fn tasks(&self) -> Result<Vec<CloneTask>, FleetError> {

@@ -52,6 +52,12 @@ pub enum RegistryMsg {
     List(RpcReplyPort<Vec<CloneTask>>),
     /// The tasks counted by status and by freshness (a success within the duration is fresh).
     Census(std::time::Duration, RpcReplyPort<crate::Census>),
+    /// A page of tasks, their freshness judged against `stale_after`.
+    Page {
+        query: crate::TaskQuery,
+        stale_after: std::time::Duration,
+        reply: RpcReplyPort<crate::TaskPage>,
+    },
 }
 
 pub struct Registry;
@@ -378,6 +384,21 @@ impl Actor for Registry {
                         let _ = reply.send(task);
                     })
                     .await;
+            }
+            RegistryMsg::Page {
+                query,
+                stale_after,
+                reply,
+            } => {
+                let page = state.tasks.page(
+                    &query,
+                    gitfleet_proto::FreshnessAt {
+                        now: Timestamp::now(),
+                        stale_after,
+                        present: true,
+                    },
+                );
+                let _ = reply.send(page);
             }
             RegistryMsg::Census(stale_after, reply) => {
                 let census = state.tasks.census(gitfleet_proto::FreshnessAt {

@@ -615,7 +615,8 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
     Ok(ListReply { tasks, next })
 }
 
-async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply, ApiError> {
+/// Cancels the tasks the request names (ids or URLs) wherever they run.
+pub async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply, ApiError> {
     let mut cancelled = Vec::new();
     for input in &request.tasks {
         let Some((mut task, revision)) = find(ctx, input).await? else {
@@ -648,7 +649,8 @@ async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelReply,
     Ok(CancelReply { cancelled })
 }
 
-async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedReply, ApiError> {
+/// Takes the tasks the request names out of quarantine, due now.
+pub async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedReply, ApiError> {
     change_records(ctx, &request.tasks, |task| {
         task.resume(jiff::Timestamp::now())
     })
@@ -712,16 +714,23 @@ pub async fn publish_state(nats: &Nats, task: &CloneTask) {
         .await;
 }
 
-async fn nodes(ctx: &ApiContext) -> Result<NodesReply, ApiError> {
-    let ids = live_nodes(&ctx.nodes).await?;
-    let mut nodes: Vec<NodeInfo> = Vec::new();
-    for id in &ids {
-        if let Some(bytes) = ctx.nodes.get(id).await.map_err(unavailable)?
+/// The live nodes as they last announced themselves (their load), without counting what
+/// each owns (which reads every task's key).
+pub async fn node_loads(nodes: &kv::Store) -> Result<Vec<NodeInfo>, ApiError> {
+    let mut loads = Vec::new();
+    for id in &live_nodes(nodes).await? {
+        if let Some(bytes) = nodes.get(id).await.map_err(unavailable)?
             && let Ok(info) = gitfleet_proto::from_json::<NodeInfo>(&bytes)
         {
-            nodes.push(info);
+            loads.push(info);
         }
     }
+    Ok(loads)
+}
+
+async fn nodes(ctx: &ApiContext) -> Result<NodesReply, ApiError> {
+    let mut nodes = node_loads(&ctx.nodes).await?;
+    let ids: Vec<String> = nodes.iter().map(|n| n.node_id.clone()).collect();
     for task_id in ctx.store.ids().await.map_err(unavailable)? {
         if let Some(owner) = placement::owner(&task_id, &ids)
             && let Some(node) = nodes.iter_mut().find(|n| &n.node_id == owner)

@@ -116,18 +116,8 @@ pub enum Command {
         /// On stop, how long running transfers may take to finish before they are cancelled.
         #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
         drain_timeout: Duration,
-        /// Accept webhooks (GitHub, GitLab, Gitea/Forgejo, plain) on this address, e.g.
-        /// 127.0.0.1:8080: a push syncs its repository within seconds.
-        #[arg(long, value_name = "ADDR")]
-        listen: Option<std::net::SocketAddr>,
-        /// The secret webhooks are signed with (only from the environment).
-        #[arg(
-            long,
-            env = "GITFLEET_WEBHOOK_SECRET",
-            hide = true,
-            hide_env_values = true
-        )]
-        webhook_secret: Option<String>,
+        #[command(flatten)]
+        listen: ListenArgs,
         #[command(flatten)]
         notify: NotifyArgs,
     },
@@ -186,18 +176,8 @@ pub struct NodeArgs {
     /// Allow only these hosts (repeatable; `*.example.com` matches subdomains).
     #[arg(long = "allow-host", value_name = "HOST")]
     pub allow_hosts: Vec<String>,
-    /// Accept webhooks on this address (as `serve --listen`): a push syncs its repository on
-    /// the node that owns it.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<std::net::SocketAddr>,
-    /// The secret webhooks are signed with (only from the environment).
-    #[arg(
-        long,
-        env = "GITFLEET_WEBHOOK_SECRET",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub webhook_secret: Option<String>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     #[command(flatten)]
     pub notify: NotifyArgs,
     #[command(flatten)]
@@ -663,6 +643,49 @@ impl NotifyArgs {
                 .filter(|s| !s.is_empty())
                 .map(gitfleet_git::Secret::new),
             kinds: self.notify_on.clone(),
+        })
+    }
+}
+
+/// The HTTP listener of `serve` and `node`: webhooks, metrics and the dashboard.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Serve webhooks (GitHub, GitLab, Gitea/Forgejo, plain), `/metrics` and the dashboard
+    /// (`/`) on this address, e.g. 127.0.0.1:8080: a push syncs its repository within seconds.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub address: Option<std::net::SocketAddr>,
+    /// The secret webhooks are signed with (only from the environment).
+    #[arg(
+        long,
+        env = "GITFLEET_WEBHOOK_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub webhook_secret: Option<String>,
+    /// The bearer token the dashboard's actions (sync now, resume, cancel) need; without one
+    /// the dashboard is read-only (only from the environment).
+    #[arg(
+        long,
+        env = "GITFLEET_LISTEN_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub listen_token: Option<String>,
+}
+
+impl ListenArgs {
+    /// The listener these options ask for, if any.
+    pub fn listener(&self) -> Option<crate::listener::Listen> {
+        let secret = |value: &Option<String>| {
+            value
+                .clone()
+                .filter(|s| !s.is_empty())
+                .map(gitfleet_git::Secret::new)
+        };
+        Some(crate::listener::Listen {
+            address: self.address?,
+            webhook_secret: secret(&self.webhook_secret),
+            token: secret(&self.listen_token),
         })
     }
 }

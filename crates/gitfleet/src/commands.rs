@@ -52,19 +52,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 run,
                 drain_timeout,
                 listen,
-                webhook_secret,
                 notify,
             },
             None,
         ) => {
             let notifications = notify.notifications()?;
-            let webhooks = listen.map(|address| crate::hooks::Webhooks {
-                address,
-                secret: webhook_secret
-                    .filter(|s| !s.is_empty())
-                    .map(gitfleet_git::Secret::new),
-            });
-            serve::serve(&root, run, drain_timeout, webhooks, notifications).await
+            serve::serve(&root, run, drain_timeout, listen.listener(), notifications).await
         }
         (Command::Serve { .. }, Some(_)) => {
             bail!(

@@ -1,5 +1,5 @@
 //! Push-triggered sync: the webhook endpoints of `gitfleet serve --listen` (and `node
-//! --listen`), served beside the metrics (metrics.rs).
+//! --listen`), served beside the metrics and the dashboard (listener.rs).
 //!
 //! - `POST /hooks/github`: `X-Hub-Signature-256: sha256=<hex>`, HMAC-SHA256 of the body.
 //! - `POST /hooks/gitlab`: `X-Gitlab-Token: <secret>`.
@@ -61,43 +61,6 @@ enum Provider {
     GitLab,
     Gitea,
     Plain,
-}
-
-/// Where webhooks are accepted, and the secret they are signed with.
-pub struct Webhooks {
-    pub address: std::net::SocketAddr,
-    pub secret: Option<Secret>,
-}
-
-/// Serves the webhook endpoints on `webhooks.address`, syncing with `sync`, and the fleet's
-/// `metrics` (`GET /metrics`), until `stop`; returns the server's task.
-pub async fn listen(
-    webhooks: Webhooks,
-    sync: SyncUrls,
-    metrics: Arc<gitfleet_actors::FleetMetrics>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use anyhow::Context;
-    let listener = tokio::net::TcpListener::bind(webhooks.address)
-        .await
-        .with_context(|| format!("cannot listen on {}", webhooks.address))?;
-    let address = listener.local_addr()?;
-    if webhooks.secret.is_none() {
-        eprintln!("gitfleet: no GITFLEET_WEBHOOK_SECRET: every webhook will be refused (401)");
-    }
-    let router = router(Hooks::new(webhooks.secret, sync)).merge(crate::metrics::router(metrics));
-    eprintln!(
-        "gitfleet: webhooks on http://{address}/hooks/{{github,gitlab,gitea,sync}}, metrics on \
-         http://{address}/metrics"
-    );
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "the webhook server stopped");
-        }
-    }))
 }
 
 /// The routes, with the body limit.

@@ -51,38 +51,91 @@ pub async fn node(
     );
     let metrics = gitfleet_actors::FleetMetrics::new(args.work.stale_after());
     let notifications = args.notify.notifications()?;
-    if let Some(address) = args.listen {
-        let webhooks = crate::hooks::Webhooks {
-            address,
-            secret: args
-                .webhook_secret
-                .clone()
-                .filter(|s| !s.is_empty())
-                .map(gitfleet_git::Secret::new),
-        };
-        let (nats, policy) = (nats.clone(), policy.clone());
-        let sync: crate::hooks::SyncUrls = std::sync::Arc::new(move |urls| {
+    let view = std::sync::Arc::new(std::sync::OnceLock::new());
+    if let Some(listen) = args.listen.listener() {
+        let context = {
             let (nats, policy) = (nats.clone(), policy.clone());
-            Box::pin(async move {
-                let tasks = match (nats.tasks().await, nats.nodes().await) {
-                    (Ok(tasks), Ok(nodes)) => {
-                        let context = gitfleet_cluster::api::ApiContext {
-                            nats,
-                            store: gitfleet_cluster::KvStore::new(tasks),
-                            nodes,
-                            policy,
-                        };
-                        gitfleet_cluster::api::sync_tracked(&context, &urls).await
-                    }
-                    _ => Vec::new(),
-                };
-                crate::hooks::Synced { tasks }
-            })
+            move || {
+                let (nats, policy) = (nats.clone(), policy.clone());
+                async move {
+                    Ok::<_, anyhow::Error>(gitfleet_cluster::api::ApiContext {
+                        store: gitfleet_cluster::KvStore::new(nats.tasks().await?),
+                        nodes: nats.nodes().await?,
+                        nats,
+                        policy,
+                    })
+                }
+            }
+        };
+        let sync: crate::hooks::SyncUrls = std::sync::Arc::new({
+            let context = context.clone();
+            move |urls| {
+                let context = context();
+                Box::pin(async move {
+                    let tasks = match context.await {
+                        Ok(context) => gitfleet_cluster::api::sync_tracked(&context, &urls).await,
+                        Err(_) => Vec::new(),
+                    };
+                    crate::hooks::Synced { tasks }
+                })
+            }
         });
+        let controls: crate::dashboard::Controls = std::sync::Arc::new({
+            let context = context.clone();
+            move |control, id| {
+                let context = context();
+                Box::pin(async move {
+                    use crate::dashboard::Control;
+                    let context = context.await?;
+                    let tasks = vec![id];
+                    let done = match control {
+                        Control::Resume => gitfleet_cluster::api::resume(
+                            &context,
+                            gitfleet_proto::ResumeRequest { tasks },
+                        )
+                        .await
+                        .map(|r| !r.changed.is_empty()),
+                        Control::Cancel => gitfleet_cluster::api::cancel(
+                            &context,
+                            gitfleet_proto::CancelRequest { tasks },
+                        )
+                        .await
+                        .map(|r| !r.cancelled.is_empty()),
+                    };
+                    done.map_err(|e| anyhow::anyhow!(e.message))
+                })
+            }
+        });
+        let nodes: crate::dashboard::NodeLoads = std::sync::Arc::new({
+            let nats = nats.clone();
+            move || {
+                let nats = nats.clone();
+                Box::pin(async move {
+                    match nats.nodes().await {
+                        Ok(nodes) => gitfleet_cluster::api::node_loads(&nodes)
+                            .await
+                            .unwrap_or_default(),
+                        Err(_) => Vec::new(),
+                    }
+                })
+            }
+        });
+        let endpoints = crate::listener::Endpoints {
+            sync,
+            metrics: metrics.clone(),
+            dashboard: crate::dashboard::Dashboard {
+                mode: "node",
+                name: node_id.clone(),
+                view: view.clone(),
+                stale_after: args.work.stale_after(),
+                controls,
+                nodes: Some(nodes),
+            },
+        };
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        crate::hooks::listen(webhooks, sync, metrics.clone(), stop).await?;
+        crate::listener::listen(listen, endpoints, stop).await?;
     }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -96,6 +149,7 @@ pub async fn node(
             },
             policy,
             watchers: vec![Box::new(move |fleet: &gitfleet_actors::Fleet| {
+                let _ = view.set(fleet.view());
                 metrics.watch(fleet);
                 crate::notify::start(notifications, fleet, Some(metrics.clone()));
             })],

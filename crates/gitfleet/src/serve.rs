@@ -21,9 +21,11 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cli::RunArgs;
+use crate::dashboard::{Control, Dashboard};
 use crate::display::Display;
 use crate::embedded::{Started, open_root, start_fleet};
-use crate::hooks::{self, SyncUrls, Synced, Webhooks};
+use crate::hooks::{SyncUrls, Synced};
+use crate::listener::{Endpoints, Listen};
 
 /// How long cancelled transfers get to stop after the drain time ran out.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
@@ -32,7 +34,7 @@ pub async fn serve(
     root: &std::path::Path,
     run: RunArgs,
     drain_timeout: Duration,
-    webhooks: Option<Webhooks>,
+    http: Option<Listen>,
     notifications: crate::notify::Notifications,
 ) -> anyhow::Result<ExitCode> {
     let open = open_root(root)?;
@@ -89,11 +91,13 @@ pub async fn serve(
     };
     // Webhooks and commands on the socket hand their work to this loop, which has the fleet.
     let (calls_tx, mut calls) = mpsc::channel::<Call>(64);
-    let server = match webhooks {
-        Some(webhooks) => Some(
-            start_webhooks(
-                webhooks,
+    let server = match http {
+        Some(http) => Some(
+            start_listener(
+                http,
                 calls_tx.clone(),
+                &fleet,
+                run.work.stale_after(),
                 metrics.clone(),
                 stopped(stop.clone()),
             )
@@ -116,6 +120,13 @@ pub async fn serve(
                     }
                     Call::Work(work, reply) => {
                         take_work(&fleet, &layout, &policy, work, reply, calls_tx.clone()).await;
+                    }
+                    Call::Control(control, id, reply) => {
+                        let done = match control {
+                            Control::Cancel => fleet.cancel(&id).await,
+                            Control::Resume => resume(&fleet, &id).await,
+                        };
+                        let _ = reply.send(done.map_err(anyhow::Error::from));
                     }
                     Call::States(ids, reply) => {
                         let mut tasks = Vec::new();
@@ -173,6 +184,8 @@ enum Call {
     Work(WorkRequest, mpsc::Sender<WorkReply>),
     /// The current records of these tasks.
     States(Vec<String>, oneshot::Sender<Vec<CloneTask>>),
+    /// Resume or cancel this task (the dashboard).
+    Control(Control, String, oneshot::Sender<anyhow::Result<bool>>),
 }
 
 /// Where a running serve listens for the commands of its root: only the root's user may
@@ -360,16 +373,19 @@ async fn follow(
     }
 }
 
-/// Serves the webhook endpoints (and the metrics) until `stop`, handing their URLs to the serve
-/// loop.
-async fn start_webhooks(
-    webhooks: Webhooks,
+/// Serves the listener (webhooks, metrics, dashboard) until `stop`, handing what it is asked to
+/// do to the serve loop.
+async fn start_listener(
+    listen: Listen,
     requests: mpsc::Sender<Call>,
+    fleet: &Fleet,
+    stale_after: Duration,
     metrics: Arc<gitfleet_actors::FleetMetrics>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let calls = requests.clone();
     let sync: SyncUrls = Arc::new(move |urls| {
-        let requests = requests.clone();
+        let requests = calls.clone();
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             if requests.send(Call::Webhook(urls, tx)).await.is_err() {
@@ -378,7 +394,45 @@ async fn start_webhooks(
             rx.await.unwrap_or_default()
         })
     });
-    hooks::listen(webhooks, sync, metrics, stop).await
+    let controls: crate::dashboard::Controls = Arc::new(move |control, id| {
+        let requests = requests.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            requests
+                .send(Call::Control(control, id, tx))
+                .await
+                .map_err(|_| anyhow::anyhow!("gitfleet serve is stopping"))?;
+            rx.await
+                .map_err(|_| anyhow::anyhow!("gitfleet serve is stopping"))?
+        })
+    });
+    let view = Arc::new(std::sync::OnceLock::new());
+    let _ = view.set(fleet.view());
+    let dashboard = Dashboard {
+        mode: "serve",
+        name: gitfleet_actors::hostname(),
+        view,
+        stale_after,
+        controls,
+        nodes: None,
+    };
+    let endpoints = Endpoints {
+        sync,
+        metrics,
+        dashboard,
+    };
+    crate::listener::listen(listen, endpoints, stop).await
+}
+
+/// Takes a quarantined task back into the schedule: whether it was quarantined.
+async fn resume(fleet: &Fleet, id: &str) -> Result<bool, gitfleet_actors::FleetError> {
+    match fleet.get(id).await? {
+        Some(task) if task.quarantined => {
+            fleet.resume(id).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// Requests a sync of every tracked repository that one of `urls` names (a webhook never adds

@@ -1,0 +1,400 @@
+//! The dashboard: `GET /` on the listener of `serve` and `node`, a page of the fleet served by
+//! gitfleet itself (no build step, no CDN; `dashboard/`), and the JSON it reads:
+//!
+//! - `GET /api/summary`: counts by status and freshness, each node's load (in a cluster).
+//! - `GET /api/tasks?status=&freshness=&q=&cursor=&limit=`: one page of tasks, paged by
+//!   cursor in the Registry (the page never copies the whole list).
+//! - `GET /api/events`: Server-Sent Events, `state` (a task's record) and `progress`
+//!   (a transfer's sample) as they happen, `resync` when this reader fell behind.
+//! - `POST /api/tasks/{id}/{sync|resume|cancel}`: only with `Authorization: Bearer <token>`
+//!   when the listener has a token (`GITFLEET_LISTEN_TOKEN`); without one it is read-only.
+//!
+//! Everything it shows came from someone else (URLs, error messages): the page puts it in the
+//! document as text only, and its Content-Security-Policy allows no script but its own, so
+//! that a hostile repository name cannot run code in an operator's browser. Actions take the
+//! token in a header, never a cookie, so another site cannot make a browser send one.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::future::BoxFuture;
+use gitfleet_actors::{FleetView, TaskQuery};
+use gitfleet_git::Secret;
+use gitfleet_proto::{Freshness, NodeInfo, StatusType, TaskUpdate, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+
+use crate::hooks::SyncUrls;
+
+const INDEX: &str = include_str!("dashboard/index.html");
+const SCRIPT: &str = include_str!("dashboard/dashboard.js");
+const STYLE: &str = include_str!("dashboard/dashboard.css");
+
+/// Only the page's own script and style, and requests to where it came from.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// Readers of the live events at once at most: each holds a connection and a broadcast
+/// receiver.
+const MAX_EVENT_STREAMS: usize = 64;
+
+/// A page of tasks when the request does not say.
+const DEFAULT_PAGE: usize = 50;
+
+/// What the dashboard can do to a task besides syncing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Resume,
+    Cancel,
+}
+
+/// Applies a [`Control`] to a task: `Ok(true)` when it did something, `Ok(false)` when there
+/// was nothing to do (not quarantined, already finished).
+pub type Controls =
+    Arc<dyn Fn(Control, String) -> BoxFuture<'static, anyhow::Result<bool>> + Send + Sync>;
+
+/// The nodes of a cluster and their load.
+pub type NodeLoads = Arc<dyn Fn() -> BoxFuture<'static, Vec<NodeInfo>> + Send + Sync>;
+
+/// What the dashboard shows and acts on.
+pub struct Dashboard {
+    /// `serve` or `node`.
+    pub mode: &'static str,
+    /// The host (serve) or node id.
+    pub name: String,
+    /// The fleet, once its actors run (a node starts them after the listener).
+    pub view: Arc<OnceLock<FleetView>>,
+    pub stale_after: Duration,
+    pub controls: Controls,
+    /// In a cluster: every node's load.
+    pub nodes: Option<NodeLoads>,
+}
+
+struct Shared {
+    dashboard: Dashboard,
+    sync: SyncUrls,
+    token: Option<Secret>,
+    streams: Arc<Semaphore>,
+    /// True once the listener stops: event streams end.
+    closing: watch::Receiver<bool>,
+}
+
+/// The dashboard's routes; `closing` turns true when the listener stops.
+pub fn router(
+    dashboard: Dashboard,
+    sync: SyncUrls,
+    token: Option<Secret>,
+    closing: watch::Receiver<bool>,
+) -> Router {
+    let shared = Arc::new(Shared {
+        dashboard,
+        sync,
+        token,
+        streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        closing,
+    });
+    Router::new()
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", INDEX) }),
+        )
+        .route(
+            "/dashboard.js",
+            get(|| async { page("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/dashboard.css",
+            get(|| async { page("text/css; charset=utf-8", STYLE) }),
+        )
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
+        .route("/api/summary", get(summary))
+        .route("/api/tasks", get(tasks))
+        .route("/api/events", get(events))
+        .route("/api/tasks/{id}/{action}", post(act))
+        .with_state(shared)
+}
+
+/// A static part of the page, with the headers that keep it to itself.
+fn page(content_type: &'static str, body: &'static str) -> Response {
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn reply(status: StatusCode, body: &impl Serialize) -> Response {
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    reply(status, &json!({ "error": message.into() }))
+}
+
+/// The answer while a node's actors are not running yet.
+fn starting() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the fleet is starting; try again in a moment",
+    )
+}
+
+#[derive(Serialize)]
+struct Summary {
+    mode: &'static str,
+    name: String,
+    version: &'static str,
+    total: u64,
+    by_status: BTreeMap<&'static str, u64>,
+    by_freshness: BTreeMap<&'static str, u64>,
+    oldest_success_at: Option<Timestamp>,
+    stale_after_s: u64,
+    /// Whether actions are possible (the listener has a token).
+    actions: bool,
+    /// In a cluster: every node's load.
+    nodes: Option<Vec<NodeInfo>>,
+}
+
+const STATUSES: [StatusType; 4] = [
+    StatusType::Queued,
+    StatusType::Cloning,
+    StatusType::Completed,
+    StatusType::Failed,
+];
+const FRESHNESS: [Freshness; 5] = [
+    Freshness::Fresh,
+    Freshness::Stale,
+    Freshness::Missing,
+    Freshness::Error,
+    Freshness::Quarantined,
+];
+
+async fn summary(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(view) = shared.dashboard.view.get() else {
+        return starting();
+    };
+    let census = match view.census(shared.dashboard.stale_after).await {
+        Ok(census) => census,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let nodes = match &shared.dashboard.nodes {
+        Some(loads) => Some(loads().await),
+        None => None,
+    };
+    let count = |n: Option<&u64>| n.copied().unwrap_or(0);
+    reply(
+        StatusCode::OK,
+        &Summary {
+            mode: shared.dashboard.mode,
+            name: shared.dashboard.name.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            total: census.by_status.values().sum(),
+            by_status: STATUSES
+                .iter()
+                .map(|s| (s.as_str(), count(census.by_status.get(s))))
+                .collect(),
+            by_freshness: FRESHNESS
+                .iter()
+                .map(|f| (f.as_str(), count(census.by_freshness.get(f))))
+                .collect(),
+            oldest_success_at: census.oldest_success,
+            stale_after_s: shared.dashboard.stale_after.as_secs(),
+            actions: shared.token.is_some(),
+            nodes,
+        },
+    )
+}
+
+/// The query string of `/api/tasks`, all optional.
+#[derive(Debug, Deserialize)]
+struct TasksParams {
+    status: Option<String>,
+    freshness: Option<String>,
+    q: Option<String>,
+    cursor: Option<u64>,
+    limit: Option<usize>,
+}
+
+impl TasksParams {
+    fn query(self) -> Result<TaskQuery, String> {
+        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(name) => Some(
+                STATUSES
+                    .into_iter()
+                    .find(|s| s.as_str() == name)
+                    .ok_or_else(|| format!("unknown status {name:?}"))?,
+            ),
+        };
+        let freshness = match self.freshness.as_deref().filter(|s| !s.is_empty()) {
+            None => None,
+            Some(name) => Some(
+                FRESHNESS
+                    .into_iter()
+                    .find(|f| f.as_str() == name)
+                    .ok_or_else(|| format!("unknown freshness {name:?}"))?,
+            ),
+        };
+        Ok(TaskQuery {
+            status,
+            freshness,
+            text: self.q,
+            after: self.cursor,
+            limit: self.limit.unwrap_or(DEFAULT_PAGE),
+        })
+    }
+}
+
+async fn tasks(
+    State(shared): State<Arc<Shared>>,
+    params: Result<Query<TasksParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let query = match params.map_err(|e| e.body_text()).map(|p| p.0.query()) {
+        Ok(Ok(query)) => query,
+        Ok(Err(why)) | Err(why) => return error(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(view) = shared.dashboard.view.get() else {
+        return starting();
+    };
+    match view.page(query, shared.dashboard.stale_after).await {
+        Ok(page) => reply(StatusCode::OK, &page),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn events(State(shared): State<Arc<Shared>>) -> Response {
+    let Some(view) = shared.dashboard.view.get() else {
+        return starting();
+    };
+    let Ok(permit) = shared.streams.clone().try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_EVENT_STREAMS} readers of the events already"),
+        );
+    };
+    let Some(updates) = view.subscribe() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the fleet has stopped");
+    };
+    let stream = EventStream {
+        updates,
+        closing: shared.closing.clone(),
+        stale_after: shared.dashboard.stale_after,
+        _permit: permit,
+    };
+    Sse::new(futures_util::stream::unfold(stream, EventStream::next))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// One reader's events, holding its place among [`MAX_EVENT_STREAMS`] until dropped.
+struct EventStream {
+    updates: broadcast::Receiver<TaskUpdate>,
+    closing: watch::Receiver<bool>,
+    stale_after: Duration,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl EventStream {
+    async fn next(mut self) -> Option<(Result<Event, Infallible>, EventStream)> {
+        let update = tokio::select! {
+            update = self.updates.recv() => update,
+            _ = self.closing.wait_for(|closing| *closing) => return None,
+        };
+        let event = match update {
+            Ok(TaskUpdate::State { mut task }) => {
+                let freshness = task.freshness_at(Timestamp::now(), self.stale_after, true);
+                task.freshness = Some(freshness);
+                Event::default().event("state").data(json_text(&*task))
+            }
+            Ok(TaskUpdate::Progress(progress)) => Event::default()
+                .event("progress")
+                .data(json_text(&progress)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                Event::default().event("resync").data(missed.to_string())
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), self))
+    }
+}
+
+fn json_text(value: &impl Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// Whether the request carries the listener's token.
+fn authorized(token: &Secret, headers: &HeaderMap) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+}
+
+async fn act(
+    State(shared): State<Arc<Shared>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = &shared.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "the dashboard is read-only: start the listener with GITFLEET_LISTEN_TOKEN",
+        );
+    };
+    if !authorized(token, &headers) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    }
+    let Some(view) = shared.dashboard.view.get() else {
+        return starting();
+    };
+    let task = match view.get(&id).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "no such task"),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let done = match action.as_str() {
+        "sync" => Ok(!(shared.sync)(vec![task.url]).await.tasks.is_empty()),
+        "resume" => (shared.dashboard.controls)(Control::Resume, task.id.clone()).await,
+        "cancel" => (shared.dashboard.controls)(Control::Cancel, task.id.clone()).await,
+        _ => return error(StatusCode::NOT_FOUND, "no such action"),
+    };
+    let result: Value = match done {
+        Ok(true) => json!({ "task": task.id, "action": action, "status": "accepted" }),
+        Ok(false) => json!({ "task": task.id, "action": action, "status": "nothing to do" }),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    reply(StatusCode::ACCEPTED, &result)
+}
