@@ -83,6 +83,10 @@ fn expect_err(result: Result<SyncResult, TaskError>, what: &str) -> TaskError {
     }
 }
 
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
 fn set(items: &[String]) -> BTreeSet<&str> {
     items.iter().map(String::as_str).collect()
 }
@@ -125,6 +129,18 @@ fn check_mirrors(
             "{name}: a clone creates every ref"
         );
         assert!(result.refs_updated.is_empty() && result.refs_deleted.is_empty());
+        // The size on disk is measured after every clone, as du counts it.
+        let du = std::process::Command::new("du")
+            .args(["-s", "-B1"])
+            .arg(&req.dest)
+            .output()
+            .expect("du");
+        let du: u64 = text_of(&du.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("du's total");
+        assert_eq!(result.disk_bytes, Some(du), "{name}");
         if name == "empty.git" {
             assert_eq!(result.total_commits, 0);
             assert_eq!(result.bytes_received, 0);
@@ -346,6 +362,7 @@ fn sync_reports_upstream_changes_and_converges() {
     };
     let result = store.run(&sync).expect("sync after mutate");
     assert_mutation_synced(&result);
+    assert!(result.disk_bytes.is_some_and(|b| b > 0), "{result:?}");
     assert!(result.new_commits >= 2, "{result:?}");
     assert!(result.bytes_received > 0, "{result:?}");
 
@@ -363,6 +380,8 @@ fn sync_reports_upstream_changes_and_converges() {
 
     let again = store.run(&sync).expect("no-op sync");
     assert_no_changes(&again);
+    // A quiet check does not walk the repository: the record keeps the last measurement.
+    assert_eq!(again.disk_bytes, None);
     assert_eq!(refs(&mirror.dest), refs(&fresh));
 }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import time
 import urllib.error
@@ -85,6 +86,8 @@ def test_the_api_pages_by_cursor_filters_and_acts_only_with_the_token(
         assert failed["tasks"][0]["freshness"] == "error"
         _, _, found = request(port, "/api/tasks?q=UTILS")
         assert [t["url"] for t in found["tasks"]] == [servers.git("org-a/utils.git")]
+        assert found["tasks"][0]["last_sync"]["disk_bytes"] > 0
+        assert summary["disk_bytes"] >= found["tasks"][0]["last_sync"]["disk_bytes"]
         status, _, why = request(port, "/api/tasks?freshness=ripe")
         assert status == 400 and "ripe" in why["error"]
 
@@ -165,6 +168,23 @@ def test_the_page_shows_progress_failures_and_filters(
         count = lambda name: browser.find_element(By.CSS_SELECTOR, f"#count-{name} .n").text
         wait("the counts", lambda: count("completed") == "2")
 
+        # A failure shows with its code and message.
+        absent = servers.git("absent.git")
+        assert mirror(root, absent).returncode == 1
+        wait("the failure to count", lambda: count("failed") == "1")
+        row = wait("the failed row", lambda: [
+            r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
+            if r.find_element(By.CSS_SELECTOR, "td.url").text == absent
+        ])[0]
+        assert row.find_element(By.CSS_SELECTOR, "td.status").text == "failed"
+        assert row.find_element(By.CSS_SELECTOR, "td.error code").text == "not_found"
+        assert row.find_element(By.CSS_SELECTOR, "td.freshness").text == "error"
+        assert row.find_element(By.CSS_SELECTOR, "td.size").text == "—"
+        alpha = [r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
+                 if r.find_element(By.CSS_SELECTOR, "td.url").text == servers.git("alpha.git")]
+        assert re.fullmatch(r"\d+(\.\d)? (KiB|MiB)", alpha[0].find_element(
+            By.CSS_SELECTOR, "td.size").text)
+
         # A clone throttled to 1 MiB/s: its progress bar moves, then it is done.
         big = servers.http_slow("big.git")
         clone = subprocess.Popen(
@@ -194,18 +214,6 @@ def test_the_page_shows_progress_failures_and_filters(
         assert len(moving) >= 2, f"the bar never moved: {sorted(values)}"
         wait("the counts to follow", lambda: count("completed") == "3")
 
-        # A failure shows with its code and message.
-        absent = servers.git("absent.git")
-        assert mirror(root, absent).returncode == 1
-        wait("the failure to count", lambda: count("failed") == "1")
-        row = wait("the failed row", lambda: [
-            r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
-            if r.find_element(By.CSS_SELECTOR, "td.url").text == absent
-        ])[0]
-        assert row.find_element(By.CSS_SELECTOR, "td.status").text == "failed"
-        assert row.find_element(By.CSS_SELECTOR, "td.error code").text == "not_found"
-        assert row.find_element(By.CSS_SELECTOR, "td.freshness").text == "error"
-
         def urls() -> list:
             return [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody td.url")]
 
@@ -225,3 +233,26 @@ def test_the_page_shows_progress_failures_and_filters(
             [servers.git("alpha.git"), servers.http("beta.git"), big]))
         browser.find_element(By.ID, "count-completed").click()
         wait("every repository again", lambda: len(urls()) == 4)
+
+        # Actions send the token the page was given.
+        def sync_alpha() -> None:
+            row = [r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
+                   if r.find_element(By.CSS_SELECTOR, "td.url").text == servers.git("alpha.git")]
+            row[0].find_element(By.CSS_SELECTOR, "button[data-action=sync]").click()
+
+        def use_token(token: str) -> None:
+            field = browser.find_element(By.ID, "token")
+            field.clear()
+            field.send_keys(token)
+            browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+            wait("the token kept", lambda: "kept" in browser.find_element(By.ID, "message").text)
+
+        use_token("not-the-token")
+        sync_alpha()
+        wait("the refusal", lambda: browser.find_element(By.ID, "message").text
+             == "sync failed: missing or wrong bearer token")
+        use_token(TOKEN)
+        wait("the rows again", lambda: len(urls()) == 4)
+        sync_alpha()
+        wait("the sync accepted",
+             lambda: browser.find_element(By.ID, "message").text == "sync: accepted")

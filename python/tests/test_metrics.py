@@ -41,6 +41,10 @@ def test_serve_metrics_count_what_happened(servers: Servers, tmp_path) -> None:
     assert value("gitfleet_retries_total") == 0
     assert value("gitfleet_operation_duration_seconds_count", operation="mirror") == 3
     assert value("gitfleet_received_bytes_total") > 0
+    # What the two mirrors take on disk, as du counts it.
+    du = subprocess.run(["du", "-s", "-B1", *(str(p) for p in root.glob("*/*.git"))],
+                        capture_output=True, text=True, check=True).stdout
+    assert value("gitfleet_disk_used_bytes") == sum(int(line.split()[0]) for line in du.splitlines())
     assert value("gitfleet_tasks", status="completed") == 2
     assert value("gitfleet_tasks", status="failed") == 1
     assert value("gitfleet_tasks", status="cloning") == 0

@@ -181,6 +181,11 @@ impl Record {
         self.last_sync = result.map(encode_sync);
     }
 
+    /// The repository's size on disk as the last result measured it.
+    pub(crate) fn disk_bytes(&self) -> Option<u64> {
+        self.last_sync.as_deref().and_then(encoded_disk_bytes)
+    }
+
     pub(crate) fn operation(&self) -> Operation {
         self.operation
     }
@@ -423,7 +428,7 @@ impl TaskTable {
             let success = record.time(Time::LastSuccess);
             let freshness =
                 gitfleet_proto::Freshness::of(record.quarantined(), status, success, at);
-            census.add(status, freshness, success);
+            census.add(status, freshness, success, record.disk_bytes());
         }
         census
     }
@@ -570,6 +575,14 @@ fn hex_value(digit: u8) -> u8 {
 /// `result` as a compact byte string; [`decode_sync`] gives it back.
 pub(crate) fn encode_sync(result: &SyncResult) -> Box<[u8]> {
     let mut out = Vec::with_capacity(64);
+    // First, so that it is read without decoding the rest: 0 when unknown, else 1 + bytes
+    // (16 EiB less one byte at most).
+    put_varint(
+        &mut out,
+        result
+            .disk_bytes
+            .map_or(0, |bytes| bytes.min(u64::MAX - 1) + 1),
+    );
     for n in [
         result.num_refs_created,
         result.num_refs_updated,
@@ -690,6 +703,7 @@ impl Reader<'_> {
 /// The `SyncResult` [`encode_sync`] encoded; `None` if `bytes` are not such an encoding.
 pub(crate) fn decode_sync(bytes: &[u8]) -> Option<SyncResult> {
     let mut r = Reader { bytes };
+    let disk_bytes = r.varint()?.checked_sub(1);
     let mut counts = [0u64; 8];
     for c in &mut counts {
         *c = r.varint()?;
@@ -734,7 +748,13 @@ pub(crate) fn decode_sync(bytes: &[u8]) -> Option<SyncResult> {
         branches,
         bytes_received,
         duration_ms,
+        disk_bytes,
     })
+}
+
+/// The `disk_bytes` of an encoded result, without decoding the rest.
+pub(crate) fn encoded_disk_bytes(bytes: &[u8]) -> Option<u64> {
+    Reader { bytes }.varint()?.checked_sub(1)
 }
 
 #[cfg(test)]
@@ -764,6 +784,7 @@ mod tests {
             refs_deleted: vec!["refs/tags/old".into()],
             new_commits: 1 << 40,
             total_commits: 127,
+            disk_bytes: Some(123_456_789_012),
             default_branch: Some("main".into()),
             head_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             branches: vec![

@@ -29,6 +29,8 @@ pub struct Census {
     pub by_freshness: HashMap<Freshness, u64>,
     /// The oldest last successful sync among tasks that had one.
     pub oldest_success: Option<Timestamp>,
+    /// Bytes on disk of the repositories, as last measured.
+    pub disk_bytes: u64,
 }
 
 impl Census {
@@ -37,7 +39,9 @@ impl Census {
         status: StatusType,
         freshness: Freshness,
         success: Option<Timestamp>,
+        disk_bytes: Option<u64>,
     ) {
+        self.disk_bytes = self.disk_bytes.saturating_add(disk_bytes.unwrap_or(0));
         *self.by_status.entry(status).or_default() += 1;
         *self.by_freshness.entry(freshness).or_default() += 1;
         if let Some(at) = success {
@@ -83,6 +87,7 @@ pub struct FleetMetrics {
     tasks: Family<StatusLabels, Gauge>,
     freshness: Family<FreshnessLabels, Gauge>,
     oldest_success_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    disk_used: Gauge,
     missed_updates: Counter,
     notifications_dropped: Counter,
     /// Which state changes end work (transitions.rs).
@@ -161,6 +166,14 @@ impl FleetMetrics {
             "Age of the oldest last successful sync among the tasks (NaN: none succeeded yet)",
             oldest_success_age.clone(),
         );
+        let disk_used = Gauge::default();
+        registry.register_with_unit(
+            "disk_used",
+            "Bytes the tracked repositories take on disk, as last measured (after each clone and \
+             each sync that received something)",
+            prometheus_client::registry::Unit::Bytes,
+            disk_used.clone(),
+        );
         let notifications_dropped = Counter::default();
         registry.register(
             "notifications_dropped",
@@ -183,6 +196,7 @@ impl FleetMetrics {
             tasks,
             freshness,
             oldest_success_age,
+            disk_used,
             missed_updates,
             notifications_dropped,
             transitions: Mutex::new(Transitions::default()),
@@ -294,6 +308,8 @@ impl FleetMetrics {
             Timestamp::now().duration_since(at).as_secs_f64().max(0.0)
         });
         self.oldest_success_age.set(age);
+        self.disk_used
+            .set(i64::try_from(census.disk_bytes).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|_| FleetError::Spawn("cannot encode the metrics".into()))?;

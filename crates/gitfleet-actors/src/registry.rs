@@ -322,6 +322,11 @@ impl Actor for Registry {
                         t.set_error_code(None);
                         let now = Timestamp::now();
                         t.set_time(Time::Finished, Some(now));
+                        let mut result = result;
+                        // A sync that found nothing new did not measure: the size stands.
+                        if result.disk_bytes.is_none() {
+                            result.disk_bytes = t.disk_bytes();
+                        }
                         t.set_last_sync(Some(&result));
                         let changed = result.num_refs_created
                             + result.num_refs_updated
@@ -815,6 +820,47 @@ mod tests {
                 (true, StatusType::Completed)
             ]
         );
+        registry.stop(None);
+        handle.await.expect("registry stopped");
+    }
+
+    #[tokio::test]
+    async fn a_sync_that_did_not_measure_keeps_the_size_on_disk() {
+        let (updates, _rx) = broadcast::channel(1024);
+        let (registry, handle) = spawn(Arc::new(Recorder::default()), updates).await;
+        let id = format!("{:016x}", 1);
+        let run = |attempt: u32, disk_bytes: Option<u64>| {
+            registry
+                .cast(RegistryMsg::Started {
+                    id: id.clone(),
+                    attempt,
+                    node: "node".into(),
+                })
+                .expect("cast");
+            registry
+                .cast(RegistryMsg::Completed {
+                    id: id.clone(),
+                    attempt,
+                    result: Box::new(SyncResult {
+                        disk_bytes,
+                        ..SyncResult::default()
+                    }),
+                })
+                .expect("cast");
+        };
+        let size = async || {
+            let task = ractor::call!(registry, RegistryMsg::Get, id.clone()).expect("get");
+            task.and_then(|t| t.last_sync).and_then(|r| r.disk_bytes)
+        };
+        registry
+            .cast(RegistryMsg::Queued(Box::new(queued(1))))
+            .expect("cast");
+        run(1, Some(40_960));
+        assert_eq!(size().await, Some(40_960));
+        run(2, None);
+        assert_eq!(size().await, Some(40_960));
+        run(3, Some(81_920));
+        assert_eq!(size().await, Some(81_920));
         registry.stop(None);
         handle.await.expect("registry stopped");
     }

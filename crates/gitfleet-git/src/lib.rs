@@ -5,6 +5,7 @@
 //! thread and talk to it through [`Control`] (interrupt) and a progress callback.
 
 mod daemon;
+mod disk;
 mod engine;
 mod error;
 mod http;
@@ -23,6 +24,7 @@ mod tls;
 mod url;
 mod worktree;
 
+pub use disk::disk_usage;
 pub use engine::{Control, Limits, Request, execute};
 pub use error::GitError;
 pub use layout::Layout;

@@ -201,6 +201,11 @@ pub struct SyncResult {
     /// Wall-clock duration of the operation.
     #[serde(default)]
     pub duration_ms: u64,
+    /// Bytes the repository takes on disk (allocated blocks, as `du` counts them), measured
+    /// after a clone or a sync that received something; a sync that found nothing new carries
+    /// the earlier measurement over. Absent until first measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 impl SyncResult {

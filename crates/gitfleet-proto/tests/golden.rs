@@ -43,6 +43,7 @@ fn sample_task() -> CloneTask {
         }],
         bytes_received: 1234,
         duration_ms: 4500,
+        disk_bytes: Some(20480),
     });
     task.last_success_at = Some(updated);
     task.last_change_at = Some(updated);

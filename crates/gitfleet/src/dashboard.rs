@@ -179,6 +179,8 @@ struct Summary {
     by_status: BTreeMap<&'static str, u64>,
     by_freshness: BTreeMap<&'static str, u64>,
     oldest_success_at: Option<Timestamp>,
+    /// Bytes on disk of the repositories, as last measured.
+    disk_bytes: u64,
     stale_after_s: u64,
     /// Whether actions are possible (the listener has a token).
     actions: bool,
@@ -229,6 +231,7 @@ async fn summary(State(shared): State<Arc<Shared>>) -> Response {
                 .map(|f| (f.as_str(), count(census.by_freshness.get(f))))
                 .collect(),
             oldest_success_at: census.oldest_success,
+            disk_bytes: census.disk_bytes,
             stale_after_s: shared.dashboard.stale_after.as_secs(),
             actions: shared.token.is_some(),
             nodes,

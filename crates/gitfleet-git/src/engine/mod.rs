@@ -103,7 +103,10 @@ pub fn execute(
                 events: &tx,
                 meter: &meter,
             };
-            let result = run(&attempt, root.add_child("gitfleet"));
+            let result = run(&attempt, root.add_child("gitfleet")).map(|mut result| {
+                measure(&req, &mut result);
+                result
+            });
             let _ = tx.send(Event::Done(Box::new(result)));
         }));
         if let Err(e) = spawned {
@@ -127,6 +130,21 @@ pub fn execute(
     result.bytes_received = result.bytes_received.max(tracker.current().bytes_received);
     result.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
     Ok(result)
+}
+
+/// Records the repository's size on disk after work that changed it: a clone, an init, or a
+/// sync that received data or moved a ref. A no-op sync leaves it out: the record keeps the
+/// earlier measurement, and a quiet check stays one round trip.
+fn measure(req: &Request, result: &mut SyncResult) {
+    let changed = result.bytes_received > 0
+        || result.num_refs_created + result.num_refs_updated + result.num_refs_deleted > 0;
+    if !changed && req.operation == Operation::Sync {
+        return;
+    }
+    match crate::disk_usage(&req.dest) {
+        Ok(bytes) => result.disk_bytes = Some(bytes),
+        Err(e) => tracing::warn!(error = %e, "cannot measure the repository on disk"),
+    }
 }
 
 /// An error as it leaves the engine: naming the URL, with every secret removed, printable and

@@ -84,7 +84,8 @@ function card(kind, name, count, select) {
 function showSummary(summary) {
   view.summary = summary;
   $("where").textContent = `${summary.mode} · ${summary.name} · v${summary.version}`;
-  $("total").textContent = `${summary.total.toLocaleString()} tracked`;
+  $("total").textContent =
+    `${summary.total.toLocaleString()} tracked · ${bytes(summary.disk_bytes)} on disk`;
   $("status-cards").replaceChildren(
     ...STATUSES.map((s) => card("status", s, summary.by_status[s] || 0, "filter-status")));
   $("freshness-cards").replaceChildren(
@@ -160,7 +161,7 @@ function row(task) {
       el("span", { class: `badge ${task.freshness || ""}` }, task.freshness || "")),
     el("td", { class: "last-sync" }, lastSync),
     el("td", { class: "next-sync" }, task.quarantined ? "quarantined" : when(task.next_sync_at)),
-    el("td", { class: "size" }, bytes(task.disk_bytes)),
+    el("td", { class: "size" }, bytes(task.last_sync ? task.last_sync.disk_bytes : null)),
     el("td", { class: "error" },
       task.error_code && status === "failed" ?
         el("code", { class: "code" }, task.error_code) : null,
@@ -217,13 +218,13 @@ function reload() {
 }
 
 let refreshTimer = null;
-/** At most one refresh of the counts and the page shown every second and a half. */
+/** At most one refresh of the counts and the page shown every 0.7 s. */
 function refreshSoon() {
   if (refreshTimer === null) {
     refreshTimer = setTimeout(() => {
       refreshTimer = null;
       refresh();
-    }, 1500);
+    }, 700);
   }
 }
 
@@ -273,6 +274,9 @@ function listen() {
     known.phase = sample.phase;
     known.rate = sample.bytes_per_sec;
     showRunning();
+    const badge = $("tasks").querySelector(
+      `tr[data-id="${CSS.escape(sample.task_id)}"] td.status .badge`);
+    if (badge) badge.textContent = `cloning ${known.progress}%`;
   });
   source.addEventListener("resync", () => {
     refresh();
