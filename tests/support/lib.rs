@@ -30,7 +30,7 @@ pub use gitcli::{
     remote_urls, run_git, try_git, try_mirror_clone, wait_until,
 };
 pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
-pub use http_client::http_post;
+pub use http_client::{http_get, http_post};
 pub use nats::{NatsOptions, NatsServer};
 pub use sshd::SshServer;
 pub use tls::{TestCa, TlsProxy};

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{Requests, RootLock};
-pub use metrics::{Census, FleetMetrics};
+pub use metrics::{Census, Connection, FleetMetrics};
 pub use planning::{Planned, find_task, plan_work};
 pub use registry::{Registry, RegistryArgs, RegistryMsg};
 pub use root::{OpenRoot, RootError, claim, hostname, open_layout};

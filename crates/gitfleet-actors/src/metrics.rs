@@ -76,6 +76,64 @@ struct FreshnessLabels {
     freshness: &'static str,
 }
 
+/// What the metrics read, at each scrape, of a node's connection to its cluster (the NATS
+/// client counts; this crate does not know NATS).
+pub trait Connection: Send + Sync {
+    fn connected(&self) -> bool;
+    /// Times the connection was lost.
+    fn disconnects(&self) -> u64;
+    /// Times it was made again after a loss.
+    fn reconnects(&self) -> u64;
+}
+
+/// The connection's metrics, with what they read.
+struct ConnectionMetrics {
+    source: Arc<dyn Connection>,
+    connected: Gauge,
+    disconnects: Counter,
+    reconnects: Counter,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry, source: Arc<dyn Connection>) -> ConnectionMetrics {
+        let connected = Gauge::default();
+        registry.register(
+            "nats_connected",
+            "Whether the node is connected to its NATS server (1) or not (0)",
+            connected.clone(),
+        );
+        let disconnects = Counter::default();
+        registry.register(
+            "nats_disconnects",
+            "Times the node lost its NATS connection",
+            disconnects.clone(),
+        );
+        let reconnects = Counter::default();
+        registry.register(
+            "nats_reconnects",
+            "Times the node connected again after losing its NATS connection",
+            reconnects.clone(),
+        );
+        ConnectionMetrics {
+            source,
+            connected,
+            disconnects,
+            reconnects,
+        }
+    }
+
+    /// Brings the values up to the source's.
+    fn read(&self) {
+        self.connected.set(i64::from(self.source.connected()));
+        let disconnects = self.source.disconnects();
+        self.disconnects
+            .inc_by(disconnects.saturating_sub(self.disconnects.get()));
+        let reconnects = self.source.reconnects();
+        self.reconnects
+            .inc_by(reconnects.saturating_sub(self.reconnects.get()));
+    }
+}
+
 /// A fleet's metrics. `watch` feeds it from a fleet; `render` is one scrape.
 pub struct FleetMetrics {
     registry: Registry,
@@ -90,6 +148,8 @@ pub struct FleetMetrics {
     disk_used: Gauge,
     missed_updates: Counter,
     notifications_dropped: Counter,
+    /// A node's connection to its cluster.
+    connection: Option<ConnectionMetrics>,
     /// Which state changes end work (transitions.rs).
     transitions: Mutex<Transitions>,
     registry_actor: OnceLock<ActorRef<RegistryMsg>>,
@@ -119,6 +179,18 @@ const FRESHNESS: [Freshness; 5] = [
 impl FleetMetrics {
     /// Metrics whose freshness gauges count a task stale after `stale_after` without a success.
     pub fn new(stale_after: Duration) -> Arc<FleetMetrics> {
+        Self::build(stale_after, None)
+    }
+
+    /// A node's metrics: also its `connection` to the cluster.
+    pub fn with_connection(
+        stale_after: Duration,
+        connection: Arc<dyn Connection>,
+    ) -> Arc<FleetMetrics> {
+        Self::build(stale_after, Some(connection))
+    }
+
+    fn build(stale_after: Duration, connection: Option<Arc<dyn Connection>>) -> Arc<FleetMetrics> {
         let mut registry = Registry::with_prefix("gitfleet");
         let operations = Family::<OperationLabels, Counter>::default();
         registry.register(
@@ -186,7 +258,10 @@ impl FleetMetrics {
             "State changes the metrics fell too far behind to count",
             missed_updates.clone(),
         );
+        let connection =
+            connection.map(|source| ConnectionMetrics::register(&mut registry, source));
         Arc::new(FleetMetrics {
+            connection,
             registry,
             operations,
             failures,
@@ -310,6 +385,9 @@ impl FleetMetrics {
         self.oldest_success_age.set(age);
         self.disk_used
             .set(i64::try_from(census.disk_bytes).unwrap_or(i64::MAX));
+        if let Some(connection) = &self.connection {
+            connection.read();
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|_| FleetError::Spawn("cannot encode the metrics".into()))?;

@@ -1,5 +1,7 @@
 //! Connecting to NATS and making sure the stream and buckets exist.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
@@ -61,6 +63,51 @@ pub struct Nats {
     /// The server's latest refusal of this connection: bad credentials, or a permissions
     /// violation (which the server reports asynchronously, not as the failure of a publish).
     pub refusals: tokio::sync::watch::Receiver<Option<String>>,
+    /// What happened to the connection, for the metrics.
+    pub connection: Arc<ConnectionStats>,
+}
+
+/// A NATS connection's losses and recoveries, counted from the client's events.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    connected: AtomicBool,
+    disconnects: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+impl ConnectionStats {
+    fn observe(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => {
+                self.connected.store(true, Ordering::Relaxed);
+                // A reconnect is a connection after a loss not yet recovered from (the first
+                // connection is none).
+                if self.disconnects.load(Ordering::Relaxed)
+                    > self.reconnects.load(Ordering::Relaxed)
+                {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            async_nats::Event::Disconnected if self.connected.swap(false, Ordering::Relaxed) => {
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl gitfleet_actors::Connection for ConnectionStats {
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
 }
 
 /// What a connection event says about the server refusing this client, if anything.
@@ -122,8 +169,11 @@ impl Nats {
     ) -> Result<Nats, ClusterError> {
         let shown = gitfleet_git::scrub_userinfo(url);
         let (refused, refusals) = tokio::sync::watch::channel(None::<String>);
+        let connection = Arc::new(ConnectionStats::default());
+        let stats = connection.clone();
         let options = async_nats::ConnectOptions::new().event_callback(move |event| {
             let refused = refused.clone();
+            stats.observe(&event);
             async move {
                 if let Some(why) = refusal(&event) {
                     tracing::warn!(why = %why, "the NATS server refused");
@@ -153,11 +203,16 @@ impl Nats {
                 message: gitfleet_git::scrub_userinfo(&e.to_string()),
             })?;
         let jetstream = jetstream::new(client.clone());
+        // The client reports its first connection before `connect` returns, but a state read
+        // now is the truth either way.
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        connection.connected.fetch_or(connected, Ordering::Relaxed);
         Ok(Nats {
             client,
             jetstream,
             subjects,
             refusals,
+            connection,
         })
     }
 

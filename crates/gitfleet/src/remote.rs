@@ -49,7 +49,10 @@ pub async fn node(
         "gitfleet: node {node_id} joining the cluster at {}",
         cluster.shown_url()
     );
-    let metrics = gitfleet_actors::FleetMetrics::new(args.work.stale_after());
+    let metrics = gitfleet_actors::FleetMetrics::with_connection(
+        args.work.stale_after(),
+        nats.connection.clone(),
+    );
     let notifications = args.notify.notifications()?;
     let view = std::sync::Arc::new(std::sync::OnceLock::new());
     if let Some(listen) = args.listen.listener() {

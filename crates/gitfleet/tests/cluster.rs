@@ -373,10 +373,18 @@ async fn a_nats_restart_mid_run_loses_nothing() {
         },
     );
     let mut nats = NatsServer::start();
-    let _nodes: Vec<NodeProcess> = ["node-a", "node-b"]
-        .iter()
-        .map(|id| sandbox(&nats).start_node(id))
-        .collect();
+    // node-a's metrics tell of the lost connection.
+    let port = gitfleet_tests::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _nodes: Vec<NodeProcess> = vec![
+        sandbox(&nats).start_node_full(
+            "node-a",
+            tempfile::tempdir().expect("tempdir"),
+            &[],
+            &["--listen", &listen],
+        ),
+        sandbox(&nats).start_node("node-b"),
+    ];
     let client = Client::connect(&nats.url(), "gitfleet")
         .await
         .expect("connect");
@@ -417,6 +425,18 @@ async fn a_nats_restart_mid_run_loses_nothing() {
         assert_eq!(task.status.status_type, StatusType::Completed, "{task:#?}");
         fsck(Path::new(&task.path)).expect("fsck");
     }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let (status, text) = gitfleet_tests::http_get(port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(metric(&text, "gitfleet_nats_connected"), 1.0);
+    // Every loss of the connection was recovered from.
+    let lost = metric(&text, "gitfleet_nats_disconnects_total");
+    assert!(lost >= 1.0, "{text}");
+    assert_eq!(metric(&text, "gitfleet_nats_reconnects_total"), lost);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
