@@ -363,6 +363,7 @@ pub async fn registry_memory(tasks: usize) -> anyhow::Result<Value> {
         listed.is_some_and(|t| t.status.status_type == gitfleet_proto::StatusType::Completed),
         "the registry lost a task"
     );
+    let reads = dashboard_reads(&registry, tasks).await?;
     registry.stop(None);
     let _ = handle.await;
     let bytes_per_task = (after.saturating_sub(before) * 1024) as f64 / tasks.max(1) as f64;
@@ -375,6 +376,72 @@ pub async fn registry_memory(tasks: usize) -> anyhow::Result<Value> {
         "size_of_sync_result": std::mem::size_of::<SyncResult>(),
         "insert_seconds": seconds,
         "transitions_per_s": (3 * tasks) as f64 / seconds,
+        "dashboard": reads,
+    }))
+}
+
+/// What the dashboard's reads cost the Registry at this many tasks (milliseconds, the median
+/// of a few): a page of 50 from the start and from the middle, a page filtered by status that
+/// matches nothing (the whole table is scanned), one filtered by URL text, and the counts
+/// (`/api/summary`, and every `/metrics` scrape).
+async fn dashboard_reads(registry: &ActorRef<RegistryMsg>, tasks: usize) -> anyhow::Result<Value> {
+    use gitfleet_actors::{TaskPage, TaskQuery};
+    let stale_after = std::time::Duration::from_secs(3600);
+    let page = async |query: TaskQuery| -> anyhow::Result<(f64, TaskPage)> {
+        let mut times = Vec::new();
+        let mut last = TaskPage::default();
+        for _ in 0..5 {
+            let started = Instant::now();
+            last = ractor::call!(registry, |reply| RegistryMsg::Page {
+                query: query.clone(),
+                stale_after,
+                reply
+            })
+            .map_err(|e| anyhow::anyhow!("registry call: {e}"))?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok((times[times.len() / 2], last))
+    };
+    let first = TaskQuery {
+        limit: 50,
+        ..TaskQuery::default()
+    };
+    let (first_ms, first_page) = page(first.clone()).await?;
+    anyhow::ensure!(
+        first_page.tasks.len() == 50.min(tasks) && first_page.matched == tasks as u64,
+        "the first page is wrong"
+    );
+    let (middle_ms, _) = page(TaskQuery {
+        after: Some((tasks / 2) as u64),
+        ..first.clone()
+    })
+    .await?;
+    let (no_match_ms, none) = page(TaskQuery {
+        status: Some(gitfleet_proto::StatusType::Failed),
+        ..first.clone()
+    })
+    .await?;
+    anyhow::ensure!(none.matched == 0, "failed tasks in a completed fleet");
+    let (text_ms, _) = page(TaskQuery {
+        text: Some("repo-4242".into()),
+        ..first
+    })
+    .await?;
+    let mut census = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        ractor::call!(registry, RegistryMsg::Census, stale_after)
+            .map_err(|e| anyhow::anyhow!("registry call: {e}"))?;
+        census.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    census.sort_by(f64::total_cmp);
+    Ok(json!({
+        "first_page_ms": first_ms,
+        "middle_page_ms": middle_ms,
+        "no_match_page_ms": no_match_ms,
+        "text_page_ms": text_ms,
+        "census_ms": census[census.len() / 2],
     }))
 }
 
@@ -462,6 +529,20 @@ pub fn summary_rows(control: &Value) -> Vec<(String, String)> {
             format!(
                 "{:.0} bytes/task",
                 m["bytes_per_task"].as_f64().unwrap_or(0.0)
+            ),
+        ));
+        let d = &m["dashboard"];
+        let ms = |key: &str| d[key].as_f64().unwrap_or(f64::NAN);
+        rows.push((
+            format!("Dashboard reads at {} tasks (page of 50)", m["tasks"]),
+            format!(
+                "{:.1} ms first, {:.1} ms middle, {:.1} ms filtered (no match), {:.1} ms by URL text; \
+                 counts {:.1} ms",
+                ms("first_page_ms"),
+                ms("middle_page_ms"),
+                ms("no_match_page_ms"),
+                ms("text_page_ms"),
+                ms("census_ms"),
             ),
         ));
     }
