@@ -130,4 +130,5 @@ def serving(
         yield port
     finally:
         process.terminate()
-        process.wait(timeout=60)
+        # A clean stop (SIGTERM drains): anything else is a failure of the test.
+        assert process.wait(timeout=60) == 0, "serve did not stop cleanly"

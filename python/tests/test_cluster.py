@@ -127,5 +127,17 @@ def test_the_nodes_dashboard_shows_its_repositories_and_the_nodes_load(
     assert summary["nodes"][0]["concurrency"] == 2
     assert summary["by_status"]["completed"] >= 1
     page = get("/api/tasks?" + urllib.parse.urlencode({"q": url, "status": "completed"}))
+    measured = page["tasks"][0]["last_sync"]["disk_bytes"]
+    assert measured > 0, page
+    # `gitfleet du` over the cluster counts it, on this node.
+    out = subprocess.run(
+        [gitfleet_bin(), "--nats", servers.info["nats"], "du", "--json", "-n", "100"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert url in [r["url"] for r in report["largest"]], report
+    assert [n["node"] for n in report["nodes"]] == [NODE_ID], report
+    assert report["total_bytes"] >= measured
     assert [t["url"] for t in page["tasks"]] == [url], page
     assert page["tasks"][0]["node"] == NODE_ID

@@ -132,25 +132,31 @@ def browser() -> Iterator[Any]:
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=1280,1000"):
         options.add_argument(flag)
+    # The page's console, printed when a test fails (pytest shows a failed test's output).
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         yield driver
     finally:
+        for entry in driver.get_log("browser"):
+            print("browser console:", entry)
         driver.quit()
 
 
-def wait(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+def wait(what: str, check: Callable[[], Any], timeout: float = 60,
+         show: Optional[Callable[[], Any]] = None) -> Any:
+    """`check()` once it is truthy; on a timeout, the failure says what `show()` saw."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            got = check()
+            got, last = check(), None
         except Exception as e:  # the page is changing under the check: look again
             got, last = None, e
-        else:
-            last = None
         if got:
             return got
-        assert time.monotonic() < deadline, f"timed out waiting for {what} ({last})"
+        if time.monotonic() >= deadline:
+            seen = show() if show is not None else last
+            raise AssertionError(f"timed out waiting for {what} (saw: {seen!r})")
         time.sleep(0.05)
 
 
@@ -161,98 +167,163 @@ def test_the_page_shows_progress_failures_and_filters(
     from selenium.webdriver.support.ui import Select
 
     root = tmp_path / "root"
-    with serving(root, "--retries", "0", env=clean_env(GITFLEET_LISTEN_TOKEN=TOKEN)) as port:
+    # One permanent failure quarantines: the page can then resume it.
+    args = ("--retries", "0", "--quarantine-after", "1")
+    with serving(root, *args, env=clean_env(GITFLEET_LISTEN_TOKEN=TOKEN)) as port:
         assert mirror(root, servers.git("alpha.git"), servers.http("beta.git")).returncode == 0
         browser.get(f"http://127.0.0.1:{port}/")
         wait("the page to go live", lambda: browser.find_element(By.ID, "live").text == "live")
         count = lambda name: browser.find_element(By.CSS_SELECTOR, f"#count-{name} .n").text
         wait("the counts", lambda: count("completed") == "2")
 
-        # A failure shows with its code and message.
-        absent = servers.git("absent.git")
-        assert mirror(root, absent).returncode == 1
-        wait("the failure to count", lambda: count("failed") == "1")
-        row = wait("the failed row", lambda: [
-            r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
-            if r.find_element(By.CSS_SELECTOR, "td.url").text == absent
-        ])[0]
-        assert row.find_element(By.CSS_SELECTOR, "td.status").text == "failed"
-        assert row.find_element(By.CSS_SELECTOR, "td.error code").text == "not_found"
-        assert row.find_element(By.CSS_SELECTOR, "td.freshness").text == "error"
-        assert row.find_element(By.CSS_SELECTOR, "td.size").text == "—"
-        alpha = [r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
-                 if r.find_element(By.CSS_SELECTOR, "td.url").text == servers.git("alpha.git")]
-        assert re.fullmatch(r"\d+(\.\d)? (KiB|MiB)", alpha[0].find_element(
-            By.CSS_SELECTOR, "td.size").text)
+        def rows() -> list:
+            return browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
 
-        # A clone throttled to 1 MiB/s: its progress bar moves, then it is done.
-        big = servers.http_slow("big.git")
-        clone = subprocess.Popen(
-            [gitfleet_bin(), "--root", str(root), "mirror", big],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
-        )
-        wait("the transfer to show",
-                   lambda: browser.find_element(By.CSS_SELECTOR, "#running .transfer progress"))
-        assert browser.find_element(By.CSS_SELECTOR, "#running .transfer .url").text == big
-        values = set()
-        screenshot = os.environ.get("GITFLEET_DASHBOARD_SCREENSHOT")
+        def row_of(url: str) -> Any:
+            return wait(f"the row of {url}", lambda: [
+                r for r in rows() if r.find_element(By.CSS_SELECTOR, "td.url").text == url
+            ])[0]
 
-        def finished() -> bool:
-            nonlocal screenshot
-            transfers = browser.find_elements(By.CSS_SELECTOR, "#running .transfer progress")
-            for transfer in transfers:
-                value = int(float(transfer.get_attribute("value")))
-                values.add(value)
-                if screenshot and 40 <= value <= 80:
-                    browser.save_screenshot(screenshot)
-                    screenshot = None
-            return not transfers
-
-        wait("the transfer to end", finished, timeout=120)
-        assert clone.wait(timeout=60) == 0
-        moving = sorted(v for v in values if 0 < v < 100)
-        assert len(moving) >= 2, f"the bar never moved: {sorted(values)}"
-        wait("the counts to follow", lambda: count("completed") == "3")
+        def cell(url: str, name: str) -> str:
+            return row_of(url).find_element(By.CSS_SELECTOR, f"td.{name}").text
 
         def urls() -> list:
             return [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody td.url")]
 
-        wait("every repository listed", lambda: len(urls()) == 4)
-        # Filtering: by text, by status (the select and the count cards), then all again.
-        browser.find_element(By.ID, "filter-text").send_keys("BIG")
-        wait("the text filter", lambda: urls() == [big])
-        browser.find_element(By.ID, "filter-text").clear()
-        browser.find_element(By.ID, "filter-text").send_keys(" ")
-        wait("the text filter cleared", lambda: len(urls()) == 4)
-        Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")
-        wait("the status filter", lambda: urls() == [absent])
-        assert browser.find_element(By.ID, "page-info").text == "1–1 of 1"
-        Select(browser.find_element(By.ID, "filter-status")).select_by_value("")
-        browser.find_element(By.ID, "count-completed").click()
-        wait("the card filter", lambda: sorted(urls()) == sorted(
-            [servers.git("alpha.git"), servers.http("beta.git"), big]))
-        browser.find_element(By.ID, "count-completed").click()
-        wait("every repository again", lambda: len(urls()) == 4)
+        def message() -> str:
+            return browser.find_element(By.ID, "message").text
+
+        # A failure shows with its code and message.
+        absent = servers.git("absent.git")
+        assert mirror(root, absent).returncode == 1
+        wait("the failure to count", lambda: count("failed") == "1",
+             show=lambda: browser.find_element(By.ID, "status-cards").text + message())
+        assert cell(absent, "status") == "failed"
+        assert row_of(absent).find_element(By.CSS_SELECTOR, "td.error code").text == "not_found"
+        assert "no such repository" in cell(absent, "error")
+        assert cell(absent, "freshness") == "quarantined"
+        assert cell(absent, "size") == "—"
+        assert re.fullmatch(r"\d+(\.\d)? (KiB|MiB)", cell(servers.git("alpha.git"), "size"))
+
+        # Someone else's text stays text: a repository named like markup shows as it is named,
+        # and none of it becomes an element (the page's policy would not run it anyway).
+        hostile_dir = tmp_path / '<img src=x onerror="document.title=1">'
+        hostile_dir.mkdir()
+        subprocess.run(["git", "init", "-q", "--bare", str(hostile_dir / "<em>x<em>.git")],
+                       check=True, capture_output=True)
+        assert mirror(root, str(hostile_dir / "<em>x<em>.git")).returncode == 0
+        wait("the hostile repository to count", lambda: count("completed") == "3")
+        hostile = wait("the hostile row", lambda: [
+            u for u in urls() if "<em>x<em>" in u and '<img src=x onerror="document.title=1">' in u
+        ])[0]
+        assert browser.execute_script(
+            "return document.querySelectorAll('#tasks img, #tasks em').length") == 0
+        assert browser.title == "gitfleet"
 
         # Actions send the token the page was given.
-        def sync_alpha() -> None:
-            row = [r for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
-                   if r.find_element(By.CSS_SELECTOR, "td.url").text == servers.git("alpha.git")]
-            row[0].find_element(By.CSS_SELECTOR, "button[data-action=sync]").click()
+        def act(url: str, action: str) -> None:
+            row_of(url).find_element(By.CSS_SELECTOR, f"button[data-action={action}]").click()
 
         def use_token(token: str) -> None:
             field = browser.find_element(By.ID, "token")
             field.clear()
             field.send_keys(token)
             browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
-            wait("the token kept", lambda: "kept" in browser.find_element(By.ID, "message").text)
+            wait("the token kept", lambda: "kept" in message())
 
         use_token("not-the-token")
-        sync_alpha()
-        wait("the refusal", lambda: browser.find_element(By.ID, "message").text
-             == "sync failed: missing or wrong bearer token")
+        act(servers.git("alpha.git"), "sync")
+        wait("the refusal", lambda: message() == "sync failed: missing or wrong bearer token")
         use_token(TOKEN)
-        wait("the rows again", lambda: len(urls()) == 4)
-        sync_alpha()
-        wait("the sync accepted",
-             lambda: browser.find_element(By.ID, "message").text == "sync: accepted")
+
+        # A clone throttled to 1 MiB/s, cancelled from the page.
+        big = servers.http_slow("big.git")
+
+        def clone_big() -> "subprocess.Popen[bytes]":
+            return subprocess.Popen(
+                [gitfleet_bin(), "--root", str(root), "mirror", big],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env(),
+            )
+
+        def transfers() -> list:
+            return browser.find_elements(By.CSS_SELECTOR, "#running .transfer progress")
+
+        cancelled = clone_big()
+        wait("the transfer to show", transfers)
+        assert browser.find_element(By.CSS_SELECTOR, "#running .transfer .url").text == big
+        act(big, "cancel")
+        wait("the cancel accepted", lambda: message() == "cancel: accepted")
+        wait("the clone cancelled", lambda: row_of(big).find_element(
+            By.CSS_SELECTOR, "td.error code").text == "cancelled", timeout=60)
+        assert cancelled.wait(timeout=60) == 1
+        wait("no transfer left", lambda: not transfers())
+
+        # Cloned again: its progress bar moves, then it is done.
+        clone = clone_big()
+        wait("the transfer to show again", transfers)
+        values = set()
+        screenshot = os.environ.get("GITFLEET_DASHBOARD_SCREENSHOT")
+
+        def finished() -> bool:
+            nonlocal screenshot
+            for transfer in transfers():
+                value = int(float(transfer.get_attribute("value")))
+                values.add(value)
+                if screenshot and 40 <= value <= 80:
+                    browser.save_screenshot(screenshot)
+                    screenshot = None
+            return not transfers()
+
+        wait("the transfer to end", finished, timeout=120)
+        assert clone.wait(timeout=60) == 0
+        moving = sorted(v for v in values if 0 < v < 100)
+        assert len(moving) >= 2, f"the bar never moved: {sorted(values)}"
+        wait("the counts to follow", lambda: count("completed") == "4")
+        wait("every repository listed", lambda: len(urls()) == 5)
+
+        # Filtering: by text, by status (the select and the count cards), then all again.
+        browser.find_element(By.ID, "filter-text").send_keys("BIG")
+        wait("the text filter", lambda: urls() == [big])
+        browser.find_element(By.ID, "filter-text").clear()
+        browser.find_element(By.ID, "filter-text").send_keys(" ")
+        wait("the text filter cleared", lambda: len(urls()) == 5)
+        Select(browser.find_element(By.ID, "filter-status")).select_by_value("failed")
+        wait("the status filter", lambda: urls() == [absent])
+        assert browser.find_element(By.ID, "page-info").text == "1–1 of 1"
+        Select(browser.find_element(By.ID, "filter-status")).select_by_value("")
+        browser.find_element(By.ID, "count-completed").click()
+        wait("the card filter", lambda: sorted(urls()) == sorted(
+            [servers.git("alpha.git"), servers.http("beta.git"), hostile, big]))
+        browser.find_element(By.ID, "count-completed").click()
+        wait("every repository again", lambda: len(urls()) == 5)
+
+        # Resume the quarantined repository: it is synced again at once (and fails again).
+        def absent_finished() -> str:
+            _, _, page = request(port, "/api/tasks?q=absent.git")
+            return page["tasks"][0]["finished_at"]
+
+        before = absent_finished()
+        act(absent, "resume")
+        wait("the resume accepted", lambda: message() == "resume: accepted")
+        wait("a new attempt", lambda: absent_finished() != before, show=absent_finished)
+
+    # Pages of two: Next and Previous move one page each and number the rows. Without a
+    # token the page offers no action.
+    with serving(root, *args, env=clean_env()) as port:
+        browser.get(f"http://127.0.0.1:{port}/?limit=2")
+        info = lambda: browser.find_element(By.ID, "page-info").text
+        wait("the first page", lambda: info() == "1–2 of 5")
+        assert browser.find_element(By.ID, "prev").get_attribute("disabled") is not None
+        assert browser.find_element(By.ID, "token-form").get_attribute("hidden") is not None
+        assert not browser.find_elements(By.CSS_SELECTOR, "#tasks button")
+        first = urls()
+        browser.find_element(By.ID, "next").click()
+        wait("the second page", lambda: info() == "3–4 of 5")
+        second = urls()
+        browser.find_element(By.ID, "next").click()
+        wait("the last page", lambda: info() == "5–5 of 5")
+        assert browser.find_element(By.ID, "next").get_attribute("disabled") is not None
+        last = urls()
+        assert len(set(first + second + last)) == 5
+        browser.find_element(By.ID, "prev").click()
+        wait("back one page", lambda: info() == "3–4 of 5" and urls() == second)

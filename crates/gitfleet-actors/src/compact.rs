@@ -465,6 +465,7 @@ impl TaskTable {
             page.matched += 1;
             let cursor = slot as u64;
             if cursor < start {
+                page.before += 1;
                 continue;
             }
             if page.tasks.len() < query.limit {
@@ -1068,6 +1069,7 @@ mod tests {
         assert_eq!((first.matched, first.next), (7, Some(2)));
         let second = table.page(&query(first.next, 3), at);
         assert_eq!(ids(&second), ["03", "04", "05"]);
+        assert_eq!(second.before, 3);
         let last = table.page(&query(second.next, 3), at);
         assert_eq!(ids(&last), ["06"]);
         assert_eq!(last.next, None);

@@ -72,9 +72,13 @@ impl SchedulePolicy {
         self.clamp(self.min_interval.saturating_mul(1u32 << doublings.min(31)))
     }
 
-    /// Whether the `failures`-th failure in a row, ending with `code`, quarantines.
+    /// Whether the `failures`-th failure in a row, ending with `code`, quarantines. A
+    /// `storage` failure is this host's (a full disk, `--min-free`), not the repository's: it
+    /// backs off but never quarantines, so that freeing space brings every repository back.
     pub fn quarantines(&self, failures: u32, code: ErrorCode) -> bool {
-        !code.is_transient() && failures >= self.quarantine_after.max(1)
+        !code.is_transient()
+            && code != ErrorCode::Storage
+            && failures >= self.quarantine_after.max(1)
     }
 
     /// `interval`, give or take the jitter.
@@ -183,6 +187,10 @@ mod tests {
         assert!(
             !p.quarantines(9, ErrorCode::Network),
             "transient errors never quarantine"
+        );
+        assert!(
+            !p.quarantines(9, ErrorCode::Storage),
+            "a full disk is not the repository's fault"
         );
     }
 

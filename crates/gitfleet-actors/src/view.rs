@@ -32,6 +32,8 @@ pub struct TaskPage {
     pub tasks: Vec<CloneTask>,
     /// How many tasks match the filters in all.
     pub matched: u64,
+    /// How many of them come before this page (its first task is number `before + 1`).
+    pub before: u64,
     /// The cursor of the next page, when there is one.
     pub next: Option<u64>,
 }

@@ -463,7 +463,8 @@ async fn find(ctx: &ApiContext, input: &str) -> Result<Option<(CloneTask, u64)>,
     Ok(None)
 }
 
-async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, ApiError> {
+/// Syncs the tasks the request names (ids or URLs) on the nodes that own them.
+pub async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, ApiError> {
     if request.repositories.len() > MAX_REPOSITORIES {
         return Err(ApiError::new(
             ApiErrorCode::TooLarge,

@@ -8,6 +8,7 @@ mod daemon;
 mod disk;
 mod engine;
 mod error;
+mod history;
 mod http;
 mod layout;
 mod locks;
@@ -25,8 +26,9 @@ mod url;
 mod worktree;
 
 pub use disk::disk_usage;
-pub use engine::{Control, Limits, Request, execute};
+pub use engine::{Control, Limits, MinFree, Request, execute};
 pub use error::GitError;
+pub use history::recent_commits;
 pub use layout::Layout;
 pub use progress::Progress;
 pub use secret::{Credentials, CredentialsConfig, Redactor, Secret, scrub_userinfo};

@@ -29,6 +29,6 @@ pub use error::{ErrorCode, TaskError};
 pub use event::{ProgressEvent, TaskUpdate};
 pub use local::{WorkReply, WorkRequest};
 pub use task::{
-    Branch, CloneStatus, CloneTask, Freshness, FreshnessAt, Operation, Phase, StatusType,
-    SyncResult, Timestamp, clone_task_schema,
+    Branch, CloneStatus, CloneTask, CommitInfo, Freshness, FreshnessAt, Operation, Phase,
+    StatusType, SyncResult, Timestamp, clone_task_schema,
 };

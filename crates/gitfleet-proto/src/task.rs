@@ -150,6 +150,19 @@ impl std::fmt::Display for Phase {
     }
 }
 
+/// A commit of a mirror, as `gitfleet log` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CommitInfo {
+    pub id: String,
+    pub author: String,
+    pub email: String,
+    /// When it was authored.
+    #[schemars(with = "String")]
+    pub time: Timestamp,
+    /// The first line of its message.
+    pub subject: String,
+}
+
 /// A branch and the commit it points to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Branch {

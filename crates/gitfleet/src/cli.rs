@@ -142,6 +142,30 @@ pub enum Command {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// List the commits a mirror holds, newest first: what the last syncs brought.
+    Log {
+        /// The repository (id or URL).
+        task: String,
+        /// Only commits since then: a time (2026-01-31T12:00:00Z) or a duration ago (2h, 7d).
+        #[arg(long, value_name = "TIME|DURATION", value_parser = parse_since)]
+        since: Option<jiff::Timestamp>,
+        /// How many commits at most.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        max_count: usize,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the repositories take on disk: in total, per node and the largest (sizes as
+    /// measured after each clone and each sync that received something).
+    Du {
+        /// How many of the largest repositories to list.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        top: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the JSON Schema of a task record (for generating client types).
     Schema,
     /// A cache of repositories and local directories by name: working-tree clones (and
@@ -278,6 +302,10 @@ pub struct WorkArgs {
     /// Delete every ref the remote no longer lists, however many.
     #[arg(long)]
     pub force_prune: bool,
+    /// Keep this much of the root's file system free (`10%`, or a size such as `50G`): below
+    /// it, new repositories fail with `storage` and those already there keep syncing.
+    #[arg(long, value_name = "PERCENT|SIZE", value_parser = parse_min_free)]
+    pub min_free: Option<gitfleet_git::MinFree>,
     /// Bytes one transfer may receive (suffixes K, M, G, T: powers of 1024).
     #[arg(long, default_value = "20G", value_name = "SIZE", value_parser = parse_size)]
     pub max_bytes: u64,
@@ -406,6 +434,7 @@ impl WorkArgs {
                 max_ref_name: self.max_ref_name,
                 min_rate: self.min_rate,
                 rate_window: self.rate_window.max(Duration::from_secs(1)),
+                min_free: self.min_free,
                 ..gitfleet_git::Limits::default()
             },
         };
@@ -438,6 +467,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|e| format!("'{text}' is not a duration (like 30s, 10m, 8h): {e}"))
+}
+
+/// `10%` or a size.
+fn parse_min_free(text: &str) -> Result<gitfleet_git::MinFree, String> {
+    gitfleet_git::MinFree::parse(text, parse_size)
+}
+
+/// A point in time: an RFC 3339 timestamp, or a duration before now (`2h`, `7d`).
+fn parse_since(text: &str) -> Result<jiff::Timestamp, String> {
+    if let Ok(at) = text.trim().parse::<jiff::Timestamp>() {
+        return Ok(at);
+    }
+    let ago = parse_duration(text).map_err(|_| {
+        format!("'{text}' is neither a time (2026-01-31T12:00:00Z) nor a duration (2h, 7d)")
+    })?;
+    let ago = jiff::SignedDuration::try_from(ago).map_err(|e| e.to_string())?;
+    jiff::Timestamp::now()
+        .checked_sub(ago)
+        .map_err(|_| format!("'{text}' is too long ago"))
 }
 
 /// `512`, `64K`, `512M`, `20G`, `1T` (powers of 1024).
@@ -647,45 +695,32 @@ impl NotifyArgs {
     }
 }
 
-/// The HTTP listener of `serve` and `node`: webhooks, metrics and the dashboard.
+/// The HTTP listener of `serve` and `node`: webhooks, metrics and the dashboard. Its secrets
+/// come only from the environment (`GITFLEET_WEBHOOK_SECRET`, `GITFLEET_LISTEN_TOKEN`), never
+/// from the command line, where every user of the host could read them.
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
     /// Serve webhooks (GitHub, GitLab, Gitea/Forgejo, plain), `/metrics` and the dashboard
     /// (`/`) on this address, e.g. 127.0.0.1:8080: a push syncs its repository within seconds.
+    /// Webhooks are signed with GITFLEET_WEBHOOK_SECRET; the dashboard's actions need
+    /// GITFLEET_LISTEN_TOKEN (without it, the dashboard is read-only).
     #[arg(long = "listen", value_name = "ADDR")]
     pub address: Option<std::net::SocketAddr>,
-    /// The secret webhooks are signed with (only from the environment).
-    #[arg(
-        long,
-        env = "GITFLEET_WEBHOOK_SECRET",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub webhook_secret: Option<String>,
-    /// The bearer token the dashboard's actions (sync now, resume, cancel) need; without one
-    /// the dashboard is read-only (only from the environment).
-    #[arg(
-        long,
-        env = "GITFLEET_LISTEN_TOKEN",
-        hide = true,
-        hide_env_values = true
-    )]
-    pub listen_token: Option<String>,
 }
 
 impl ListenArgs {
-    /// The listener these options ask for, if any.
+    /// The listener these options ask for, if any, with its secrets from the environment.
     pub fn listener(&self) -> Option<crate::listener::Listen> {
-        let secret = |value: &Option<String>| {
-            value
-                .clone()
+        let secret = |name: &str| {
+            std::env::var(name)
+                .ok()
                 .filter(|s| !s.is_empty())
                 .map(gitfleet_git::Secret::new)
         };
         Some(crate::listener::Listen {
             address: self.address?,
-            webhook_secret: secret(&self.webhook_secret),
-            token: secret(&self.listen_token),
+            webhook_secret: secret("GITFLEET_WEBHOOK_SECRET"),
+            token: secret("GITFLEET_LISTEN_TOKEN"),
         })
     }
 }

@@ -72,6 +72,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Command::Schedule { tasks, every, .. }, Some(cluster)) => {
             remote::schedule(&cluster, &tasks, every).await
         }
+        (
+            Command::Log {
+                task,
+                since,
+                max_count,
+                json,
+            },
+            None,
+        ) => embedded::log(&root, &task, since, max_count, json),
+        (Command::Log { .. }, Some(_)) => bail!(
+            "`gitfleet log` reads a mirror on disk: run it on the node that holds the repository, \
+             with that node's --root (cluster mode has no log request yet)"
+        ),
+        (Command::Du { top, json }, None) => embedded::du(&root, top, json),
+        (Command::Du { top, json }, Some(cluster)) => remote::du(&cluster, top, json).await,
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,
         (Command::Cancel { tasks }, Some(cluster)) => remote::cancel(&cluster, &tasks).await,
         (command, cluster) => {

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -26,15 +26,13 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::future::BoxFuture;
-use gitfleet_actors::{FleetView, TaskQuery};
+use gitfleet_actors::{Census, FleetView, TaskQuery};
 use gitfleet_git::Secret;
 use gitfleet_proto::{Freshness, NodeInfo, StatusType, TaskUpdate, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
-
-use crate::hooks::SyncUrls;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
@@ -52,15 +50,32 @@ const MAX_EVENT_STREAMS: usize = 64;
 /// A page of tasks when the request does not say.
 const DEFAULT_PAGE: usize = 50;
 
-/// What the dashboard can do to a task besides syncing it.
+/// Reads that scan the Registry's table (a page, the counts) at once at most: each is a pass
+/// over every task inside the Registry, which meanwhile folds no state change.
+const MAX_READS: usize = 4;
+
+/// How long a read waits for its turn before it is answered 503.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+/// How long counts are reused. Shorter than the page's wait after an event before it reads
+/// again (0.7 s, dashboard.js): counts the page reads then were taken after that event.
+const CENSUS_TTL: Duration = Duration::from_millis(500);
+
+/// The longest URL filter, in bytes.
+const MAX_FILTER: usize = 256;
+
+/// What the dashboard can do to a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
+    /// Sync it now (single flight: joins a running sync).
+    Sync,
     Resume,
     Cancel,
 }
 
 /// Applies a [`Control`] to a task: `Ok(true)` when it did something, `Ok(false)` when there
-/// was nothing to do (not quarantined, already finished).
+/// was nothing to do (an `init` repository has nothing to sync, a task not quarantined nothing
+/// to resume, a finished one nothing to cancel).
 pub type Controls =
     Arc<dyn Fn(Control, String) -> BoxFuture<'static, anyhow::Result<bool>> + Send + Sync>;
 
@@ -83,9 +98,14 @@ pub struct Dashboard {
 
 struct Shared {
     dashboard: Dashboard,
-    sync: SyncUrls,
-    token: Option<Secret>,
+    /// The SHA-256 of the token: compared in constant time, whatever the length given.
+    token: Option<[u8; 32]>,
     streams: Arc<Semaphore>,
+    /// Reads that scan the Registry's table at once at most.
+    reads: Semaphore,
+    /// The latest counts, and when they were taken: every summary within [`CENSUS_TTL`]
+    /// shares one scan.
+    census: tokio::sync::Mutex<Option<(Instant, Census)>>,
     /// True once the listener stops: event streams end.
     closing: watch::Receiver<bool>,
 }
@@ -93,15 +113,15 @@ struct Shared {
 /// The dashboard's routes; `closing` turns true when the listener stops.
 pub fn router(
     dashboard: Dashboard,
-    sync: SyncUrls,
     token: Option<Secret>,
     closing: watch::Receiver<bool>,
 ) -> Router {
     let shared = Arc::new(Shared {
         dashboard,
-        sync,
-        token,
+        token: token.map(|t| digest(t.expose().as_bytes())),
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
+        reads: Semaphore::new(MAX_READS),
+        census: tokio::sync::Mutex::new(None),
         closing,
     });
     Router::new()
@@ -152,10 +172,46 @@ fn reply(status: StatusCode, body: &impl Serialize) -> Response {
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         body,
     )
         .into_response()
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+impl Shared {
+    /// A turn among [`MAX_READS`], or the answer that there is none.
+    async fn read_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Box<Response>> {
+        match tokio::time::timeout(READ_WAIT, self.reads.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Box::new(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many readers at once; try again",
+            ))),
+        }
+    }
+
+    /// The counts, taken at most once per [`CENSUS_TTL`].
+    async fn census(&self, view: &FleetView) -> Result<Census, Box<Response>> {
+        let mut cached = self.census.lock().await;
+        if let Some((at, census)) = cached.as_ref()
+            && at.elapsed() < CENSUS_TTL
+        {
+            return Ok(census.clone());
+        }
+        let _turn = self.read_turn().await?;
+        let census = view
+            .census(self.dashboard.stale_after)
+            .await
+            .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())))?;
+        *cached = Some((Instant::now(), census.clone()));
+        Ok(census)
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -206,9 +262,9 @@ async fn summary(State(shared): State<Arc<Shared>>) -> Response {
     let Some(view) = shared.dashboard.view.get() else {
         return starting();
     };
-    let census = match view.census(shared.dashboard.stale_after).await {
+    let census = match shared.census(view).await {
         Ok(census) => census,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(response) => return *response,
     };
     let nodes = match &shared.dashboard.nodes {
         Some(loads) => Some(loads().await),
@@ -269,6 +325,9 @@ impl TasksParams {
                     .ok_or_else(|| format!("unknown freshness {name:?}"))?,
             ),
         };
+        if self.q.as_ref().is_some_and(|q| q.len() > MAX_FILTER) {
+            return Err(format!("the URL filter is longer than {MAX_FILTER} bytes"));
+        }
         Ok(TaskQuery {
             status,
             freshness,
@@ -289,6 +348,10 @@ async fn tasks(
     };
     let Some(view) = shared.dashboard.view.get() else {
         return starting();
+    };
+    let _turn = match shared.read_turn().await {
+        Ok(turn) => turn,
+        Err(response) => return *response,
     };
     match view.page(query, shared.dashboard.stale_after).await {
         Ok(page) => reply(StatusCode::OK, &page),
@@ -356,14 +419,15 @@ fn json_text(value: &impl Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// Whether the request carries the listener's token.
-fn authorized(token: &Secret, headers: &HeaderMap) -> bool {
+/// Whether the request carries the listener's token (compared by digest, so that neither
+/// its bytes nor its length show in the time an answer takes).
+fn authorized(token: &[u8; 32], headers: &HeaderMap) -> bool {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    bool::from(given.as_bytes().ct_eq(token.expose().as_bytes()))
+    bool::from(digest(given.as_bytes()).ct_eq(token))
 }
 
 async fn act(
@@ -388,12 +452,13 @@ async fn act(
         Ok(None) => return error(StatusCode::NOT_FOUND, "no such task"),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let done = match action.as_str() {
-        "sync" => Ok(!(shared.sync)(vec![task.url]).await.tasks.is_empty()),
-        "resume" => (shared.dashboard.controls)(Control::Resume, task.id.clone()).await,
-        "cancel" => (shared.dashboard.controls)(Control::Cancel, task.id.clone()).await,
+    let control = match action.as_str() {
+        "sync" => Control::Sync,
+        "resume" => Control::Resume,
+        "cancel" => Control::Cancel,
         _ => return error(StatusCode::NOT_FOUND, "no such action"),
     };
+    let done = (shared.dashboard.controls)(control, task.id.clone()).await;
     let result: Value = match done {
         Ok(true) => json!({ "task": task.id, "action": action, "status": "accepted" }),
         Ok(false) => json!({ "task": task.id, "action": action, "status": "nothing to do" }),

@@ -201,6 +201,33 @@ pub fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gitfleet log`: the commits of one repository of the root, newest first.
+pub fn log(
+    root: &std::path::Path,
+    input: &str,
+    since: Option<jiff::Timestamp>,
+    max_count: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let tasks = FileStore::open(&layout.state_dir())?.load_all_sync()?;
+    let task = find_task(&layout, &Policy::permissive(), &tasks, input)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let commits =
+        gitfleet_git::recent_commits(&layout, std::path::Path::new(&task.path), since, max_count)
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::report::print_commits(&commits, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gitfleet du`: the disk usage of the root's repositories, from their records.
+pub fn du(root: &std::path::Path, top: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let tasks = FileStore::open(&layout.state_dir())?.load_all_sync()?;
+    crate::usage::DiskReport::of(&tasks, top).print(json, &layout.root().display().to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `gitfleet resume`: out of quarantine, failures forgotten, due now.
 pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
     change_records(

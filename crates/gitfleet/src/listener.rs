@@ -51,11 +51,10 @@ pub async fn listen(
         stop.await;
         let _ = closing_tx.send(true);
     };
-    let router = crate::hooks::router(Hooks::new(listen.webhook_secret, endpoints.sync.clone()))
+    let router = crate::hooks::router(Hooks::new(listen.webhook_secret, endpoints.sync))
         .merge(crate::metrics::router(endpoints.metrics))
         .merge(crate::dashboard::router(
             endpoints.dashboard,
-            endpoints.sync,
             listen.token,
             closing,
         ));

@@ -17,6 +17,8 @@ mod remote;
 mod report;
 mod serve;
 mod served;
+mod signals;
+mod usage;
 
 use std::process::ExitCode;
 

@@ -92,6 +92,14 @@ pub async fn node(
                     let context = context.await?;
                     let tasks = vec![id];
                     let done = match control {
+                        Control::Sync => gitfleet_cluster::api::sync(
+                            &context,
+                            gitfleet_proto::SyncRequest {
+                                repositories: tasks,
+                            },
+                        )
+                        .await
+                        .map(|r| r.tasks.iter().any(|t| t.task_id.is_some())),
                         Control::Resume => gitfleet_cluster::api::resume(
                             &context,
                             gitfleet_proto::ResumeRequest { tasks },
@@ -135,14 +143,10 @@ pub async fn node(
                 nodes: Some(nodes),
             },
         };
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
+        let stop = crate::signals::stop_signal();
         crate::listener::listen(listen, endpoints, stop).await?;
     }
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+    let shutdown = crate::signals::stop_signal();
     run_node(
         nats,
         NodeOptions {
@@ -318,6 +322,13 @@ pub async fn status(
         })
         .collect();
     print_tasks(&tasks, json, &cluster.shown_url())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gitfleet du` on a cluster: from every task's record (read page by page).
+pub async fn du(cluster: &Cluster, top: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let tasks = cluster.client().await?.list_all().await?;
+    crate::usage::DiskReport::of(&tasks, top).print(json, &cluster.shown_url())?;
     Ok(ExitCode::SUCCESS)
 }
 

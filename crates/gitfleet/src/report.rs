@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use gitfleet_proto::{CloneTask, StatusType};
+use gitfleet_proto::{CloneTask, CommitInfo, StatusType};
 
 /// The outcome of one run of mirror, clone, init or sync.
 #[derive(Debug, Default)]
@@ -95,6 +95,20 @@ pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Resu
         if let Some(error) = &t.status.error {
             blank(&format!("[{}] {error}", code_of(t)));
         }
+    }
+    Ok(())
+}
+
+/// The commits of `gitfleet log`, one line each (or a JSON array).
+pub fn print_commits(commits: &[CommitInfo], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(commits)?);
+        return Ok(());
+    }
+    for c in commits {
+        let short = c.id.get(..12).unwrap_or(&c.id);
+        let time = c.time.strftime("%Y-%m-%d %H:%M");
+        println!("{short}  {time}  {} <{}>  {}", c.author, c.email, c.subject);
     }
     Ok(())
 }

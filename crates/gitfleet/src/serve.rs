@@ -30,6 +30,9 @@ use crate::listener::{Endpoints, Listen};
 /// How long cancelled transfers get to stop after the drain time ran out.
 const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
+/// How long the HTTP listener's requests get to end when serve stops.
+const LISTENER_STOP: Duration = Duration::from_secs(5);
+
 pub async fn serve(
     root: &std::path::Path,
     run: RunArgs,
@@ -59,7 +62,7 @@ pub async fn serve(
     crate::notify::start(notifications, &fleet, Some(metrics.clone()));
     let (stop_tx, stop) = watch::channel(false);
     tokio::spawn(async move {
-        stop_signal().await;
+        crate::signals::stop_signal().await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut stop: watch::Receiver<bool>| async move {
@@ -123,6 +126,7 @@ pub async fn serve(
                     }
                     Call::Control(control, id, reply) => {
                         let done = match control {
+                            Control::Sync => sync_task(&fleet, &layout, &policy, &id).await,
                             Control::Cancel => fleet.cancel(&id).await,
                             Control::Resume => resume(&fleet, &id).await,
                         };
@@ -143,8 +147,18 @@ pub async fn serve(
     };
     let (scheduled, (), ()) = tokio::join!(scheduler, reporter, worker);
     scheduled?;
-    if let Some(server) = server {
-        let _ = server.await;
+    // What the endpoints asked and the loop did not take is answered now (their replies are
+    // dropped: "stopping"), so that no request waits for a loop that has ended.
+    calls.close();
+    while calls.try_recv().is_ok() {}
+    if let Some(mut server) = server {
+        // A reader that stopped reading its event stream could hold the listener open.
+        if tokio::time::timeout(LISTENER_STOP, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
     }
     listener.abort();
     let _ = std::fs::remove_file(&socket);
@@ -424,6 +438,31 @@ async fn start_listener(
     crate::listener::listen(listen, endpoints, stop).await
 }
 
+/// Syncs one task now (single flight: a running sync is joined): whether it could be.
+async fn sync_task(
+    fleet: &Fleet,
+    layout: &Layout,
+    policy: &Policy,
+    id: &str,
+) -> Result<bool, gitfleet_actors::FleetError> {
+    let Some(task) = fleet.get(id).await? else {
+        return Ok(false);
+    };
+    if task.operation == Operation::Init {
+        return Ok(false);
+    }
+    match plan_from_task(layout, policy, &task) {
+        Ok(job) => {
+            fleet.submit(vec![job]).await?;
+            Ok(true)
+        }
+        Err(e) => {
+            tracing::warn!(task = %id, error = %e, "cannot sync a task on request");
+            Ok(false)
+        }
+    }
+}
+
 /// Takes a quarantined task back into the schedule: whether it was quarantined.
 async fn resume(fleet: &Fleet, id: &str) -> Result<bool, gitfleet_actors::FleetError> {
     match fleet.get(id).await? {
@@ -498,24 +537,5 @@ fn report(update: &TaskUpdate) {
             );
         }
         StatusType::Queued | StatusType::Cloning => {}
-    }
-}
-
-/// Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

@@ -1063,3 +1063,235 @@ fn notifications_arrive_once_each_signed_even_after_the_receiver_was_down() {
         assert!(event["task"]["url"].is_string(), "{event}");
     }
 }
+
+#[test]
+fn du_reports_what_the_mirrors_take_on_disk() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let urls = [daemon.url("alpha.git"), daemon.url("big.git")];
+    let out = run(gitfleet(root.path()).arg("mirror").args(&urls));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = run(gitfleet(root.path()).args(["du", "--json", "-n", "1"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("du --json is JSON");
+    // As du counts it, repository by repository.
+    let du = |path: &str| -> u64 {
+        let out = Command::new("du")
+            .args(["-s", "-B1", path])
+            .output()
+            .expect("du");
+        text(&out.stdout)
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("du's total")
+    };
+    let tasks = status_json(root.path());
+    let sizes: Vec<u64> = tasks
+        .iter()
+        .map(|t| du(t["path"].as_str().expect("path")))
+        .collect();
+    assert_eq!(report["total_bytes"], sizes.iter().sum::<u64>());
+    assert_eq!(
+        (
+            report["repositories"].as_u64(),
+            report["unmeasured"].as_u64()
+        ),
+        (Some(2), Some(0))
+    );
+    let largest = report["largest"].as_array().expect("largest");
+    assert_eq!(largest.len(), 1);
+    assert_eq!(largest[0]["url"], urls[1].as_str());
+    assert_eq!(report["nodes"].as_array().map(Vec::len), Some(1));
+
+    let out = run(gitfleet(root.path()).arg("du"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("in 2 repositories of") && table.contains(&urls[1]),
+        "{table}"
+    );
+}
+
+#[test]
+fn below_min_free_new_repositories_are_refused_and_existing_ones_sync() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // No file system has all of itself free: 100% refuses every new repository.
+    fixtures.mutate("alpha.git");
+    let beta = daemon.url("beta.git");
+    let out = run(gitfleet(root.path()).args(["mirror", "--min-free", "100%", &beta]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let tasks = status_json(root.path());
+    let refused = task_for(&tasks, "beta.git");
+    assert_eq!(refused["error_code"], "storage", "{refused:#}");
+    let message = refused["status"]["error"].as_str().expect("message");
+    assert!(message.contains("--min-free 100%"), "{message}");
+    assert!(!Path::new(refused["path"].as_str().expect("path")).exists());
+
+    // What is already held keeps syncing.
+    let out = run(gitfleet(root.path()).args(["sync", "--min-free", "100%", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mirror = task_for(&status_json(root.path()), "alpha.git")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    assert_eq!(refs(Path::new(&mirror)), refs(&fixtures.repo("alpha.git")));
+
+    let out = run(gitfleet(root.path()).args(["mirror", "--min-free", "50Q", &beta]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("'50Q' is not a size"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A small tmpfs mounted for one test (the tests run as root, as CI does), unmounted on drop.
+struct SmallFileSystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFileSystem {
+    fn mount(size: &str) -> SmallFileSystem {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the full-disk test needs root): {}",
+            text(&out.stderr)
+        );
+        SmallFileSystem { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallFileSystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_file_system_mid_clone_loses_nothing_already_held() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    // Room for the small repositories and the task log, not for big.git (4 MiB).
+    let disk = SmallFileSystem::mount("1536k");
+    let root = disk.path().join("root");
+    let alpha = daemon.url("alpha.git");
+    let out = run(gitfleet(&root).args(["mirror", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let alpha_path = task_for(&status_json(&root), "alpha.git")["path"]
+        .as_str()
+        .expect("path")
+        .to_string();
+    let alpha_refs = refs(Path::new(&alpha_path));
+
+    let big = daemon.url("big.git");
+    let out = run(gitfleet(&root).args(["mirror", "--retries", "0", &big]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // The task log still loads, with both records; the failure says why.
+    let tasks = status_json(&root);
+    assert_eq!(tasks.len(), 2, "{tasks:#?}");
+    let failed = task_for(&tasks, "big.git");
+    assert_eq!(failed["status"]["status_type"], "failed", "{failed:#}");
+    assert_eq!(failed["error_code"], "storage", "{failed:#}");
+    // Nothing half-written stays: not at the final path, not in the staging area.
+    assert!(!Path::new(failed["path"].as_str().expect("path")).exists());
+    assert!(staging_is_empty(&root));
+    // What was held is intact, and still syncs.
+    assert_eq!(refs(Path::new(&alpha_path)), alpha_refs);
+    fsck(Path::new(&alpha_path)).expect("fsck of the mirror held");
+    fixtures.mutate("alpha.git");
+    let out = run(gitfleet(&root).args(["sync", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        refs(Path::new(&alpha_path)),
+        refs(&fixtures.repo("alpha.git"))
+    );
+}
+
+#[test]
+fn log_lists_a_mirrors_commits_newest_first_as_printable_text() {
+    let fixtures = Fixtures::new();
+    // An upstream whose author and subject carry terminal escapes.
+    let upstream = fixtures.root.join("hostile-log");
+    gitfleet_tests::run_git(&fixtures.root, &["init", "-q", "-b", "main", "hostile-log"]);
+    for (i, subject) in ["first", "second \u{1b}[31mred\u{1b}[0m", "third"]
+        .iter()
+        .enumerate()
+    {
+        let date = format!("2026-01-0{}T12:00:00Z", i + 1);
+        let out = Command::new("git")
+            .current_dir(&upstream)
+            .args([
+                "-c",
+                "user.name=Eve \u{1b}]0;x\u{7}",
+                "-c",
+                "user.email=eve@example.com",
+            ])
+            .args(["commit", "-q", "--allow-empty", "-m", subject])
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date)
+            .output()
+            .expect("git commit");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let url = upstream.to_str().expect("utf-8").to_string();
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = run(gitfleet(root.path()).args(["mirror", &url]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let log = |args: &[&str]| -> Vec<Value> {
+        let out = run(gitfleet(root.path())
+            .args(["log", "--json", &url])
+            .args(args));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("log --json is a JSON array")
+    };
+    let all = log(&[]);
+    let subjects: Vec<&str> = all
+        .iter()
+        .map(|c| c["subject"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(subjects.len(), 3);
+    assert_eq!((subjects[0], subjects[2]), ("third", "first"));
+    // Someone else's text is made printable: no escape reaches a terminal.
+    assert!(
+        !subjects[1].contains('\u{1b}') && subjects[1].contains("red"),
+        "{}",
+        subjects[1]
+    );
+    let author = all[0]["author"].as_str().expect("author");
+    assert!(
+        author.starts_with("Eve") && !author.chars().any(char::is_control),
+        "{author}"
+    );
+    assert_eq!(all[0]["email"], "eve@example.com");
+    assert_eq!(all[0]["time"], "2026-01-03T12:00:00Z");
+    let head = gitfleet_tests::run_git(&upstream, &["rev-parse", "main"]);
+    assert_eq!(all[0]["id"], head.trim());
+
+    assert_eq!(log(&["-n", "1"]).len(), 1);
+    assert_eq!(log(&["--since", "2026-01-02T00:00:00Z"]).len(), 2);
+    assert!(log(&["--since", "1h"]).is_empty());
+    let out = run(gitfleet(root.path()).args(["log", "https://nowhere.example/x"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a known repository"));
+}

@@ -35,6 +35,50 @@ pub struct Limits {
     /// (default 1 byte/s over 60 s): a server that sends a byte now and then holds no thread.
     pub min_rate: u64,
     pub rate_window: Duration,
+    /// Below this much free space on the root's file system, new repositories are refused
+    /// (`storage`); existing ones keep syncing. None: no floor.
+    pub min_free: Option<MinFree>,
+}
+
+/// Free space a root keeps for the repositories it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinFree {
+    /// Of the file system's size.
+    Percent(u8),
+    Bytes(u64),
+}
+
+impl MinFree {
+    /// Parses `10%` or a size (`50G`; suffixes K, M, G, T: powers of 1024).
+    pub fn parse(
+        text: &str,
+        size: impl Fn(&str) -> Result<u64, String>,
+    ) -> Result<MinFree, String> {
+        match text.trim().strip_suffix('%') {
+            Some(percent) => match percent.trim().parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(MinFree::Percent(p)),
+                _ => Err(format!("'{text}' is not a percentage from 0% to 100%")),
+            },
+            None => size(text).map(MinFree::Bytes),
+        }
+    }
+
+    /// Whether `available` of `total` bytes is below this floor.
+    pub fn is_below(self, available: u64, total: u64) -> bool {
+        match self {
+            MinFree::Bytes(floor) => available < floor,
+            MinFree::Percent(p) => u128::from(available) * 100 < u128::from(total) * u128::from(p),
+        }
+    }
+}
+
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Bytes(b) => write!(f, "{b} bytes"),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -48,6 +92,7 @@ impl Default for Limits {
             max_bytes: 20 << 30,
             max_listing_bytes: 128 << 20,
             max_object_bytes: 512 << 20,
+            min_free: None,
             max_refs: 1_000_000,
             max_ref_name: 1024,
             min_rate: 1,

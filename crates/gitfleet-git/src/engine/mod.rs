@@ -26,7 +26,7 @@ use std::time::Instant;
 use gitfleet_proto::{ErrorCode, Operation, SyncResult, TaskError};
 use gix::progress::tree::Root;
 
-pub use limits::Limits;
+pub use limits::{Limits, MinFree};
 pub use watch::Control;
 
 use crate::error::{classify, describe};
@@ -186,9 +186,40 @@ fn run(at: &Attempt<'_>, progress: ProgressItem) -> Result<SyncResult, TaskError
             crate::locks::clear_stale(&git_dir, at.layout.opened_at())?;
             sync::sync(at, kind, progress)
         }
-        (Operation::Init, Found::Absent) => clone::init(at),
-        (_, Found::Absent) => clone::clone(at, progress),
+        (Operation::Init, Found::Absent) => {
+            room_for_new(at)?;
+            clone::init(at)
+        }
+        (_, Found::Absent) => {
+            room_for_new(at)?;
+            clone::clone(at, progress)
+        }
     }
+}
+
+/// A new repository needs room: below `--min-free` on the root's file system it is refused
+/// (`storage`), so that the repositories already held keep the space to sync.
+fn room_for_new(at: &Attempt<'_>) -> Result<(), TaskError> {
+    let Some(floor) = at.req.limits.min_free else {
+        return Ok(());
+    };
+    let root = at.layout.root();
+    let stat = rustix::fs::statvfs(root)
+        .map_err(|e| storage_error("cannot read the free space", &e.into()))?;
+    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let total = stat.f_blocks.saturating_mul(stat.f_frsize);
+    if floor.is_below(available, total) {
+        return Err(TaskError::new(
+            ErrorCode::Storage,
+            format!(
+                "only {available} of {total} bytes are free on the file system of {} (below \
+                 --min-free {floor}): new repositories are refused; those already there keep \
+                 syncing",
+                root.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A failure of a git step: `what` failed, and why (the whole error chain).

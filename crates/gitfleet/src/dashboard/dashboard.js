@@ -7,15 +7,18 @@
 const $ = (id) => document.getElementById(id);
 const STATUSES = ["queued", "cloning", "completed", "failed"];
 const FRESHNESS = ["fresh", "stale", "missing", "error", "quarantined"];
-const PAGE = 50;
+// Rows per page: 50, or `?limit=N` in the page's address (1 to 500).
+const PAGE = Math.min(500, Math.max(1,
+  parseInt(new URLSearchParams(location.search).get("limit") || "50", 10) || 50));
 
 const view = {
   summary: null,
   cursor: null, // where the page shown starts (null: the first page)
   previous: [], // the cursors of the pages before it
   next: null,
-  rows: new Map(), // task id -> the task shown in the table
-  running: new Map(), // task id -> { url, progress, phase, rate }
+  loads: 0, // counts the table's loads: an answer to an older one is dropped
+  running: new Map(), // task id -> { url, attempt, progress, phase, rate }
+  heard: new Map(), // task id -> when (this browser's clock) an event last told of it
   token: sessionStorage.getItem("gitfleet-token") || "",
 };
 
@@ -121,11 +124,14 @@ function showRunning() {
 function track(task) {
   if (task.status.status_type === "cloning") {
     const known = view.running.get(task.id);
+    const same = known && known.attempt === task.attempts;
     view.running.set(task.id, {
       url: task.url,
-      progress: Math.max(known ? known.progress : 0, task.status.progress || 0),
-      phase: task.phase || (known && known.phase),
-      rate: known ? known.rate : 0,
+      attempt: task.attempts,
+      // Percent never goes backwards within one attempt; a new attempt starts again.
+      progress: Math.max(same ? known.progress : 0, task.status.progress || 0),
+      phase: task.phase || (same ? known.phase : null),
+      rate: same ? known.rate : 0,
     });
   } else {
     view.running.delete(task.id);
@@ -170,13 +176,16 @@ function row(task) {
 }
 
 function showPage(page) {
-  view.rows = new Map(page.tasks.map((t) => [t.id, t]));
+  if (page.tasks.length === 0 && page.before > 0) {
+    // Everything from here on left the filter: back to the first page.
+    reload();
+    return;
+  }
   view.next = page.next === null || page.next === undefined ? null : page.next;
   $("tasks").tBodies[0].replaceChildren(...page.tasks.map(row));
-  const first = view.previous.length * PAGE;
   $("page-info").textContent = page.matched === 0 ? "nothing matches" :
-    `${first + 1}–${first + page.tasks.length} of ${page.matched.toLocaleString()}`;
-  $("prev").disabled = view.previous.length === 0;
+    `${page.before + 1}–${page.before + page.tasks.length} of ${page.matched.toLocaleString()}`;
+  $("prev").disabled = view.cursor === null;
   $("next").disabled = view.next === null;
 }
 
@@ -190,24 +199,31 @@ function pageQuery() {
   return query;
 }
 
-async function loadPage() {
-  showPage(await api(`/api/tasks?${pageQuery()}`));
-}
-
-async function loadRunning() {
-  const page = await api(`/api/tasks?status=cloning&limit=500`);
-  view.running.clear();
-  page.tasks.forEach(track);
-  showRunning();
-}
-
+/** The counts and the page shown, read again; only the newest of overlapping loads is shown. */
 async function refresh() {
+  const load = ++view.loads;
   try {
-    showSummary(await api("/api/summary"));
-    await loadPage();
+    const [summary, page] = await Promise.all([
+      api("/api/summary"), api(`/api/tasks?${pageQuery()}`)]);
+    if (load !== view.loads) return;
+    showSummary(summary);
+    showPage(page);
+    if ($("message").textContent.startsWith("Cannot read")) say("");
   } catch (e) {
-    say(`Cannot read the fleet: ${e.message}`);
+    if (load === view.loads) say(`Cannot read the fleet: ${e.message}`);
   }
+}
+
+/** The running transfers, read again; what an event told of since the question stands. */
+async function loadRunning() {
+  const asked = Date.now();
+  const page = await api(`/api/tasks?status=cloning&limit=500`);
+  const newer = (id) => (view.heard.get(id) || 0) >= asked;
+  for (const id of [...view.running.keys()]) {
+    if (!newer(id)) view.running.delete(id);
+  }
+  page.tasks.filter((t) => !newer(t.id)).forEach(track);
+  showRunning();
 }
 
 /** The filters changed: back to the first page. */
@@ -243,9 +259,18 @@ async function act(id, action) {
 
 // --- live events ---
 
+let retry = 1000;
+let polling = null;
+
+/** Live events; while there are none (the server restarts, is starting, or has no room for
+ * another reader), the page reads the counts and the table every five seconds and tries
+ * again with a growing delay. */
 function listen() {
   const source = new EventSource("/api/events");
   source.addEventListener("open", () => {
+    retry = 1000;
+    clearInterval(polling);
+    polling = null;
     $("live").textContent = "live";
     $("live").classList.remove("off");
     refresh();
@@ -254,22 +279,30 @@ function listen() {
   source.addEventListener("error", () => {
     $("live").textContent = "reconnecting";
     $("live").classList.add("off");
+    if (polling === null) polling = setInterval(refresh, 5000);
+    // The browser retries a dropped stream by itself, but not one answered with an error.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(listen, retry);
+      retry = Math.min(retry * 2, 30000);
+    }
   });
   source.addEventListener("state", (event) => {
     const task = JSON.parse(event.data);
+    view.heard.set(task.id, Date.now());
     track(task);
     showRunning();
     const shown = $("tasks").querySelector(`tr[data-id="${CSS.escape(task.id)}"]`);
-    if (shown) {
-      view.rows.set(task.id, task);
-      shown.replaceWith(row(task));
-    }
+    if (shown) shown.replaceWith(row(task));
     refreshSoon();
   });
   source.addEventListener("progress", (event) => {
     const sample = JSON.parse(event.data);
     const known = view.running.get(sample.task_id);
     if (!known) return;
+    if (known.attempt !== sample.attempt) {
+      known.attempt = sample.attempt;
+      known.progress = 0;
+    }
     known.progress = Math.max(known.progress, sample.progress);
     known.phase = sample.phase;
     known.rate = sample.bytes_per_sec;
@@ -285,14 +318,19 @@ function listen() {
 }
 
 function start() {
+  // Each click moves one page: the buttons wait for the page they asked for.
   $("prev").addEventListener("click", () => {
+    if (view.cursor === null) return;
+    $("prev").disabled = $("next").disabled = true;
     view.cursor = view.previous.pop() ?? null;
     refresh();
   });
   $("next").addEventListener("click", () => {
     if (view.next === null) return;
+    $("prev").disabled = $("next").disabled = true;
     view.previous.push(view.cursor);
     view.cursor = view.next;
+    view.next = null;
     refresh();
   });
   let typing = null;
