@@ -141,3 +141,26 @@ def test_the_nodes_dashboard_shows_its_repositories_and_the_nodes_load(
     assert report["total_bytes"] >= measured
     assert [t["url"] for t in page["tasks"]] == [url], page
     assert page["tasks"][0]["node"] == NODE_ID
+
+
+def test_an_archived_repository_is_not_synced_in_the_cluster(
+    servers: Servers, node: pathlib.Path
+) -> None:
+    nats = servers.info["nats"]
+    url = servers.git("org-a/utils.git")
+
+    def gitfleet(*args: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([gitfleet_bin(), "--nats", nats, *args],
+                              capture_output=True, text=True, timeout=300)
+
+    assert gitfleet("mirror", url).returncode == 0
+    out = gitfleet("archive", url)
+    assert out.returncode == 0 and "archived" in out.stdout, out.stderr
+    record = json.loads(gitfleet("status", "--json", url).stdout)[0]
+    assert record["archived"] is True and record["freshness"] == "archived", record
+    assert "next_sync_at" not in record
+    out = gitfleet("sync", url)
+    assert out.returncode == 1 and "is archived" in out.stdout + out.stderr, out
+    out = gitfleet("unarchive", url)
+    assert out.returncode == 0, out.stderr
+    assert gitfleet("sync", url).returncode == 0

@@ -58,6 +58,7 @@ pub(crate) struct Record {
     /// Seconds (saturating).
     interval_s: u32,
     quarantined: bool,
+    archived: bool,
     /// 0: none; otherwise 1 + the node's index in the table's interned names.
     node: u32,
     operation: Operation,
@@ -206,6 +207,10 @@ impl Record {
         self.quarantined
     }
 
+    pub(crate) fn archived(&self) -> bool {
+        self.archived
+    }
+
     pub(crate) fn set_quarantined(&mut self, quarantined: bool) {
         self.quarantined = quarantined;
     }
@@ -282,6 +287,7 @@ impl TaskTable {
         record.consecutive_failures = old.consecutive_failures;
         record.interval_s = old.interval_s;
         record.quarantined = old.quarantined;
+        record.archived = old.archived;
         if record.interval_override().is_none()
             && let Some(interval) = old.interval_override()
         {
@@ -343,6 +349,7 @@ impl TaskTable {
             consecutive_failures: task.consecutive_failures,
             interval_s: u32::try_from(task.interval_s).unwrap_or(u32::MAX),
             quarantined: task.quarantined,
+            archived: task.archived,
             node,
             operation: task.operation,
             status: task.status.status_type,
@@ -416,6 +423,7 @@ impl TaskTable {
             interval_s: u64::from(r.interval_s),
             interval_override_s: extra.and_then(|e| e.interval_override_s),
             quarantined: r.quarantined,
+            archived: r.archived,
             freshness: None,
         }
     }
@@ -426,8 +434,13 @@ impl TaskTable {
         for record in &self.records {
             let status = record.status_type();
             let success = record.time(Time::LastSuccess);
-            let freshness =
-                gitfleet_proto::Freshness::of(record.quarantined(), status, success, at);
+            let freshness = gitfleet_proto::Freshness::of(
+                record.archived(),
+                record.quarantined(),
+                status,
+                success,
+                at,
+            );
             census.add(status, freshness, success, record.disk_bytes());
         }
         census
@@ -449,6 +462,7 @@ impl TaskTable {
                 continue;
             }
             let freshness = gitfleet_proto::Freshness::of(
+                record.archived,
                 record.quarantined,
                 record.status,
                 record.time(Time::LastSuccess),
@@ -911,6 +925,7 @@ mod tests {
         full.interval_s = 3600;
         full.interval_override_s = Some(900);
         full.quarantined = true;
+        full.archived = true;
         let mut odd_ids = Vec::new();
         for id in [
             "",
@@ -986,6 +1001,7 @@ mod tests {
         new.interval_s = old.interval_s;
         new.interval_override_s = old.interval_override_s;
         new.quarantined = old.quarantined;
+        new.archived = old.archived;
         assert_eq!(table.task(slot), new);
         let fresh = tasks()[0].clone();
         let slot = table.requeue(fresh.clone());

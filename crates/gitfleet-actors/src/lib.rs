@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gitfleet_git::{Layout, Policy, Target};
-use gitfleet_proto::{CloneTask, Operation, StatusType, TaskError, TaskUpdate};
+use gitfleet_proto::{CloneTask, ErrorCode, Operation, StatusType, TaskError, TaskUpdate};
 use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 
@@ -47,6 +47,21 @@ pub enum FleetError {
     Gone(&'static str),
     #[error("cannot read the task store: {0}")]
     Store(#[from] std::io::Error),
+}
+
+/// An archived repository is kept as it is: every way to sync it (a request, the schedule, a
+/// webhook, the dashboard) ends here.
+pub fn refuse_archived(task: &CloneTask) -> Result<(), TaskError> {
+    if task.archived {
+        return Err(TaskError::new(
+            ErrorCode::Conflict,
+            format!(
+                "{} is archived: it is kept as it is and not synced until `gitfleet unarchive`",
+                task.url
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a URL as typed by a user into a job: parsed, checked against `policy`, placed.
@@ -75,6 +90,7 @@ pub fn plan_from_task(
     policy: &Policy,
     task: &CloneTask,
 ) -> Result<Job, TaskError> {
+    refuse_archived(task)?;
     let target = Target::of_task(task)?;
     if let Some(url) = target.url() {
         policy
@@ -99,6 +115,7 @@ pub struct RequestDirs {
     pub cancels: Requests,
     pub resumes: Requests,
     pub intervals: Requests,
+    pub archives: Requests,
 }
 
 impl RequestDirs {
@@ -107,6 +124,7 @@ impl RequestDirs {
             cancels: Requests::cancels(state_dir)?,
             resumes: Requests::resumes(state_dir)?,
             intervals: Requests::intervals(state_dir)?,
+            archives: Requests::archives(state_dir)?,
         })
     }
 }
@@ -245,6 +263,22 @@ impl Fleet {
                         return;
                     }
                 }
+                for (id, value) in requests.archives.take_with_values() {
+                    let archived = match value.as_str() {
+                        "archive" => true,
+                        "unarchive" => false,
+                        _ => {
+                            tracing::warn!(task = %id, value = %value, "ignoring an unreadable archive request");
+                            continue;
+                        }
+                    };
+                    if registry
+                        .cast(RegistryMsg::Archive { id, archived })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
                 for (id, value) in requests.intervals.take_with_values() {
                     let every = value.parse::<u64>().ok().map(Duration::from_secs);
                     if every.is_none() && value != "adaptive" {
@@ -277,6 +311,16 @@ impl Fleet {
     }
 
     /// Takes task `task_id` out of quarantine and makes it due now.
+    /// Archives a task (`true`: never synced, out of the schedule) or brings it back, due now.
+    pub async fn set_archived(&self, task_id: &str, archived: bool) -> Result<(), FleetError> {
+        self.registry
+            .cast(RegistryMsg::Archive {
+                id: task_id.to_string(),
+                archived,
+            })
+            .map_err(|_| FleetError::Gone("registry"))
+    }
+
     pub async fn resume(&self, task_id: &str) -> Result<(), FleetError> {
         self.registry
             .cast(RegistryMsg::Resume(task_id.to_string()))

@@ -50,6 +50,11 @@ impl Requests {
         Self::open(state_dir.join("interval"))
     }
 
+    /// Requests to archive a task or bring it back (the file holds `archive` or `unarchive`).
+    pub fn archives(state_dir: &Path) -> std::io::Result<Requests> {
+        Self::open(state_dir.join("archive"))
+    }
+
     fn open(dir: PathBuf) -> std::io::Result<Requests> {
         std::fs::create_dir_all(&dir)?;
         Ok(Requests { dir })

@@ -162,20 +162,6 @@ impl std::fmt::Debug for FleetMetrics {
     }
 }
 
-const STATUSES: [StatusType; 4] = [
-    StatusType::Queued,
-    StatusType::Cloning,
-    StatusType::Completed,
-    StatusType::Failed,
-];
-const FRESHNESS: [Freshness; 5] = [
-    Freshness::Fresh,
-    Freshness::Stale,
-    Freshness::Missing,
-    Freshness::Error,
-    Freshness::Quarantined,
-];
-
 impl FleetMetrics {
     /// Metrics whose freshness gauges count a task stale after `stale_after` without a success.
     pub fn new(stale_after: Duration) -> Arc<FleetMetrics> {
@@ -363,7 +349,7 @@ impl FleetMetrics {
                 .map_err(|_| FleetError::Gone("registry"))?,
             None => Census::default(),
         };
-        for status in STATUSES {
+        for status in StatusType::ALL {
             let n = census.by_status.get(&status).copied().unwrap_or(0);
             self.tasks
                 .get_or_create(&StatusLabels {
@@ -371,7 +357,7 @@ impl FleetMetrics {
                 })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        for freshness in FRESHNESS {
+        for freshness in Freshness::ALL {
             let n = census.by_freshness.get(&freshness).copied().unwrap_or(0);
             self.freshness
                 .get_or_create(&FreshnessLabels {

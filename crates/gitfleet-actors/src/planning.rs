@@ -31,6 +31,7 @@ pub fn plan_work(
         let target = target?;
         if let Some(stored) = known_by_id.get(target.id()) {
             target.check_stored(stored)?;
+            crate::refuse_archived(stored)?;
         }
         Ok::<Job, TaskError>(Job::new(layout, &target, operation))
     };
@@ -56,7 +57,11 @@ pub fn plan_work(
             }
         }
         WorkRequest::Sync { inputs } if inputs.is_empty() => {
-            for task in known.iter().filter(|t| t.status.status_type.is_final()) {
+            // Archived repositories are not "everything": they are skipped, not refused.
+            for task in known
+                .iter()
+                .filter(|t| t.status.status_type.is_final() && !t.archived)
+            {
                 take(&task.url, plan_from_task(layout, policy, task));
             }
             planned.nothing_to_sync =

@@ -43,6 +43,11 @@ pub enum RegistryMsg {
     },
     /// Out of quarantine, failures forgotten, due now.
     Resume(String),
+    /// Archived (never synced, out of the schedule), or back from the archive and due now.
+    Archive {
+        id: String,
+        archived: bool,
+    },
     /// Sync every `every` instead of the adaptive interval (`None`: adaptive again).
     SetInterval {
         id: String,
@@ -369,6 +374,19 @@ impl Actor for Registry {
                     .transition(&id, 0, |tasks, slot| {
                         let mut task = tasks.task(slot);
                         task.resume(Timestamp::now());
+                        tasks.insert(task);
+                    })
+                    .await
+            }
+            RegistryMsg::Archive { id, archived } => {
+                state
+                    .transition(&id, 0, |tasks, slot| {
+                        let mut task = tasks.task(slot);
+                        if archived {
+                            task.archive();
+                        } else {
+                            task.unarchive(Timestamp::now());
+                        }
                         tasks.insert(task);
                     })
                     .await

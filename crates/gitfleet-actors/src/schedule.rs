@@ -129,8 +129,9 @@ impl SchedulePolicy {
     }
 
     fn schedule(&self, record: &mut Record, interval: Duration, now: Timestamp) {
-        // A repository made by init has no upstream to sync from.
-        if record.operation() == Operation::Init || record.quarantined() {
+        // A repository made by init has no upstream to sync from; quarantined and archived
+        // ones wait for an operator.
+        if record.operation() == Operation::Init || record.quarantined() || record.archived() {
             record.set_time(Time::NextSync, None);
             return;
         }

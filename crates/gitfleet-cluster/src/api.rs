@@ -9,10 +9,10 @@ use async_nats::jetstream::kv;
 use futures_util::{StreamExt, TryStreamExt};
 use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
-    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, ChangedReply, CloneStatus,
-    CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest, NodeInfo,
-    NodesReply, Operation, ResumeRequest, ScheduleRequest, StatusType, SubmitReply, SubmitRequest,
-    Submitted, SyncRequest, TaskError,
+    ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
+    CloneStatus, CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest,
+    NodeInfo, NodesReply, Operation, ResumeRequest, ScheduleRequest, StatusType, SubmitReply,
+    SubmitRequest, Submitted, SyncRequest, TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -227,6 +227,8 @@ pub async fn handle(
         "list" => route!(list),
         "cancel" => route!(cancel),
         "resume" => route!(resume),
+        "archive" => route!(archive),
+        "unarchive" => route!(unarchive),
         "schedule" => route!(schedule),
         "nodes" => reply(nodes(ctx).await, encoding),
         other => reply::<()>(
@@ -311,7 +313,9 @@ pub(crate) async fn enqueue(
             }
         };
         if let Some((stored, _)) = &current
-            && let Err(e) = target.check_stored(stored)
+            && let Err(e) = target
+                .check_stored(stored)
+                .and_then(|()| gitfleet_actors::refuse_archived(stored))
         {
             out.error = Some(rejected(e));
             return out;
@@ -481,7 +485,10 @@ pub async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply,
             .collect()
             .await;
         for found in found {
-            if let Some(found) = found.map_err(unavailable)? {
+            // Archived repositories are not "everything": skipped, not refused.
+            if let Some(found) = found.map_err(unavailable)?
+                && !found.0.archived
+            {
                 known.push((found.0.id.clone(), Some(found)));
             }
         }
@@ -551,6 +558,7 @@ fn sync_target(
             format!("{} is not a known repository", scrub_userinfo(input)),
         ));
     };
+    gitfleet_actors::refuse_archived(&task).map_err(rejected)?;
     let operation = if task.status.status_type == StatusType::Completed {
         Operation::Sync
     } else {
@@ -654,6 +662,22 @@ pub async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelRe
 pub async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedReply, ApiError> {
     change_records(ctx, &request.tasks, |task| {
         task.resume(jiff::Timestamp::now())
+    })
+    .await
+}
+
+/// Archives the tasks the request names: kept as they are, never synced.
+pub async fn archive(ctx: &ApiContext, request: ArchiveRequest) -> Result<ChangedReply, ApiError> {
+    change_records(ctx, &request.tasks, CloneTask::archive).await
+}
+
+/// Brings archived tasks back into the schedule, due now.
+pub async fn unarchive(
+    ctx: &ApiContext,
+    request: ArchiveRequest,
+) -> Result<ChangedReply, ApiError> {
+    change_records(ctx, &request.tasks, |task| {
+        task.unarchive(jiff::Timestamp::now())
     })
     .await
 }

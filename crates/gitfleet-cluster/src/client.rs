@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use gitfleet_proto::{
-    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, ChangedReply, CloneTask,
-    GetRequest, ListReply, ListRequest, NodesReply, ResumeRequest, ScheduleRequest, SubmitReply,
-    SubmitRequest, SyncRequest,
+    ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
+    CloneTask, GetRequest, ListReply, ListRequest, NodesReply, ResumeRequest, ScheduleRequest,
+    SubmitReply, SubmitRequest, SyncRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -171,6 +171,16 @@ impl Client {
 
     pub async fn cancel(&self, tasks: Vec<String>) -> Result<CancelReply, ClientError> {
         self.call("cancel", &CancelRequest { tasks }).await
+    }
+
+    /// Archives tasks (ids or URLs): kept as they are, never synced.
+    pub async fn archive(&self, tasks: Vec<String>) -> Result<ChangedReply, ClientError> {
+        self.call("archive", &ArchiveRequest { tasks }).await
+    }
+
+    /// Brings archived tasks back into the schedule, due now.
+    pub async fn unarchive(&self, tasks: Vec<String>) -> Result<ChangedReply, ClientError> {
+        self.call("unarchive", &ArchiveRequest { tasks }).await
     }
 
     /// Takes quarantined tasks back into the schedule, due now.

@@ -302,7 +302,7 @@ impl KvStore {
                 return Ok(());
             }
             // The API owns what the request said (its idempotency key, when the task was first
-            // created); a node's record of the same task keeps them.
+            // created) and whether it is archived; a node's record of the same task keeps them.
             let mut merged = task.clone();
             if let Some(current) = &current {
                 merged.idempotency_key = merged
@@ -313,6 +313,15 @@ impl KvStore {
                     merged.last_sync = current.last_sync.clone();
                 }
                 merged.inherit_schedule(current);
+                // Archiving is the API's (an operator's): a node's copy of the record, read
+                // before an archive or unarchive, never undoes it.
+                if merged.archived != current.archived {
+                    if current.archived {
+                        merged.archive();
+                    } else {
+                        merged.archived = false;
+                    }
+                }
             }
             if let Some(current) = &current
                 && (same_but_for_time(current, &merged) || still_queued(current, &merged))

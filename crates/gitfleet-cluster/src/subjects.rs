@@ -10,8 +10,17 @@ pub struct Subjects {
 }
 
 /// The API operations, one subject each: `<prefix>.api.<op>`.
-pub const API_OPERATIONS: [&str; 8] = [
-    "submit", "sync", "get", "list", "cancel", "nodes", "resume", "schedule",
+pub const API_OPERATIONS: [&str; 10] = [
+    "submit",
+    "sync",
+    "get",
+    "list",
+    "cancel",
+    "nodes",
+    "resume",
+    "schedule",
+    "archive",
+    "unarchive",
 ];
 
 impl Subjects {

@@ -103,6 +103,13 @@ pub struct ResumeRequest {
     pub tasks: Vec<String>,
 }
 
+/// `<prefix>.api.archive` and `<prefix>.api.unarchive`: keep tasks (ids or URLs) as they are,
+/// never synced, or bring them back (due now).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ArchiveRequest {
+    pub tasks: Vec<String>,
+}
+
 /// `<prefix>.api.schedule`: sync tasks (ids or URLs) every `every_s` seconds instead of the
 /// adaptive interval; `every_s` absent or null: adaptively again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -18,9 +18,9 @@ mod local;
 mod task;
 
 pub use api::{
-    ApiError, ApiErrorCode, ApiReply, CancelReply, CancelRequest, ChangedReply, GetRequest,
-    JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, ResumeRequest, ScheduleRequest,
-    SubmitReply, SubmitRequest, Submitted, SyncRequest,
+    ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
+    GetRequest, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply, ResumeRequest,
+    ScheduleRequest, SubmitReply, SubmitRequest, Submitted, SyncRequest,
 };
 pub use codec::{
     CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack,

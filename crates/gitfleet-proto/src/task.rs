@@ -51,6 +51,14 @@ pub enum StatusType {
 }
 
 impl StatusType {
+    /// Every status, in the order a task goes through them.
+    pub const ALL: [StatusType; 4] = [
+        StatusType::Queued,
+        StatusType::Cloning,
+        StatusType::Completed,
+        StatusType::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StatusType::Queued => "queued",
@@ -280,7 +288,7 @@ pub struct CloneTask {
     #[schemars(with = "Option<String>")]
     pub last_change_at: Option<Timestamp>,
     /// When the service (`gitfleet serve`, a node) syncs it next; none while it is not
-    /// scheduled (made by `init`, quarantined).
+    /// scheduled (made by `init`, quarantined, archived).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub next_sync_at: Option<Timestamp>,
@@ -297,13 +305,17 @@ pub struct CloneTask {
     /// No scheduled syncs after repeated permanent failures, until it is resumed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub quarantined: bool,
+    /// Kept and readable, never synced (on schedule, by a webhook or on request) until it is
+    /// unarchived.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub archived: bool,
     /// How fresh the repository is, derived when a task is shown (never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<Freshness>,
 }
 
 /// How fresh a repository is: the product documents' cache statuses FRESH, STALE, MISSING and
-/// ERROR, and quarantined.
+/// ERROR, and quarantined or archived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Freshness {
@@ -318,9 +330,21 @@ pub enum Freshness {
     Error,
     /// Repeated permanent failures: not synced on schedule until resumed.
     Quarantined,
+    /// Archived by an operator: kept, never synced until unarchived.
+    Archived,
 }
 
 impl Freshness {
+    /// Every freshness value.
+    pub const ALL: [Freshness; 6] = [
+        Freshness::Fresh,
+        Freshness::Stale,
+        Freshness::Missing,
+        Freshness::Error,
+        Freshness::Quarantined,
+        Freshness::Archived,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Freshness::Fresh => "fresh",
@@ -328,6 +352,7 @@ impl Freshness {
             Freshness::Missing => "missing",
             Freshness::Error => "error",
             Freshness::Quarantined => "quarantined",
+            Freshness::Archived => "archived",
         }
     }
 }
@@ -371,15 +396,17 @@ impl CloneTask {
             interval_s: 0,
             interval_override_s: None,
             quarantined: false,
+            archived: false,
             freshness: None,
         }
     }
 
     /// When the service should sync it next, if at all: not while a request of it is queued or
-    /// running, never when quarantined or made by `init`; a record of an earlier version (no
-    /// schedule) is due at once.
+    /// running, never when quarantined, archived or made by `init`; a record of an earlier
+    /// version (no schedule) is due at once.
     pub fn due_at(&self) -> Option<Timestamp> {
         if self.quarantined
+            || self.archived
             || self.operation == Operation::Init
             || !self.status.status_type.is_final()
         {
@@ -392,6 +419,18 @@ impl CloneTask {
     pub fn resume(&mut self, now: Timestamp) {
         self.quarantined = false;
         self.consecutive_failures = 0;
+        self.next_sync_at = Some(now);
+    }
+
+    /// Archived: kept as it is, never synced, out of the schedule.
+    pub fn archive(&mut self) {
+        self.archived = true;
+        self.next_sync_at = None;
+    }
+
+    /// Back from the archive: due at `now`.
+    pub fn unarchive(&mut self, now: Timestamp) {
+        self.archived = false;
         self.next_sync_at = Some(now);
     }
 
@@ -417,6 +456,7 @@ impl CloneTask {
             || self.next_sync_at.is_some()
             || self.consecutive_failures > 0
             || self.quarantined
+            || self.archived
     }
 
     /// Takes the schedule of `older` (an earlier record of the same task) when this record has
@@ -431,6 +471,7 @@ impl CloneTask {
         self.consecutive_failures = older.consecutive_failures;
         self.interval_s = older.interval_s;
         self.quarantined = older.quarantined;
+        self.archived = older.archived;
         if self.interval_override_s.is_none() {
             self.interval_override_s = older.interval_override_s;
         }
@@ -445,6 +486,7 @@ impl CloneTask {
         present: bool,
     ) -> Freshness {
         Freshness::of(
+            self.archived,
             self.quarantined,
             self.status.status_type,
             self.last_success_at,
@@ -468,15 +510,19 @@ pub struct FreshnessAt {
 }
 
 impl Freshness {
-    /// The freshness of a task in this state: quarantined, then missing (it succeeded once and
-    /// is gone), then error (the latest attempt failed), then fresh or stale by its last
-    /// success. The one rule, for records and for compact ones alike.
+    /// The freshness of a task in this state: archived, quarantined, then missing (it
+    /// succeeded once and is gone), then error (the latest attempt failed), then fresh or stale
+    /// by its last success. The one rule, for records and for compact ones alike.
     pub fn of(
+        archived: bool,
         quarantined: bool,
         status: StatusType,
         last_success_at: Option<Timestamp>,
         at: FreshnessAt,
     ) -> Freshness {
+        if archived {
+            return Freshness::Archived;
+        }
         if quarantined {
             return Freshness::Quarantined;
         }

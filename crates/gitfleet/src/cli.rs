@@ -126,6 +126,17 @@ pub enum Command {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// Archive repositories (ids or URLs): kept as they are and readable, never synced (on
+    /// schedule, by a webhook or on request) until unarchived.
+    Archive {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
+    /// Bring archived repositories (ids or URLs) back into the schedule, due now.
+    Unarchive {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
     /// Set how often repositories (ids or URLs) are synced: every DURATION, or adaptively.
     Schedule {
         #[arg(required = true)]

@@ -64,6 +64,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "a cluster keeps its repositories fresh with `gitfleet node`; `serve` is for one root"
             )
         }
+        (Command::Archive { tasks }, None) => embedded::set_archived(&root, &tasks, true).await,
+        (Command::Unarchive { tasks }, None) => embedded::set_archived(&root, &tasks, false).await,
+        (Command::Archive { tasks }, Some(cluster)) => {
+            remote::set_archived(&cluster, &tasks, true).await
+        }
+        (Command::Unarchive { tasks }, Some(cluster)) => {
+            remote::set_archived(&cluster, &tasks, false).await
+        }
         (Command::Resume { tasks }, None) => embedded::resume(&root, &tasks).await,
         (Command::Schedule { tasks, every, .. }, None) => {
             embedded::schedule(&root, &tasks, every).await

@@ -244,20 +244,6 @@ struct Summary {
     nodes: Option<Vec<NodeInfo>>,
 }
 
-const STATUSES: [StatusType; 4] = [
-    StatusType::Queued,
-    StatusType::Cloning,
-    StatusType::Completed,
-    StatusType::Failed,
-];
-const FRESHNESS: [Freshness; 5] = [
-    Freshness::Fresh,
-    Freshness::Stale,
-    Freshness::Missing,
-    Freshness::Error,
-    Freshness::Quarantined,
-];
-
 async fn summary(State(shared): State<Arc<Shared>>) -> Response {
     let Some(view) = shared.dashboard.view.get() else {
         return starting();
@@ -278,11 +264,11 @@ async fn summary(State(shared): State<Arc<Shared>>) -> Response {
             name: shared.dashboard.name.clone(),
             version: env!("CARGO_PKG_VERSION"),
             total: census.by_status.values().sum(),
-            by_status: STATUSES
+            by_status: StatusType::ALL
                 .iter()
                 .map(|s| (s.as_str(), count(census.by_status.get(s))))
                 .collect(),
-            by_freshness: FRESHNESS
+            by_freshness: Freshness::ALL
                 .iter()
                 .map(|f| (f.as_str(), count(census.by_freshness.get(f))))
                 .collect(),
@@ -310,7 +296,7 @@ impl TasksParams {
         let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(name) => Some(
-                STATUSES
+                StatusType::ALL
                     .into_iter()
                     .find(|s| s.as_str() == name)
                     .ok_or_else(|| format!("unknown status {name:?}"))?,
@@ -319,7 +305,7 @@ impl TasksParams {
         let freshness = match self.freshness.as_deref().filter(|s| !s.is_empty()) {
             None => None,
             Some(name) => Some(
-                FRESHNESS
+                Freshness::ALL
                     .into_iter()
                     .find(|f| f.as_str() == name)
                     .ok_or_else(|| format!("unknown freshness {name:?}"))?,

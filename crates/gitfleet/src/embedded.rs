@@ -241,6 +241,35 @@ pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
     .await
 }
 
+/// `gitfleet archive` (`archived`) or `gitfleet unarchive`: kept as it is and never synced, or
+/// back in the schedule, due now.
+pub async fn set_archived(
+    root: &std::path::Path,
+    inputs: &[String],
+    archived: bool,
+) -> anyhow::Result<ExitCode> {
+    let (value, what) = if archived {
+        ("archive", "archived")
+    } else {
+        ("unarchive", "unarchived")
+    };
+    change_records(
+        root,
+        inputs,
+        |task| {
+            if archived {
+                task.archive();
+            } else {
+                task.unarchive(jiff::Timestamp::now());
+            }
+        },
+        |requests, id| requests.archives.request_with(id, value),
+        |task| task.archived == archived,
+        what,
+    )
+    .await
+}
+
 /// `gitfleet schedule`: sync every `every` instead of the adaptive interval (`None`: adaptive).
 pub async fn schedule(
     root: &std::path::Path,

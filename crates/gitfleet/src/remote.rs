@@ -345,6 +345,23 @@ pub async fn cancel(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitC
     })
 }
 
+/// `gitfleet archive` / `unarchive` on a cluster.
+pub async fn set_archived(
+    cluster: &Cluster,
+    tasks: &[String],
+    archived: bool,
+) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
+    Ok(if archived {
+        changed("archived", &client.archive(tasks.to_vec()).await?.changed)
+    } else {
+        changed(
+            "unarchived",
+            &client.unarchive(tasks.to_vec()).await?.changed,
+        )
+    })
+}
+
 pub async fn resume(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitCode> {
     let client = cluster.client().await?;
     let reply = client.resume(tasks.to_vec()).await?;

@@ -1295,3 +1295,60 @@ fn log_lists_a_mirrors_commits_newest_first_as_printable_text() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("not a known repository"));
 }
+
+#[test]
+fn an_archived_repository_is_kept_and_never_synced_until_unarchived() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let (alpha, beta) = (daemon.url("alpha.git"), daemon.url("beta.git"));
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha, &beta]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mirror = root
+        .path()
+        .join(format!("127.0.0.1_{}/alpha.git", daemon.port()));
+    let held = refs(&mirror);
+
+    let out = run(gitfleet(root.path()).args(["archive", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = task_for(&status_json(root.path()), "alpha.git").clone();
+    assert_eq!(record["archived"], true, "{record:#}");
+    assert_eq!(record["freshness"], "archived");
+    assert!(record.get("next_sync_at").is_none(), "{record:#}");
+
+    // Upstream moves; no request syncs the archive: not by name, not by mirroring it again,
+    // and a sync of everything passes it by.
+    fixtures.mutate("alpha.git");
+    let out = run(gitfleet(root.path()).args(["sync", &alpha]));
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("is archived"), "{said}");
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha]));
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(gitfleet(root.path()).arg("sync"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(refs(&mirror), held);
+    fsck(&mirror).expect("the archive is intact");
+
+    // Through a running serve as well: unarchived, it is due at once and synced.
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--min-interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfleet serve");
+    let socket = root.path().join(".gitfleet/serve.sock");
+    wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+    let out = run(gitfleet(root.path()).args(["unarchive", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    wait_until(
+        Duration::from_secs(60),
+        "the unarchived mirror synced",
+        || refs(&mirror) == refs(&fixtures.repo("alpha.git")),
+    );
+    let out = run(gitfleet(root.path()).args(["archive", &beta]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let record = task_for(&status_json(root.path()), "beta.git").clone();
+    assert_eq!(record["archived"], true, "{record:#}");
+    terminate(&mut serve);
+}

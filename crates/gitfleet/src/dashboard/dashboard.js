@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const STATUSES = ["queued", "cloning", "completed", "failed"];
-const FRESHNESS = ["fresh", "stale", "missing", "error", "quarantined"];
+const FRESHNESS = ["fresh", "stale", "missing", "error", "quarantined", "archived"];
 // Rows per page: 50, or `?limit=N` in the page's address (1 to 500).
 const PAGE = Math.min(500, Math.max(1,
   parseInt(new URLSearchParams(location.search).get("limit") || "50", 10) || 50));
@@ -148,7 +148,7 @@ function actions(task) {
     b.addEventListener("click", () => act(task.id, action));
     cell.append(b);
   };
-  if (task.operation !== "init") button("sync", "Sync now");
+  if (task.operation !== "init" && !task.archived) button("sync", "Sync now");
   if (task.quarantined) button("resume", "Resume");
   if (!["completed", "failed"].includes(task.status.status_type)) button("cancel", "Cancel");
   return cell;
@@ -166,7 +166,8 @@ function row(task) {
     el("td", { class: "freshness" },
       el("span", { class: `badge ${task.freshness || ""}` }, task.freshness || "")),
     el("td", { class: "last-sync" }, lastSync),
-    el("td", { class: "next-sync" }, task.quarantined ? "quarantined" : when(task.next_sync_at)),
+    el("td", { class: "next-sync" }, task.archived ? "archived" :
+      task.quarantined ? "quarantined" : when(task.next_sync_at)),
     el("td", { class: "size" }, bytes(task.last_sync ? task.last_sync.disk_bytes : null)),
     el("td", { class: "error" },
       task.error_code && status === "failed" ?
