@@ -74,6 +74,11 @@ impl TaskStore for MemStore {
             .insert(task.id.clone(), task.clone());
         Put::Accepted
     }
+
+    fn remove(&self, id: &str) -> Put {
+        self.tasks.lock().expect("store lock").remove(id);
+        Put::Accepted
+    }
 }
 
 /// Forgets everything: the actors' cost alone (and their memory, for the per-task figure).
@@ -86,6 +91,10 @@ impl TaskStore for NullStore {
     }
 
     fn put(&self, _task: &CloneTask) -> Put {
+        Put::Accepted
+    }
+
+    fn remove(&self, _id: &str) -> Put {
         Put::Accepted
     }
 }

@@ -164,3 +164,28 @@ def test_an_archived_repository_is_not_synced_in_the_cluster(
     out = gitfleet("unarchive", url)
     assert out.returncode == 0, out.stderr
     assert gitfleet("sync", url).returncode == 0
+
+
+def test_remove_deletes_a_repository_on_its_node(servers: Servers, node: pathlib.Path) -> None:
+    nats = servers.info["nats"]
+    url = servers.http("org-b/utils.git")
+
+    def gitfleet(*args: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([gitfleet_bin(), "--nats", nats, *args],
+                              capture_output=True, text=True, timeout=300)
+
+    assert gitfleet("mirror", url).returncode == 0
+    record = json.loads(gitfleet("status", "--json", url).stdout)[0]
+    repo = node / record["path"]
+    assert repo.is_dir()
+    out = gitfleet("remove", url)
+    assert out.returncode == 0 and "removed" in out.stdout, out.stderr
+    deadline = time.monotonic() + 60
+    while repo.exists():
+        assert time.monotonic() < deadline, "the node never deleted the repository"
+        time.sleep(0.05)
+    assert gitfleet("status", url).returncode != 0
+    assert url not in gitfleet("status", "--json").stdout
+    # Mirrored again, it comes back whole.
+    assert gitfleet("mirror", url).returncode == 0
+    assert repo.is_dir()

@@ -315,6 +315,23 @@ impl TaskTable {
         slot
     }
 
+    /// Forgets the task in `slot`. The last record takes its slot: a page cursor at or after
+    /// it may then show that one task twice or not at all.
+    pub(crate) fn remove(&mut self, slot: Slot) {
+        let record = self.records.swap_remove(slot);
+        match record.extra.as_ref().and_then(|e| e.id.as_ref()) {
+            Some(name) => self.by_name.remove(name),
+            None => self.by_hex.remove(&record.hex_id),
+        };
+        if let Some(moved) = self.records.get(slot) {
+            let key = u32::try_from(slot).unwrap_or(u32::MAX);
+            match moved.extra.as_ref().and_then(|e| e.id.as_ref()) {
+                Some(name) => self.by_name.insert(name.clone(), key),
+                None => self.by_hex.insert(moved.hex_id, key),
+            };
+        }
+    }
+
     pub(crate) fn set_node(&mut self, slot: Slot, node: Option<&str>) {
         let node = node.map_or(0, |n| self.intern(n) + 1);
         self.records[slot].node = node;
@@ -446,9 +463,10 @@ impl TaskTable {
         census
     }
 
-    /// The page `query` asks for: records in the order they were first tracked (slots only
-    /// grow, so a slot is a stable cursor), filtered without building a task record; one pass
-    /// over the compact records, which also counts every match.
+    /// The page `query` asks for: records in the order they were first tracked (a slot is the
+    /// cursor: stable as records are only added, except that a removal moves the last record
+    /// into the freed slot), filtered without building a task record; one pass over the compact
+    /// records, which also counts every match.
     pub(crate) fn page(
         &self,
         query: &crate::TaskQuery,

@@ -116,6 +116,7 @@ pub struct RequestDirs {
     pub resumes: Requests,
     pub intervals: Requests,
     pub archives: Requests,
+    pub removes: Requests,
 }
 
 impl RequestDirs {
@@ -125,6 +126,7 @@ impl RequestDirs {
             resumes: Requests::resumes(state_dir)?,
             intervals: Requests::intervals(state_dir)?,
             archives: Requests::archives(state_dir)?,
+            removes: Requests::removes(state_dir)?,
         })
     }
 }
@@ -263,6 +265,13 @@ impl Fleet {
                         return;
                     }
                 }
+                for id in requests.removes.take() {
+                    match ractor::call!(registry, RegistryMsg::Remove, id.clone()) {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(why)) => tracing::warn!(task = %id, why = %why, "not removed"),
+                        Err(_) => return,
+                    }
+                }
                 for (id, value) in requests.archives.take_with_values() {
                     let archived = match value.as_str() {
                         "archive" => true,
@@ -311,6 +320,13 @@ impl Fleet {
     }
 
     /// Takes task `task_id` out of quarantine and makes it due now.
+    /// Forgets a finished task, in the Registry and the store (its repository is being
+    /// removed): `Ok(false)` for an unknown task, an error for a queued or running one.
+    pub async fn forget(&self, task_id: &str) -> Result<Result<bool, String>, FleetError> {
+        ractor::call!(self.registry, RegistryMsg::Remove, task_id.to_string())
+            .map_err(|_| FleetError::Gone("registry"))
+    }
+
     /// Archives a task (`true`: never synced, out of the schedule) or brings it back, due now.
     pub async fn set_archived(&self, task_id: &str, archived: bool) -> Result<(), FleetError> {
         self.registry

@@ -50,6 +50,11 @@ impl Requests {
         Self::open(state_dir.join("interval"))
     }
 
+    /// Requests to forget a finished task whose repository is being removed.
+    pub fn removes(state_dir: &Path) -> std::io::Result<Requests> {
+        Self::open(state_dir.join("remove"))
+    }
+
     /// Requests to archive a task or bring it back (the file holds `archive` or `unarchive`).
     pub fn archives(state_dir: &Path) -> std::io::Result<Requests> {
         Self::open(state_dir.join("archive"))

@@ -43,6 +43,10 @@ pub enum RegistryMsg {
     },
     /// Out of quarantine, failures forgotten, due now.
     Resume(String),
+    /// Forget a finished task (its repository is being removed): `Ok(false)` if there is no
+    /// such task, an error naming why a queued or running one is not forgotten; answered once
+    /// the store forgot it too.
+    Remove(String, RpcReplyPort<Result<bool, String>>),
     /// Archived (never synced, out of the schedule), or back from the archive and due now.
     Archive {
         id: String,
@@ -378,6 +382,28 @@ impl Actor for Registry {
                     })
                     .await
             }
+            RegistryMsg::Remove(id, reply) => {
+                let Some(slot) = state.tasks.find(&id) else {
+                    let _ = reply.send(Ok(false));
+                    return Ok(());
+                };
+                let record = state.tasks.record(slot);
+                if !record.status_type().is_final() {
+                    let why = format!(
+                        "{} is {}: cancel it (or wait for it) first",
+                        record.url(),
+                        record.status_type()
+                    );
+                    let _ = reply.send(Err(why));
+                    return Ok(());
+                }
+                state.tasks.remove(slot);
+                let removed = state.store.remove(&id);
+                tokio::spawn(async move {
+                    let stored = removed.await.map_err(|e| e.to_string());
+                    let _ = reply.send(stored.map(|()| true));
+                });
+            }
             RegistryMsg::Archive { id, archived } => {
                 state
                     .transition(&id, 0, |tasks, slot| {
@@ -503,6 +529,10 @@ mod tests {
     impl TaskStore for Recorder {
         fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+
+        fn remove(&self, _id: &str) -> Put {
+            Put::Accepted
         }
 
         fn put(&self, task: &CloneTask) -> Put {
@@ -753,6 +783,10 @@ mod tests {
     impl TaskStore for Gated {
         fn load_all(&self) -> StoreFuture<'_, Vec<CloneTask>> {
             Box::pin(std::future::ready(Ok(Vec::new())))
+        }
+
+        fn remove(&self, _id: &str) -> Put {
+            Put::Accepted
         }
 
         fn put(&self, task: &CloneTask) -> Put {

@@ -17,7 +17,8 @@ pub struct TaskQuery {
     pub freshness: Option<Freshness>,
     /// Part of the URL (case-insensitive).
     pub text: Option<String>,
-    /// Where the previous page ended ([`TaskPage::next`]); the first page without one.
+    /// Where the previous page ended ([`TaskPage::next`]); the first page without one. Stable
+    /// while tasks are added; removing one moves the last task into its place.
     pub after: Option<u64>,
     pub limit: usize,
 }

@@ -11,8 +11,8 @@ use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
     CloneStatus, CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest,
-    NodeInfo, NodesReply, Operation, ResumeRequest, ScheduleRequest, StatusType, SubmitReply,
-    SubmitRequest, Submitted, SyncRequest, TaskError,
+    NodeInfo, NodesReply, Operation, RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest,
+    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest, TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -229,6 +229,7 @@ pub async fn handle(
         "resume" => route!(resume),
         "archive" => route!(archive),
         "unarchive" => route!(unarchive),
+        "remove" => route!(remove),
         "schedule" => route!(schedule),
         "nodes" => reply(nodes(ctx).await, encoding),
         other => reply::<()>(
@@ -356,15 +357,15 @@ pub(crate) async fn enqueue(
         task.idempotency_key = idempotency_key.map(str::to_string);
         // A new request is a new generation: late writes of the one before never replace it.
         task.generation += 1;
-        match ctx.store.compare_and_set(&task, rev).await {
-            Ok(true) => {
-                revision = Some(rev);
+        match ctx.store.write(&task, rev).await {
+            Ok(Some(written)) => {
+                revision = Some(written);
                 generation = task.generation;
                 publish_state(&ctx.nats, &task).await;
                 break;
             }
             // Someone else queued it at the same moment: one task.
-            Ok(false) => continue,
+            Ok(None) => continue,
             Err(e) => {
                 out.error = Some(unavailable(e));
                 return out;
@@ -383,7 +384,9 @@ pub(crate) async fn enqueue(
         generation,
     };
     let mut headers = HeaderMap::new();
-    // One enqueue, one job, even if this publish is retried.
+    // One enqueue, one job, even if this publish is retried: named by the record's new revision,
+    // which no other write of the bucket ever has (a task removed and requested again within
+    // the stream's duplicate window is a new job).
     headers.insert(
         "Nats-Msg-Id",
         format!("{}:{revision}", target.id()).as_str(),
@@ -664,6 +667,37 @@ pub async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedR
         task.resume(jiff::Timestamp::now())
     })
     .await
+}
+
+/// Removes the finished tasks the request names: their records are purged from the bucket, and
+/// the node that holds each repository is told to delete it. A queued or running task is left
+/// alone (cancel it first); the reply lists the removed ones.
+pub async fn remove(ctx: &ApiContext, request: RemoveRequest) -> Result<ChangedReply, ApiError> {
+    let mut changed = Vec::new();
+    for input in &request.tasks {
+        let Some((task, _)) = find(ctx, input).await? else {
+            continue;
+        };
+        if !task.status.status_type.is_final() {
+            continue;
+        }
+        ctx.store.purge(&task.id).await.map_err(unavailable)?;
+        let notice = RemovalNotice {
+            task_id: task.id.clone(),
+            path: task.path.clone(),
+            node: task.node.clone(),
+        };
+        ctx.nats
+            .client
+            .publish(
+                ctx.nats.subjects.removals(),
+                gitfleet_proto::to_json(&notice).into(),
+            )
+            .await
+            .map_err(unavailable)?;
+        changed.push(task.id);
+    }
+    Ok(ChangedReply { changed })
 }
 
 /// Archives the tasks the request names: kept as they are, never synced.

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
-    CloneTask, GetRequest, ListReply, ListRequest, NodesReply, ResumeRequest, ScheduleRequest,
-    SubmitReply, SubmitRequest, SyncRequest,
+    CloneTask, GetRequest, ListReply, ListRequest, NodesReply, RemoveRequest, ResumeRequest,
+    ScheduleRequest, SubmitReply, SubmitRequest, SyncRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -171,6 +171,11 @@ impl Client {
 
     pub async fn cancel(&self, tasks: Vec<String>) -> Result<CancelReply, ClientError> {
         self.call("cancel", &CancelRequest { tasks }).await
+    }
+
+    /// Removes finished tasks (ids or URLs): records and repositories.
+    pub async fn remove(&self, tasks: Vec<String>) -> Result<ChangedReply, ClientError> {
+        self.call("remove", &RemoveRequest { tasks }).await
     }
 
     /// Archives tasks (ids or URLs): kept as they are, never synced.

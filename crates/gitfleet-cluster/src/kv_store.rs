@@ -120,8 +120,9 @@ impl KvStore {
         Ok(self.write(task, revision).await?.is_some())
     }
 
-    /// [`Self::compare_and_set`], returning the new revision on success.
-    async fn write(&self, task: &CloneTask, revision: u64) -> std::io::Result<Option<u64>> {
+    /// [`Self::compare_and_set`], returning the new revision on success: unique for the life of
+    /// the bucket, even for a key that was purged and created again.
+    pub async fn write(&self, task: &CloneTask, revision: u64) -> std::io::Result<Option<u64>> {
         let bytes = bytes::Bytes::from(gitfleet_proto::to_json(task));
         // A revision that moved on (or a key created meanwhile) is an answer, not a failure.
         let result = if revision == 0 {
@@ -216,6 +217,27 @@ impl TaskStore for KvStore {
             }
             None => Put::Accepted,
         }
+    }
+
+    /// Purges the task's key (history and all); a write of it still waiting is dropped.
+    fn remove(&self, id: &str) -> Put {
+        self.forget(id);
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        let (kv, id) = (self.kv.clone(), id.to_string());
+        let handle = tokio::spawn(async move { kv.purge(&id).await.map_err(io) });
+        Put::Pending(Box::pin(async move { handle.await.map_err(io)? }))
+    }
+}
+
+impl KvStore {
+    /// Purges the record of task `id` from the bucket (the API's `remove`; the owner's
+    /// Registry forgets it through [`TaskStore::remove`]).
+    pub async fn purge(&self, id: &str) -> std::io::Result<()> {
+        self.forget(id);
+        self.kv.purge(id).await.map_err(io)
     }
 }
 

@@ -111,6 +111,11 @@ pub async fn run_node(
         .subscribe(nats.subjects.cancel())
         .await
         .map_err(|e| ClusterError::request("cancel subscription", e))?;
+    let mut removals = nats
+        .client
+        .subscribe(nats.subjects.removals())
+        .await
+        .map_err(|e| ClusterError::request("removal subscription", e))?;
     // Announce ourselves before our consumer exists: a consumer without a heartbeat is what
     // the takeover looks for.
     let _ = nodes
@@ -188,6 +193,9 @@ pub async fn run_node(
             Some(cancel) = cancels.next() => {
                 let id = String::from_utf8_lossy(&cancel.payload).into_owned();
                 let _ = fleet.cancel(&id).await;
+            }
+            Some(removal) = removals.next() => {
+                remove_held(&fleet, &layout, &options.node_id, &removal.payload).await;
             }
             message = intake.next_job() => intake.take(message).await?,
             update = updates.recv() => match update {
@@ -314,6 +322,29 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
                     }
                 }
             }
+        }
+    }
+}
+
+/// A task was removed: if this node holds its repository, it forgets the task and deletes the
+/// repository (only one this root's gitfleet made, below the root: `remove_repository`).
+async fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
+    let Ok(notice) = gitfleet_proto::from_json::<gitfleet_proto::RemovalNotice>(payload) else {
+        tracing::warn!("ignoring an unreadable removal notice");
+        return;
+    };
+    if notice.node.as_deref() != Some(me) {
+        return;
+    }
+    if let Ok(Err(why)) = fleet.forget(&notice.task_id).await {
+        tracing::warn!(task = %notice.task_id, why = %why, "removed while it runs here");
+    }
+    match layout.remove_repository(&layout.root().join(&notice.path)) {
+        Ok(removed) => {
+            tracing::info!(task = %notice.task_id, removed, "removed a repository on request")
+        }
+        Err(e) => {
+            tracing::warn!(task = %notice.task_id, error = %e, "cannot remove a repository")
         }
     }
 }

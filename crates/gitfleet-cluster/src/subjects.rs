@@ -87,6 +87,12 @@ impl Subjects {
         format!("{}.control.schedule", self.prefix)
     }
 
+    /// Removed tasks, to every node (a [`gitfleet_proto::RemovalNotice`]): the node that
+    /// holds the repository deletes it.
+    pub fn removals(&self) -> String {
+        format!("{}.control.remove", self.prefix)
+    }
+
     fn name(&self, suffix: &str) -> String {
         format!("{}_{suffix}", self.prefix.replace('.', "_")).to_ascii_uppercase()
     }

@@ -53,7 +53,7 @@ impl Layout {
         self.root.join(STATE_DIR)
     }
 
-    fn staging_root(&self) -> PathBuf {
+    pub(crate) fn staging_root(&self) -> PathBuf {
         self.state_dir().join(STAGING_DIR)
     }
 

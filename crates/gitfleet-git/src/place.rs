@@ -42,6 +42,25 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 const MAX_MARKER: u64 = 512;
 
 impl Layout {
+    /// Removes the repository this root's gitfleet made at `dest`: first moved into the staging
+    /// area in one rename (a crash leaves the whole repository at `dest`, or nothing there; the
+    /// staging area is emptied when the root is next claimed), then deleted. Anything gitfleet
+    /// did not make is refused and left alone, as by every other write. Whether there was one.
+    pub fn remove_repository(&self, dest: &Path) -> Result<bool, TaskError> {
+        if let Found::Absent = self.probe(dest)? {
+            return Ok(false);
+        }
+        let staging = self.staging_root();
+        std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, &e))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let aside = staging.join(format!("removed-{}-{nanos}", std::process::id()));
+        std::fs::rename(dest, &aside).map_err(|e| io_error(dest, &e))?;
+        std::fs::remove_dir_all(&aside).map_err(|e| io_error(&aside, &e))?;
+        Ok(true)
+    }
+
     /// What is at `dest`, an absolute path below the root. A path that leaves the root, passes a
     /// symlink or another repository, or holds something gitfleet did not make is an error.
     pub(crate) fn probe(&self, dest: &Path) -> Result<Found, TaskError> {

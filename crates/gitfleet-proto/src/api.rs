@@ -103,6 +103,22 @@ pub struct ResumeRequest {
     pub tasks: Vec<String>,
 }
 
+/// `<prefix>.api.remove`: delete tasks (ids or URLs), their records and their repositories.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RemoveRequest {
+    pub tasks: Vec<String>,
+}
+
+/// `<prefix>.control.remove`: the node that holds a removed task's repository deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RemovalNotice {
+    pub task_id: String,
+    /// The repository, relative to the node's root.
+    pub path: String,
+    /// The node that ran the task last, which holds the repository.
+    pub node: Option<String>,
+}
+
 /// `<prefix>.api.archive` and `<prefix>.api.unarchive`: keep tasks (ids or URLs) as they are,
 /// never synced, or bring them back (due now).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -126,6 +126,12 @@ pub enum Command {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// Remove repositories (ids or URLs): the mirror and its record are deleted (moved out of
+    /// the way in one rename first). A queued or running one is refused: cancel it first.
+    Remove {
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
     /// Archive repositories (ids or URLs): kept as they are and readable, never synced (on
     /// schedule, by a webhook or on request) until unarchived.
     Archive {

@@ -64,6 +64,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "a cluster keeps its repositories fresh with `gitfleet node`; `serve` is for one root"
             )
         }
+        (Command::Remove { tasks }, None) => embedded::remove(&root, &tasks).await,
+        (Command::Remove { tasks }, Some(cluster)) => remote::remove(&cluster, &tasks).await,
         (Command::Archive { tasks }, None) => embedded::set_archived(&root, &tasks, true).await,
         (Command::Unarchive { tasks }, None) => embedded::set_archived(&root, &tasks, false).await,
         (Command::Archive { tasks }, Some(cluster)) => {

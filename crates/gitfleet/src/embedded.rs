@@ -241,6 +241,65 @@ pub async fn resume(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
     .await
 }
 
+/// `gitfleet remove`: each repository's record is forgotten, then its directory removed (moved
+/// out of the way in one rename first). A queued or running task is not removed.
+pub async fn remove(root: &std::path::Path, inputs: &[String]) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let store = FileStore::open(&layout.state_dir())?;
+    let tasks = known_tasks(&layout, &store, inputs)?;
+    let mut exit = ExitCode::SUCCESS;
+    let lock = RootLock::try_acquire(&layout.state_dir())?;
+    let requests = match &lock {
+        Some(_) => None,
+        None => Some(RequestDirs::open(&layout.state_dir())?),
+    };
+    for task in tasks {
+        if !task.status.status_type.is_final() {
+            eprintln!(
+                "gitfleet: {} is {}: cancel it (or wait for it) first",
+                task.url, task.status.status_type
+            );
+            exit = ExitCode::from(1);
+            continue;
+        }
+        match &requests {
+            // No process works on the root: its records are this one's to change.
+            None => store.remove_sync(&task.id)?,
+            // The process working on the root forgets it, so that it starts no sync of it.
+            Some(requests) => {
+                requests.removes.request(&task.id)?;
+                if !forgotten(&store, &task.id).await? {
+                    eprintln!(
+                        "gitfleet: {} was not removed by the process working on the root (is it \
+                         running?)",
+                        task.url
+                    );
+                    exit = ExitCode::from(1);
+                    continue;
+                }
+            }
+        }
+        layout
+            .remove_repository(std::path::Path::new(&task.path))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
+        println!("removed {}", task.url);
+    }
+    drop(lock);
+    Ok(exit)
+}
+
+/// Whether the record of `id` is gone within a while.
+async fn forgotten(store: &FileStore, id: &str) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.get(id)?.is_some() {
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(true)
+}
+
 /// `gitfleet archive` (`archived`) or `gitfleet unarchive`: kept as it is and never synced, or
 /// back in the schedule, due now.
 pub async fn set_archived(

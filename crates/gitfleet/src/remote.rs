@@ -345,6 +345,20 @@ pub async fn cancel(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitC
     })
 }
 
+/// `gitfleet remove` on a cluster: records purged, repositories deleted by their nodes.
+pub async fn remove(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitCode> {
+    let client = cluster.client().await?;
+    let reply = client.remove(tasks.to_vec()).await?;
+    if reply.changed.len() < tasks.len() {
+        eprintln!(
+            "gitfleet: {} of {} not removed (unknown, or queued or running: cancel it first)",
+            tasks.len() - reply.changed.len(),
+            tasks.len()
+        );
+    }
+    Ok(changed("removed", &reply.changed))
+}
+
 /// `gitfleet archive` / `unarchive` on a cluster.
 pub async fn set_archived(
     cluster: &Cluster,

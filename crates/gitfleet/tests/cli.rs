@@ -1352,3 +1352,76 @@ fn an_archived_repository_is_kept_and_never_synced_until_unarchived() {
     assert_eq!(record["archived"], true, "{record:#}");
     terminate(&mut serve);
 }
+
+#[test]
+fn remove_deletes_the_mirror_and_its_record_and_nothing_else() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let (alpha, beta, utils) = (
+        daemon.url("alpha.git"),
+        daemon.url("beta.git"),
+        daemon.url("org-a/utils.git"),
+    );
+    let out = run(gitfleet(root.path()).args(["mirror", &alpha, &beta, &utils]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let path_of = |url: &str| {
+        PathBuf::from(
+            task_for(
+                &status_json(root.path()),
+                url.rsplit('/').next().expect("name"),
+            )["path"]
+                .as_str()
+                .expect("path"),
+        )
+    };
+    let (alpha_path, beta_path, utils_path) = (path_of(&alpha), path_of(&beta), path_of(&utils));
+
+    let out = run(gitfleet(root.path()).args(["remove", &alpha]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("removed"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(!alpha_path.exists());
+    assert!(beta_path.is_dir() && utils_path.is_dir());
+    let urls: Vec<String> = status_json(root.path())
+        .iter()
+        .map(|t| t["url"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(!urls.contains(&alpha) && urls.len() == 2, "{urls:?}");
+    assert!(staging_is_empty(root.path()));
+    // Unknown: a clear error, nothing touched.
+    let out = run(gitfleet(root.path()).args(["remove", &alpha]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not a known repository"));
+
+    // Through a running serve: it forgets the task first, so that it never syncs it again.
+    let mut serve = gitfleet(root.path())
+        .args(["serve", "--min-interval", "1h"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start gitfleet serve");
+    let socket = root.path().join(".gitfleet/serve.sock");
+    wait_until(Duration::from_secs(60), "serve listens", || socket.exists());
+    let out = run(gitfleet(root.path()).args(["remove", &beta]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!beta_path.exists());
+    // A sync of everything through serve syncs what is left, not what was removed.
+    let out = run(gitfleet(root.path()).arg("sync"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!beta_path.exists());
+    terminate(&mut serve);
+    let tasks = status_json(root.path());
+    assert_eq!(tasks.len(), 1, "{tasks:#?}");
+    fsck(&utils_path).expect("the other mirror is intact");
+
+    // A removal cut short leaves its remains in the staging area, which the next run clears.
+    let remains = root.path().join(".gitfleet/staging/removed-1-1");
+    std::fs::create_dir_all(remains.join("objects")).expect("remains");
+    let out = run(gitfleet(root.path()).args(["sync", &utils]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!remains.exists() && staging_is_empty(root.path()));
+}

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use super::journal::{for_each_line, record_id, sync_dir};
+use super::journal::{for_each_line, is_tombstone, record_id, sync_dir};
 use super::writer::{Log, Writer};
 use super::{COMPACTING, LOG};
 
@@ -62,29 +62,32 @@ impl Writer {
     }
 }
 
-/// Rewrites the log in `state_dir` with the last record of every task (in their order in the
-/// log; lines that are not records are dropped), if the log is larger than [`COMPACT_FACTOR`]
+/// Rewrites the log in `state_dir` with the last record of every task not removed (in their
+/// order in the log; lines that are not records, and tombstones, are dropped), if the log is larger than [`COMPACT_FACTOR`]
 /// times those plus `slack`: written to [`COMPACTING`], fsynced and renamed over the log.
 /// Returns the new log, opened for appending, or `None` if it was not worth it (then nothing
 /// changed). Memory is proportional to the number of tasks, not to the size of the log.
 pub(super) fn compact(state_dir: &Path, slack: u64) -> std::io::Result<Option<File>> {
     let path = state_dir.join(LOG);
-    // The offset and length of the last record of every task.
-    let mut last: HashMap<String, (u64, u64)> = HashMap::new();
+    // The offset and length of the last record of every task (none for a removed task: its
+    // last line is a tombstone, and nothing of it is kept).
+    let mut last: HashMap<String, Option<(u64, u64)>> = HashMap::new();
     let mut total = 0u64;
     for_each_line(&path, |offset, line| {
         let len = line.len() as u64 + 1;
         total += len;
         if let Some(id) = record_id(line) {
-            last.insert(id, (offset, len));
+            let kept = (!is_tombstone(line)).then_some((offset, len));
+            last.insert(id, kept);
         }
         Ok(())
     })?;
-    let live: u64 = last.values().map(|(_, len)| len).sum();
+    let last: Vec<(u64, u64)> = last.into_values().flatten().collect();
+    let live: u64 = last.iter().map(|(_, len)| len).sum();
     if total <= COMPACT_FACTOR.saturating_mul(live).saturating_add(slack) {
         return Ok(None);
     }
-    let mut keep: Vec<u64> = last.into_values().map(|(offset, _)| offset).collect();
+    let mut keep: Vec<u64> = last.into_iter().map(|(offset, _)| offset).collect();
     keep.sort_unstable();
     let tmp = state_dir.join(COMPACTING);
     match std::fs::remove_file(&tmp) {

@@ -1,6 +1,7 @@
 //! The journal's format: one line per stored state of a task, the `CloneTask` as compact JSON
-//! followed by `\n`; the last line of a task wins. How records are written, found and read, and
-//! where the last whole one ends.
+//! followed by `\n`; the last line of a task wins. A removed task's last line is a tombstone,
+//! `{"id":"<id>","removed":true}`. How records are written, found and read, and where the last
+//! whole one ends.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -8,12 +9,56 @@ use std::path::Path;
 
 use gitfleet_proto::CloneTask;
 
+/// What one line of the log says.
+#[derive(Debug)]
+pub(super) enum Entry {
+    Task(Box<CloneTask>),
+    /// The task of this id was removed.
+    Removed(String),
+}
+
+impl Entry {
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Entry::Task(task) => &task.id,
+            Entry::Removed(id) => id,
+        }
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tombstone {
+    id: String,
+    removed: bool,
+}
+
+/// Appends the line of `entry` to `records`.
+pub(super) fn push_entry(records: &mut Vec<u8>, entry: &Entry) {
+    match entry {
+        Entry::Task(task) => push_record(records, task),
+        Entry::Removed(id) => {
+            records.extend(gitfleet_proto::to_json(&Tombstone {
+                id: id.clone(),
+                removed: true,
+            }));
+            records.push(b'\n');
+        }
+    }
+}
+
 /// Appends the line of `task` to `records`.
 pub(super) fn push_record(records: &mut Vec<u8>, task: &CloneTask) {
     let start = records.len();
     records.extend(gitfleet_proto::to_json(task));
     debug_assert!(!records[start..].contains(&b'\n'), "a record is one line");
     records.push(b'\n');
+}
+
+/// Whether `line` is a tombstone.
+pub(super) fn is_tombstone(line: &[u8]) -> bool {
+    line.ends_with(br#","removed":true}"#)
+        && serde_json::from_slice::<Tombstone>(line).is_ok_and(|t| t.removed)
 }
 
 pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -111,8 +156,22 @@ pub(super) fn for_each_line(
 }
 
 pub(super) fn parse_line(path: &Path, offset: u64, line: &[u8]) -> Option<CloneTask> {
+    match parse_entry(path, offset, line)? {
+        Entry::Task(task) => Some(*task),
+        Entry::Removed(_) => None,
+    }
+}
+
+/// The record or tombstone on `line` of the log at `path` (`offset` for the warning when it is
+/// neither).
+pub(super) fn parse_entry(path: &Path, offset: u64, line: &[u8]) -> Option<Entry> {
+    if is_tombstone(line) {
+        return serde_json::from_slice::<Tombstone>(line)
+            .ok()
+            .map(|t| Entry::Removed(t.id));
+    }
     match gitfleet_proto::from_json(line) {
-        Ok(task) => Some(task),
+        Ok(task) => Some(Entry::Task(Box::new(task))),
         Err(e) => {
             tracing::warn!(path = %path.display(), offset, error = %e, "skipping an unreadable line of the task log");
             None

@@ -51,7 +51,7 @@ use gitfleet_proto::CloneTask;
 use tokio::sync::oneshot;
 
 use compaction::COMPACT_SLACK;
-use journal::{for_each_line, parse_line};
+use journal::{Entry, for_each_line, parse_entry};
 use migration::{LEGACY_DIR, legacy_files, read_legacy};
 use writer::{Pending, Queue, Shared, Waiter, WriterHandle, writer_gone};
 
@@ -93,6 +93,10 @@ pub trait TaskStore: Send + Sync + 'static {
     fn flush(&self) -> Put {
         Put::Accepted
     }
+    /// Forgets task `id` (its repository is being removed): done once the removal is durable.
+    /// Later writes of the task (a late state of it) store it again, so the caller makes sure
+    /// none comes.
+    fn remove(&self, id: &str) -> Put;
 }
 
 #[derive(Debug, Clone)]
@@ -146,11 +150,12 @@ impl FileStore {
         let needle = gitfleet_proto::to_json(&id);
         let path = self.state_dir.join(LOG);
         for_each_line(&path, |offset, line| {
-            if line.windows(needle.len()).any(|w| w == needle.as_slice())
-                && let Some(task) = parse_line(&path, offset, line)
-                && task.id == id
-            {
-                found = Some(task);
+            if line.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                match parse_entry(&path, offset, line) {
+                    Some(Entry::Task(task)) if task.id == id => found = Some(*task),
+                    Some(Entry::Removed(removed)) if removed == id => found = None,
+                    _ => {}
+                }
             }
             Ok(())
         })?;
@@ -160,19 +165,25 @@ impl FileStore {
     /// Queues `task` for the writer thread: in its next round if it is final or someone waits
     /// for it (`waiter`, told once it is durable), otherwise after [`LINGER`].
     fn enqueue(&self, task: &CloneTask, waiter: Option<Waiter>) {
-        let shared = &self.writer.shared;
         let urgent = waiter.is_some() || task.status.status_type.is_final();
+        self.enqueue_entry(Entry::Task(Box::new(task.clone())), urgent, waiter);
+    }
+
+    /// Queues `entry` (a state or a removal) for the writer thread.
+    fn enqueue_entry(&self, entry: Entry, urgent: bool, waiter: Option<Waiter>) {
+        let shared = &self.writer.shared;
+        let id = entry.id().to_string();
         let mut guard = shared.lock();
         let queue = &mut *guard;
-        let (pending, fresh) = match queue.pending.entry(task.id.clone()) {
+        let (pending, fresh) = match queue.pending.entry(id.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 let pending = e.into_mut();
-                pending.task.clone_from(task);
+                pending.entry = entry;
                 (pending, false)
             }
             std::collections::hash_map::Entry::Vacant(e) => (
                 e.insert(Pending {
-                    task: task.clone(),
+                    entry,
                     since: Instant::now(),
                     urgent: false,
                     waiters: Vec::new(),
@@ -184,11 +195,11 @@ impl FileStore {
         let wake = if urgent {
             if !pending.urgent {
                 pending.urgent = true;
-                queue.urgent.push(task.id.clone());
+                queue.urgent.push(id.clone());
             }
             true
         } else if fresh {
-            queue.aging.push_back((pending.since, task.id.clone()));
+            queue.aging.push_back((pending.since, id));
             // The writer sleeps until the oldest intermediate state is due; with no other one,
             // it sleeps until woken.
             queue.aging.len() == 1
@@ -220,6 +231,18 @@ impl TaskStore for FileStore {
         ))
     }
 
+    fn remove(&self, id: &str) -> Put {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue_entry(
+            Entry::Removed(id.to_string()),
+            true,
+            Some(Waiter::Async(tx)),
+        );
+        Put::Pending(Box::pin(
+            async move { rx.await.map_err(|_| writer_gone())? },
+        ))
+    }
+
     fn flush(&self) -> Put {
         let (tx, rx) = oneshot::channel();
         let shared = &self.writer.shared;
@@ -244,8 +267,14 @@ impl FileStore {
         }
         let path = self.state_dir.join(LOG);
         for_each_line(&path, |offset, line| {
-            if let Some(task) = parse_line(&path, offset, line) {
-                tasks.insert(task.id.clone(), task);
+            match parse_entry(&path, offset, line) {
+                Some(Entry::Task(task)) => {
+                    tasks.insert(task.id.clone(), *task);
+                }
+                Some(Entry::Removed(id)) => {
+                    tasks.remove(&id);
+                }
+                None => {}
             }
             Ok(())
         })?;
@@ -256,6 +285,17 @@ impl FileStore {
                 .then_with(|| a.id.cmp(&b.id))
         });
         Ok(tasks)
+    }
+
+    /// Forgets task `id` and returns once that is durable (blocking the calling thread).
+    pub fn remove_sync(&self, id: &str) -> std::io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.enqueue_entry(
+            Entry::Removed(id.to_string()),
+            true,
+            Some(Waiter::Blocking(tx)),
+        );
+        rx.recv().map_err(|_| writer_gone())?
     }
 
     /// Stores `task`, whatever its state, and returns once it is durable (blocking the calling

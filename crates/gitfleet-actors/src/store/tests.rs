@@ -506,3 +506,45 @@ async fn a_failed_write_is_reported_to_every_waiter() {
     store.put(&completed(3)).await.expect("stored");
     assert_eq!(store.load_all_sync().expect("load"), vec![completed(3)]);
 }
+
+#[test]
+fn a_removed_task_stays_removed_across_reads_writes_and_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = FileStore::open(dir.path()).expect("open");
+        for n in 0..3 {
+            store.put_sync(&completed(n)).expect("put");
+        }
+        store.remove_sync(&completed(1).id).expect("remove");
+        assert_eq!(
+            sorted(store.load_all_sync().expect("load")),
+            vec![completed(0), completed(2)]
+        );
+        assert_eq!(store.get(&completed(1).id).expect("get"), None);
+        assert_eq!(
+            store.get(&completed(2).id).expect("get"),
+            Some(completed(2))
+        );
+        // Stored again later, it is back.
+        store.put_sync(&completed(0)).expect("put");
+        store.remove_sync(&completed(0).id).expect("remove");
+        store.put_sync(&completed(0)).expect("put again");
+    }
+    let store = FileStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        sorted(store.load_all_sync().expect("load")),
+        vec![completed(0), completed(2)]
+    );
+    // Compaction drops the removed task altogether, tombstone and all.
+    drop(store);
+    append_by_hand(dir.path(), &line(&completed(2)).repeat(20));
+    compact(dir.path(), 0).expect("compact").expect("compacted");
+    let lines = log_lines(dir.path());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(!lines.iter().any(|l| l.windows(7).any(|w| w == b"removed")));
+    let store = FileStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        sorted(store.load_all_sync().expect("load")),
+        vec![completed(0), completed(2)]
+    );
+}

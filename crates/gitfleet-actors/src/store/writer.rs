@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use gitfleet_proto::CloneTask;
 use tokio::sync::oneshot;
 
-use super::journal::{last_record_end, push_record, sync_dir};
+use super::journal::{Entry, last_record_end, push_entry, sync_dir};
 use super::{COMPACTING, LINGER, LOG};
 
 /// The writer thread of a store and its clones; dropping the last handle lets it write what is
@@ -53,7 +52,8 @@ pub(super) struct Queue {
 }
 
 pub(super) struct Pending {
-    pub(super) task: CloneTask,
+    /// The latest state of the task, or its removal.
+    pub(super) entry: Entry,
     /// When the oldest unwritten state of the task was queued.
     pub(super) since: Instant,
     pub(super) urgent: bool,
@@ -195,13 +195,13 @@ impl Writer {
         }
         let mut records = Vec::with_capacity(batch.len() * 512);
         for pending in &batch {
-            push_record(&mut records, &pending.task);
+            push_entry(&mut records, &pending.entry);
         }
         let result = self.append(&records);
         if let Err(e) = &result {
             tracing::error!(
                 records = batch.len(),
-                first = %batch[0].task.id,
+                first = %batch[0].entry.id(),
                 error = %e,
                 "cannot write task records"
             );
