@@ -1133,4 +1133,32 @@ mod tests {
         };
         assert_eq!(ids(&table.page(&stale, at)), ["01", "05"]);
     }
+
+    #[test]
+    fn a_removed_task_is_gone_and_the_one_moved_into_its_slot_is_still_found() {
+        let mut table = TaskTable::default();
+        let named = |id: &str| {
+            let mut task = tasks()[0].clone();
+            task.id = id.into();
+            task
+        };
+        for task in [
+            named("00000000000000a1"),
+            named("not-hex"),
+            named("00000000000000a3"),
+        ] {
+            table.insert(task);
+        }
+        table.remove(table.find("00000000000000a1").expect("found"));
+        assert_eq!(table.find("00000000000000a1"), None);
+        for id in ["not-hex", "00000000000000a3"] {
+            let slot = table.find(id).expect("still found");
+            assert_eq!(table.task(slot).id, id);
+        }
+        table.remove(table.find("not-hex").expect("found"));
+        assert_eq!(table.find("not-hex"), None);
+        assert_eq!(table.len(), 1);
+        let slot = table.find("00000000000000a3").expect("found");
+        assert_eq!(table.task(slot).id, "00000000000000a3");
+    }
 }

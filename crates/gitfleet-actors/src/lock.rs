@@ -76,6 +76,15 @@ impl Requests {
         std::fs::rename(&tmp, self.dir.join(task_id))
     }
 
+    /// Takes back a request not taken yet: whether it was still there.
+    pub fn withdraw(&self, task_id: &str) -> std::io::Result<bool> {
+        match std::fs::remove_file(self.dir.join(task_id)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The task ids asked for since the last call; each is returned once.
     pub fn take(&self) -> Vec<String> {
         self.take_with_values()

@@ -405,6 +405,15 @@ impl Actor for Registry {
                 });
             }
             RegistryMsg::Archive { id, archived } => {
+                if archived
+                    && state
+                        .tasks
+                        .find(&id)
+                        .is_some_and(|slot| !state.tasks.record(slot).status_type().is_final())
+                {
+                    tracing::warn!(task = %id, "not archived: it is queued or running");
+                    return Ok(());
+                }
                 state
                     .transition(&id, 0, |tasks, slot| {
                         let mut task = tasks.task(slot);

@@ -91,6 +91,13 @@ impl FleetView {
             .map_err(|_| FleetError::Gone("registry"))
     }
 
+    /// Forgets a finished task (its repository is being removed): `Ok(false)` for an unknown
+    /// task, an error for a queued or running one.
+    pub async fn forget(&self, task_id: &str) -> Result<Result<bool, String>, FleetError> {
+        ractor::call!(self.registry, RegistryMsg::Remove, task_id.to_string())
+            .map_err(|_| FleetError::Gone("registry"))
+    }
+
     /// Every state transition and progress sample from now on, while the fleet runs.
     pub fn subscribe(&self) -> Option<broadcast::Receiver<TaskUpdate>> {
         self.updates.upgrade().map(|sender| sender.subscribe())

@@ -675,18 +675,23 @@ pub async fn resume(ctx: &ApiContext, request: ResumeRequest) -> Result<ChangedR
 pub async fn remove(ctx: &ApiContext, request: RemoveRequest) -> Result<ChangedReply, ApiError> {
     let mut changed = Vec::new();
     for input in &request.tasks {
-        let Some((task, _)) = find(ctx, input).await? else {
+        let Some((task, revision)) = find(ctx, input).await? else {
             continue;
         };
         if !task.status.status_type.is_final() {
             continue;
         }
-        ctx.store.purge(&task.id).await.map_err(unavailable)?;
-        let notice = RemovalNotice {
-            task_id: task.id.clone(),
-            path: task.path.clone(),
-            node: task.node.clone(),
-        };
+        // Only the record that was read: a request queued since then keeps its task.
+        if !ctx
+            .store
+            .purge_at(&task.id, revision)
+            .await
+            .map_err(unavailable)?
+        {
+            continue;
+        }
+        let id = task.id.clone();
+        let notice = RemovalNotice { task };
         ctx.nats
             .client
             .publish(
@@ -695,14 +700,23 @@ pub async fn remove(ctx: &ApiContext, request: RemoveRequest) -> Result<ChangedR
             )
             .await
             .map_err(unavailable)?;
-        changed.push(task.id);
+        changed.push(id);
     }
     Ok(ChangedReply { changed })
 }
 
 /// Archives the tasks the request names: kept as they are, never synced.
 pub async fn archive(ctx: &ApiContext, request: ArchiveRequest) -> Result<ChangedReply, ApiError> {
-    change_records(ctx, &request.tasks, CloneTask::archive).await
+    // A queued or running job would still run: only finished tasks are archived.
+    let mut finished = Vec::new();
+    for input in &request.tasks {
+        if let Some((task, _)) = find(ctx, input).await?
+            && task.status.status_type.is_final()
+        {
+            finished.push(task.id);
+        }
+    }
+    change_records(ctx, &finished, CloneTask::archive).await
 }
 
 /// Brings archived tasks back into the schedule, due now.

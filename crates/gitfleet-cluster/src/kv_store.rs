@@ -219,25 +219,29 @@ impl TaskStore for KvStore {
         }
     }
 
-    /// Purges the task's key (history and all); a write of it still waiting is dropped.
+    /// A node forgets what it knew of the task (a write of it still waiting is dropped); the
+    /// record itself was purged by the API ([`KvStore::purge_at`]), and a node never purges:
+    /// a new request of the task may have created it again since.
     fn remove(&self, id: &str) -> Put {
         self.forget(id);
         self.latest
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
-        let (kv, id) = (self.kv.clone(), id.to_string());
-        let handle = tokio::spawn(async move { kv.purge(&id).await.map_err(io) });
-        Put::Pending(Box::pin(async move { handle.await.map_err(io)? }))
+        Put::Accepted
     }
 }
 
 impl KvStore {
-    /// Purges the record of task `id` from the bucket (the API's `remove`; the owner's
-    /// Registry forgets it through [`TaskStore::remove`]).
-    pub async fn purge(&self, id: &str) -> std::io::Result<()> {
+    /// Purges the record of task `id` (the API's `remove`) if it is still at `revision`:
+    /// whether it was.
+    pub async fn purge_at(&self, id: &str, revision: u64) -> std::io::Result<bool> {
         self.forget(id);
-        self.kv.purge(id).await.map_err(io)
+        match self.kv.purge_expect_revision(id, Some(revision)).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(io(e)),
+        }
     }
 }
 

@@ -195,7 +195,7 @@ pub async fn run_node(
                 let _ = fleet.cancel(&id).await;
             }
             Some(removal) = removals.next() => {
-                remove_held(&fleet, &layout, &options.node_id, &removal.payload).await;
+                remove_held(&fleet, &layout, &options.node_id, &removal.payload);
             }
             message = intake.next_job() => intake.take(message).await?,
             update = updates.recv() => match update {
@@ -326,25 +326,51 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
     }
 }
 
-/// A task was removed: if this node holds its repository, it forgets the task and deletes the
-/// repository (only one this root's gitfleet made, below the root: `remove_repository`).
-async fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
+/// A task was removed: if this node ran it last (it holds the repository), it forgets the task
+/// and deletes the repository, in a task of its own (a big delete must not hold up heartbeats).
+/// Where the repository is follows from the task's URL and operation; only one this root's
+/// gitfleet made is deleted (`remove_repository`). A task this node runs a newer generation
+/// of, or one that is running here, is kept.
+fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
     let Ok(notice) = gitfleet_proto::from_json::<gitfleet_proto::RemovalNotice>(payload) else {
         tracing::warn!("ignoring an unreadable removal notice");
         return;
     };
-    if notice.node.as_deref() != Some(me) {
+    let task = notice.task;
+    if task.node.as_deref() != Some(me) {
         return;
     }
-    if let Ok(Err(why)) = fleet.forget(&notice.task_id).await {
-        tracing::warn!(task = %notice.task_id, why = %why, "removed while it runs here");
-    }
-    match layout.remove_repository(&layout.root().join(&notice.path)) {
-        Ok(removed) => {
-            tracing::info!(task = %notice.task_id, removed, "removed a repository on request")
-        }
+    let path = match gitfleet_git::Target::of_task(&task) {
+        Ok(target) => layout.path_of(&target),
         Err(e) => {
-            tracing::warn!(task = %notice.task_id, error = %e, "cannot remove a repository")
+            tracing::warn!(task = %task.id, error = %e, "a removal notice names no repository");
+            return;
         }
-    }
+    };
+    let (fleet, layout) = (fleet.view(), layout.clone());
+    tokio::spawn(async move {
+        if let Ok(Some(current)) = fleet.get(&task.id).await
+            && current.generation > task.generation
+        {
+            return;
+        }
+        match fleet.forget(&task.id).await {
+            Ok(Err(why)) => {
+                tracing::warn!(task = %task.id, why = %why, "not removed: it runs here");
+                return;
+            }
+            Err(_) => return,
+            Ok(Ok(_)) => {}
+        }
+        let removed = tokio::task::spawn_blocking(move || layout.remove_repository(&path)).await;
+        match removed {
+            Ok(Ok(removed)) => {
+                tracing::info!(task = %task.id, removed, "removed a repository on request")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(task = %task.id, error = %e, "cannot remove a repository")
+            }
+            Err(e) => tracing::warn!(task = %task.id, error = %e, "the removal stopped"),
+        }
+    });
 }

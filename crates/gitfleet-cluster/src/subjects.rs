@@ -10,7 +10,7 @@ pub struct Subjects {
 }
 
 /// The API operations, one subject each: `<prefix>.api.<op>`.
-pub const API_OPERATIONS: [&str; 10] = [
+pub const API_OPERATIONS: [&str; 11] = [
     "submit",
     "sync",
     "get",
@@ -21,6 +21,7 @@ pub const API_OPERATIONS: [&str; 10] = [
     "schedule",
     "archive",
     "unarchive",
+    "remove",
 ];
 
 impl Subjects {

@@ -50,15 +50,32 @@ impl Layout {
         if let Found::Absent = self.probe(dest)? {
             return Ok(false);
         }
+        // The rename starts from the directory the walk reached without following a symlink,
+        // never from the path string: a directory on the way swapped for a symlink since the
+        // probe cannot redirect it.
+        let relative = self.below_root(dest)?;
+        let Some((parent, leaf)) = self.walk(relative, false)? else {
+            return Ok(false);
+        };
         let staging = self.staging_root();
         std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, &e))?;
+        let staging_dir = rustix::fs::open(&staging, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io_error(&staging, &e.into()))?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let aside = staging.join(format!("removed-{}-{nanos}", std::process::id()));
-        std::fs::rename(dest, &aside).map_err(|e| io_error(dest, &e))?;
+        let name = format!("removed-{}-{nanos}", std::process::id());
+        rustix::fs::renameat(&parent, leaf, &staging_dir, name.as_str())
+            .map_err(|e| io_error(dest, &e.into()))?;
+        let aside = staging.join(&name);
         std::fs::remove_dir_all(&aside).map_err(|e| io_error(&aside, &e))?;
         Ok(true)
+    }
+
+    /// Whether this root's gitfleet made the repository at `dest` (`false`: nothing there);
+    /// anything else there, or on the way, is an error.
+    pub fn holds_repository(&self, dest: &Path) -> Result<bool, TaskError> {
+        Ok(matches!(self.probe(dest)?, Found::Ours(_)))
     }
 
     /// What is at `dest`, an absolute path below the root. A path that leaves the root, passes a

@@ -109,14 +109,14 @@ pub struct RemoveRequest {
     pub tasks: Vec<String>,
 }
 
-/// `<prefix>.control.remove`: the node that holds a removed task's repository deletes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// `<prefix>.control.remove`: the node that ran a removed task last (`task.node`), which holds
+/// its repository, deletes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RemovalNotice {
-    pub task_id: String,
-    /// The repository, relative to the node's root.
-    pub path: String,
-    /// The node that ran the task last, which holds the repository.
-    pub node: Option<String>,
+    /// The record as it was purged: where the repository is follows from its URL and
+    /// operation (never from a path a message carries), and a node that runs a newer
+    /// generation of the task keeps it.
+    pub task: CloneTask,
 }
 
 /// `<prefix>.api.archive` and `<prefix>.api.unarchive`: keep tasks (ids or URLs) as they are,

@@ -262,6 +262,12 @@ pub async fn remove(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
             exit = ExitCode::from(1);
             continue;
         }
+        // Where the repository is follows from what the task is (not from the path its record
+        // holds), and it is checked before anything is forgotten.
+        let path = gitfleet_git::Target::of_task(&task)
+            .map(|target| layout.path_of(&target))
+            .and_then(|path| layout.holds_repository(&path).map(|_| path))
+            .map_err(|e| anyhow::anyhow!(e.message))?;
         match &requests {
             // No process works on the root: its records are this one's to change.
             None => store.remove_sync(&task.id)?,
@@ -269,6 +275,8 @@ pub async fn remove(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
             Some(requests) => {
                 requests.removes.request(&task.id)?;
                 if !forgotten(&store, &task.id).await? {
+                    // Not left to act later, when nobody expects it.
+                    requests.removes.withdraw(&task.id)?;
                     eprintln!(
                         "gitfleet: {} was not removed by the process working on the root (is it \
                          running?)",
@@ -280,7 +288,7 @@ pub async fn remove(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
             }
         }
         layout
-            .remove_repository(std::path::Path::new(&task.path))
+            .remove_repository(&path)
             .map_err(|e| anyhow::anyhow!(e.message))?;
         println!("removed {}", task.url);
     }
@@ -312,6 +320,19 @@ pub async fn set_archived(
     } else {
         ("unarchive", "unarchived")
     };
+    if archived {
+        // A queued or running job would still run: only finished tasks are archived.
+        let layout = open_layout(root)?;
+        let store = FileStore::open(&layout.state_dir())?;
+        for task in known_tasks(&layout, &store, inputs)? {
+            anyhow::ensure!(
+                task.status.status_type.is_final(),
+                "{} is {}: cancel it (or wait for it) before archiving it",
+                task.url,
+                task.status.status_type
+            );
+        }
+    }
     change_records(
         root,
         inputs,

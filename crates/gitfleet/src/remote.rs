@@ -356,7 +356,10 @@ pub async fn remove(cluster: &Cluster, tasks: &[String]) -> anyhow::Result<ExitC
             tasks.len()
         );
     }
-    Ok(changed("removed", &reply.changed))
+    Ok(changed(
+        "removed (its node deletes the repository)",
+        &reply.changed,
+    ))
 }
 
 /// `gitfleet archive` / `unarchive` on a cluster.

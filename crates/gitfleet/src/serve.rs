@@ -47,11 +47,7 @@ pub async fn serve(
         mut updates,
         resumed: _,
     } = start_fleet(&open, &run, &policy, &[]).await?;
-    let scheduled = open
-        .known
-        .iter()
-        .filter(|t| !t.quarantined && t.status.status_type.is_final())
-        .count();
+    let scheduled = open.known.iter().filter(|t| t.due_at().is_some()).count();
     eprintln!(
         "gitfleet: serving {} ({scheduled} repositories scheduled); stop with Ctrl-C or SIGTERM",
         open.layout.root().display()

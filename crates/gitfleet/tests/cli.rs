@@ -1425,3 +1425,45 @@ fn remove_deletes_the_mirror_and_its_record_and_nothing_else() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!remains.exists() && staging_is_empty(root.path()));
 }
+
+#[test]
+fn a_running_task_is_neither_removed_nor_archived() {
+    let fixtures = Fixtures::new();
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(1 << 20),
+            ..HttpOptions::default()
+        },
+    );
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = server.url("big.git");
+    let mut child = spawn_mirror(root.path(), &url);
+    wait_until_cloning(root.path(), "big");
+    // The process cloning it holds the root: the request goes to it, which refuses.
+    let out = run(gitfleet(root.path()).args(["remove", &url]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cancel it"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(gitfleet(root.path()).args(["archive", &url]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("before archiving"),
+        "{}",
+        text(&out.stderr)
+    );
+    // The clone finishes whole; nothing was forgotten, and no request is left to act later.
+    assert!(child.wait().expect("wait").success());
+    let task = task_for(&status_json(root.path()), "big").clone();
+    assert_eq!(task["status"]["status_type"], "completed", "{task:#}");
+    assert!(task.get("archived").is_none(), "{task:#}");
+    fsck(Path::new(task["path"].as_str().expect("path"))).expect("fsck");
+    let requests = root.path().join(".gitfleet/remove");
+    assert!(
+        std::fs::read_dir(&requests).map_or(true, |mut d| d.next().is_none()),
+        "a removal request was left behind"
+    );
+}

@@ -232,6 +232,7 @@ impl TaskStore for FileStore {
     }
 
     fn remove(&self, id: &str) -> Put {
+        self.remove_legacy(id);
         let (tx, rx) = oneshot::channel();
         self.enqueue_entry(
             Entry::Removed(id.to_string()),
@@ -289,6 +290,7 @@ impl FileStore {
 
     /// Forgets task `id` and returns once that is durable (blocking the calling thread).
     pub fn remove_sync(&self, id: &str) -> std::io::Result<()> {
+        self.remove_legacy(id);
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.enqueue_entry(
             Entry::Removed(id.to_string()),
@@ -296,6 +298,17 @@ impl FileStore {
             Some(Waiter::Blocking(tx)),
         );
         rx.recv().map_err(|_| writer_gone())?
+    }
+
+    /// A record of the former layout of a removed task goes too (the log's tombstone hides it
+    /// only until a compaction drops the tombstone).
+    fn remove_legacy(&self, id: &str) {
+        let path = self.state_dir.join(LEGACY_DIR).join(format!("{id}.json"));
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a former record");
+        }
     }
 
     /// Stores `task`, whatever its state, and returns once it is durable (blocking the calling
