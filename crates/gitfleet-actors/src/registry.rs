@@ -203,6 +203,18 @@ impl RegistryState {
         attempt: u32,
         change: impl FnOnce(&mut TaskTable, Slot),
     ) {
+        self.transition_as(id, attempt, false, change).await;
+    }
+
+    /// A transition; `quiet`: it says nothing new of the repository (a sync that found it as it
+    /// was), so the store may write it lazily ([`TaskStore::put_quiet`]).
+    async fn transition_as(
+        &mut self,
+        id: &str,
+        attempt: u32,
+        quiet: bool,
+        change: impl FnOnce(&mut TaskTable, Slot),
+    ) {
         let Some(slot) = self.tasks.find(id) else {
             return;
         };
@@ -214,7 +226,12 @@ impl RegistryState {
             .record_mut(slot)
             .set_time(Time::Updated, Some(Timestamp::now()));
         let task = self.tasks.task(slot);
-        match self.store.put(&task) {
+        let put = if quiet {
+            self.store.put_quiet(&task)
+        } else {
+            self.store.put(&task)
+        };
+        match put {
             // Nothing to wait for and nothing before it to deliver: broadcast now.
             Put::Accepted if !self.outbox.busy() => {
                 let _ = self.updates.send(TaskUpdate::State {
@@ -323,8 +340,11 @@ impl Actor for Registry {
                 result,
             } => {
                 let schedule = state.schedule;
+                let quiet = result.bytes_received == 0
+                    && result.num_refs_created + result.num_refs_updated + result.num_refs_deleted
+                        == 0;
                 state
-                    .transition(&id, attempt, |tasks, slot| {
+                    .transition_as(&id, attempt, quiet, |tasks, slot| {
                         let t = tasks.record_mut(slot);
                         t.set_status(CloneStatus::completed());
                         t.set_phase(None);

@@ -93,6 +93,13 @@ pub trait TaskStore: Send + Sync + 'static {
     fn flush(&self) -> Put {
         Put::Accepted
     }
+    /// A final state that says nothing new of the repository (a sync that found it as it
+    /// was): a store may write it a little later, as it writes intermediate states. Lost in a
+    /// crash, the task's previous state stands (the same refs, an older check), and the
+    /// repository is checked again sooner. Stores that have no cheaper write store it as `put`.
+    fn put_quiet(&self, task: &CloneTask) -> Put {
+        self.put(task)
+    }
     /// Forgets task `id` (its repository is being removed): done once the removal is durable.
     /// Later writes of the task (a late state of it) store it again, so the caller makes sure
     /// none comes.
@@ -229,6 +236,14 @@ impl TaskStore for FileStore {
         Put::Pending(Box::pin(
             async move { rx.await.map_err(|_| writer_gone())? },
         ))
+    }
+
+    /// Queued as an intermediate state is: written within [`LINGER`] with whatever else is
+    /// due, one fsync for all of them, instead of a round of its own. A check of an unchanged
+    /// repository costs no fsync of its own.
+    fn put_quiet(&self, task: &CloneTask) -> Put {
+        self.enqueue_entry(Entry::Task(Box::new(task.clone())), false, None);
+        Put::Accepted
     }
 
     fn remove(&self, id: &str) -> Put {
