@@ -9,6 +9,7 @@ use gitfleet_cache::{Cache, CacheConfig, CacheError, CacheStatus, CachedEntry};
 use gitfleet_git::{LocalPaths, RepoUrl};
 
 use crate::cli::{CacheArgs, CacheCommand};
+use crate::report::human_bytes;
 
 pub fn run(args: CacheArgs) -> anyhow::Result<ExitCode> {
     if !(args.max_size_gb.is_finite() && args.max_size_gb > 0.0) {
@@ -173,20 +174,5 @@ fn print_table(entries: &[CachedEntry]) {
         if let Some(error) = &e.entry.error {
             println!("{:width$}  error: {error}", "");
         }
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -112,3 +112,19 @@ pub fn print_commits(commits: &[CommitInfo], json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Bytes in binary units, as `du -h` prints them.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use gitfleet_proto::CloneTask;
 use serde::Serialize;
 
+use crate::report::human_bytes;
+
 /// The disk usage of a set of tasks.
 #[derive(Debug, Default, PartialEq, Serialize)]
 pub struct DiskReport {
@@ -89,7 +91,7 @@ impl DiskReport {
         }
         println!(
             "{} in {} repositories of {place}{}",
-            human(self.total_bytes),
+            human_bytes(self.total_bytes),
             self.repositories - self.unmeasured,
             if self.unmeasured > 0 {
                 format!(" ({} not measured yet)", self.unmeasured)
@@ -102,7 +104,7 @@ impl DiskReport {
             for node in &self.nodes {
                 println!(
                     "{:>10}  {:>12}  {}",
-                    human(node.bytes),
+                    human_bytes(node.bytes),
                     node.repositories,
                     node.node
                 );
@@ -111,26 +113,15 @@ impl DiskReport {
         if !self.largest.is_empty() {
             println!("\n{:>10}  LARGEST", "SIZE");
             for repo in &self.largest {
-                println!("{:>10}  {}  ({})", human(repo.bytes), repo.url, repo.path);
+                println!(
+                    "{:>10}  {}  ({})",
+                    human_bytes(repo.bytes),
+                    repo.url,
+                    repo.path
+                );
             }
         }
         Ok(())
-    }
-}
-
-/// Bytes in binary units, as `du -h` prints them.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -174,7 +165,7 @@ mod tests {
         assert_eq!(nodes, [("n2", 1, 5_000), ("n1", 2, 400)]);
         let largest: Vec<&str> = report.largest.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(largest, ["b", "c"]);
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12), "12 B");
     }
 }
