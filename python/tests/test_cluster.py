@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from conftest import Servers, free_port, git, gitfleet_bin
@@ -143,15 +143,19 @@ def test_the_nodes_dashboard_shows_its_repositories_and_the_nodes_load(
     assert page["tasks"][0]["node"] == NODE_ID
 
 
+def cluster_command(servers: Servers) -> Callable[..., "subprocess.CompletedProcess[str]"]:
+    """Runs `gitfleet --nats <the servers' nats> ARGS...`, its output captured."""
+    def run(*args: str) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([gitfleet_bin(), "--nats", servers.info["nats"], *args],
+                              capture_output=True, text=True, timeout=300)
+    return run
+
+
 def test_an_archived_repository_is_not_synced_in_the_cluster(
     servers: Servers, node: pathlib.Path
 ) -> None:
-    nats = servers.info["nats"]
     url = servers.git("org-a/utils.git")
-
-    def gitfleet(*args: str) -> "subprocess.CompletedProcess[str]":
-        return subprocess.run([gitfleet_bin(), "--nats", nats, *args],
-                              capture_output=True, text=True, timeout=300)
+    gitfleet = cluster_command(servers)
 
     assert gitfleet("mirror", url).returncode == 0
     out = gitfleet("archive", url)
@@ -167,12 +171,8 @@ def test_an_archived_repository_is_not_synced_in_the_cluster(
 
 
 def test_remove_deletes_a_repository_on_its_node(servers: Servers, node: pathlib.Path) -> None:
-    nats = servers.info["nats"]
     url = servers.http("org-b/utils.git")
-
-    def gitfleet(*args: str) -> "subprocess.CompletedProcess[str]":
-        return subprocess.run([gitfleet_bin(), "--nats", nats, *args],
-                              capture_output=True, text=True, timeout=300)
+    gitfleet = cluster_command(servers)
 
     assert gitfleet("mirror", url).returncode == 0
     record = json.loads(gitfleet("status", "--json", url).stdout)[0]

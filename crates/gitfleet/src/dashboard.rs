@@ -291,26 +291,33 @@ struct TasksParams {
     limit: Option<usize>,
 }
 
+/// The value of `all` whose name is `given` (none when nothing or nothing but an empty string
+/// is given); an unknown name is an error naming it.
+fn named<T: Copy, const N: usize>(
+    given: Option<String>,
+    all: [T; N],
+    name: fn(T) -> &'static str,
+    what: &str,
+) -> Result<Option<T>, String> {
+    match given.filter(|g| !g.is_empty()) {
+        None => Ok(None),
+        Some(given) => all
+            .into_iter()
+            .find(|v| name(*v) == given)
+            .map(Some)
+            .ok_or_else(|| format!("unknown {what} {given:?}")),
+    }
+}
+
 impl TasksParams {
     fn query(self) -> Result<TaskQuery, String> {
-        let status = match self.status.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(name) => Some(
-                StatusType::ALL
-                    .into_iter()
-                    .find(|s| s.as_str() == name)
-                    .ok_or_else(|| format!("unknown status {name:?}"))?,
-            ),
-        };
-        let freshness = match self.freshness.as_deref().filter(|s| !s.is_empty()) {
-            None => None,
-            Some(name) => Some(
-                Freshness::ALL
-                    .into_iter()
-                    .find(|f| f.as_str() == name)
-                    .ok_or_else(|| format!("unknown freshness {name:?}"))?,
-            ),
-        };
+        let status = named(self.status, StatusType::ALL, StatusType::as_str, "status")?;
+        let freshness = named(
+            self.freshness,
+            Freshness::ALL,
+            Freshness::as_str,
+            "freshness",
+        )?;
         if self.q.as_ref().is_some_and(|q| q.len() > MAX_FILTER) {
             return Err(format!("the URL filter is longer than {MAX_FILTER} bytes"));
         }
