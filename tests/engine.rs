@@ -9,8 +9,9 @@ use std::time::Duration;
 use gitfleet_git::{Control, Credentials, CredentialsConfig, Limits, Progress, Request, Secret};
 use gitfleet_proto::{ErrorCode, Operation, Phase, SyncResult, TaskError};
 use gitfleet_tests::{
-    EngineRoot, Fixtures, GitDaemon, HttpOptions, HttpServer, TestCa, TlsProxy, free_port, fsck,
-    head_target, mirror_clone, objects, refs, remote_urls, run_git, try_mirror_clone, wait_until,
+    EngineRoot, Fixtures, GitDaemon, HttpOptions, HttpServer, Refusal, TestCa, TlsProxy, free_port,
+    fsck, head_target, mirror_clone, objects, refs, remote_urls, run_git, try_mirror_clone,
+    wait_until,
 };
 use tempfile::TempDir;
 
@@ -778,6 +779,85 @@ fn unknown_repository_is_not_found() {
     }
     assert_eq!(server.request_log().last().map(|r| r.status), Some(404));
     store.wait_staging_empty(WAIT);
+}
+
+/// A server that refuses every request this way, and the engine's error against it.
+fn refused_by(status: u16, headers: &[(&str, &str)], body: &str) -> TaskError {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            refuse_first: Some(Refusal {
+                count: usize::MAX / 2,
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_string(),
+            }),
+            ..HttpOptions::default()
+        },
+    );
+    let store = EngineRoot::new();
+    let req = store.request(&server.url("alpha.git"), Operation::Mirror);
+    let err = expect_err(store.run(&req), "a refusing server");
+    assert!(!req.dest.exists());
+    assert!(err.message.contains(&req.url.display()), "{err}");
+    store.wait_staging_empty(WAIT);
+    err
+}
+
+#[test]
+fn a_server_asking_to_slow_down_is_rate_limited_with_its_pause_never_auth_failed() {
+    let err = refused_by(429, &[("Retry-After", "7")], "slow down");
+    assert_eq!(
+        (err.code, err.retry_after_secs),
+        (ErrorCode::RateLimited, Some(7)),
+        "{err}"
+    );
+    assert!(err.message.contains("429"), "{err}");
+
+    // GitHub's primary limit: 403 with the remaining count at 0 and the reset time.
+    let reset = (std::time::SystemTime::now() + Duration::from_secs(600))
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_secs()
+        .to_string();
+    let err = refused_by(
+        403,
+        &[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", &reset),
+        ],
+        "API rate limit exceeded",
+    );
+    assert_eq!(err.code, ErrorCode::RateLimited, "{err}");
+    assert!(
+        err.retry_after_secs
+            .is_some_and(|s| (500..=600).contains(&s)),
+        "{err:?}"
+    );
+    // GitHub's secondary limit says so only in the body.
+    let err = refused_by(403, &[], "You have exceeded a secondary rate limit.");
+    assert_eq!(err.code, ErrorCode::RateLimited, "{err}");
+    assert_eq!(err.retry_after(), Some(gitfleet_git::DEFAULT_PAUSE));
+
+    // A 503 that says when to come back is the outage it is, with the pause.
+    let err = refused_by(503, &[("Retry-After", "3")], "maintenance");
+    assert_eq!(
+        (err.code, err.retry_after_secs),
+        (ErrorCode::ServerError, Some(3)),
+        "{err}"
+    );
+    // A plain 403 is the credentials' fault, and a lying Retry-After is bounded.
+    let err = refused_by(403, &[], "Permission denied");
+    assert_eq!(
+        (err.code, err.retry_after_secs),
+        (ErrorCode::AuthFailed, None)
+    );
+    let err = refused_by(429, &[("Retry-After", "99999999")], "");
+    assert_eq!(err.retry_after(), Some(gitfleet_git::MAX_PAUSE));
 }
 
 #[test]

@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use gitfleet_actors::{
-    Executor, FileStore, Fleet, FleetConfig, GitExecutor, Job, RetryPolicy, Submitted, plan,
+    Executor, FileStore, Fleet, FleetConfig, GitExecutor, HostLimits, HostPaused, Job, RetryPolicy,
+    Submitted, plan,
 };
 use gitfleet_git::{Control, CredentialsConfig, Layout, Limits, Policy, Progress};
 use gitfleet_proto::{
     CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult, TaskError, TaskUpdate,
 };
-use gitfleet_tests::{Fixtures, GitDaemon, HttpOptions, HttpServer, free_port, fsck, refs};
+use gitfleet_tests::{
+    Fixtures, GitDaemon, HttpOptions, HttpServer, Refusal, free_port, fsck, refs,
+};
 use tempfile::TempDir;
 
 /// Upper bound for polls and waits; a healthy run needs a fraction of it.
@@ -59,6 +62,17 @@ impl Env {
         concurrency: usize,
         max_retries: u32,
     ) -> Fleet {
+        self.start_with_hosts(executor, concurrency, max_retries, HostLimits::default())
+            .await
+    }
+
+    async fn start_with_hosts(
+        &self,
+        executor: Arc<dyn Executor>,
+        concurrency: usize,
+        max_retries: u32,
+        hosts: HostLimits,
+    ) -> Fleet {
         let config = FleetConfig {
             layout: self.layout.clone(),
             concurrency,
@@ -71,6 +85,7 @@ impl Env {
             node: NODE.to_owned(),
             executor,
             schedule: Default::default(),
+            hosts,
         };
         Fleet::start(config, Arc::new(self.file_store()))
             .await
@@ -291,6 +306,101 @@ async fn transient_server_errors_are_retried_until_max_retries() {
     assert_failed(&failed, ErrorCode::ServerError);
     assert_eq!(failed.attempts, 2, "{failed:#?}");
     assert_eq!(server.requests(), 2, "{:#?}", server.request_log());
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_asks_to_slow_down_is_paused_as_long_as_it_asks_using_no_retry() {
+    let fx = Fixtures::new();
+    // The first two requests (both tasks' first) get 429 with Retry-After: 2.
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            refuse_first: Some(Refusal {
+                count: 2,
+                status: 429,
+                headers: vec![("Retry-After".into(), "2".into())],
+                body: "slow down\n".into(),
+            }),
+            ..HttpOptions::default()
+        },
+    );
+    let env = Env::new();
+    // No retries at all: a pause must not use one up.
+    let fleet = env.start_git(2, 0).await;
+    let mut pauses = fleet.host_pauses();
+    let ids = accepted(
+        &fleet
+            .submit(vec![
+                env.job(&server.url("alpha.git")),
+                env.job(&server.url("beta.git")),
+            ])
+            .await
+            .expect("submitting"),
+    );
+    wait_idle(&fleet).await;
+    for (id, name) in ids.iter().zip(["alpha.git", "beta.git"]) {
+        let done = task(&fleet, id).await;
+        assert_completed(&done);
+        assert_eq!(refs(Path::new(&done.path)), refs(&fx.repo(name)));
+    }
+    let log = server.request_log();
+    let first_refusal = log.iter().find(|r| r.status == 429).expect("a 429");
+    let first_answer = log.iter().find(|r| r.status != 429).expect("an answer");
+    assert!(
+        first_answer.received >= first_refusal.received + Duration::from_secs(2),
+        "the host was asked for 2 s of quiet: {log:#?}"
+    );
+    assert_eq!(
+        pauses.try_recv().expect("the pause is announced"),
+        HostPaused {
+            host: "127.0.0.1".into(),
+            pause: Duration::from_secs(2)
+        }
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_gets_no_more_transfers_at_once_than_its_limit_and_every_task_completes() {
+    let fx = Fixtures::new();
+    let names: Vec<String> = (0..6).map(|n| format!("copies/a{n}.git")).collect();
+    for name in &names {
+        let to = fx.root.join(name);
+        std::fs::create_dir_all(to.parent().expect("a parent")).expect("mkdir");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fx.repo("alpha.git"))
+            .arg(&to)
+            .status()
+            .expect("cp");
+        assert!(copied.success());
+    }
+    // Slow enough that six workers without a limit would overlap on the host.
+    let server = HttpServer::start(
+        &fx.root,
+        HttpOptions {
+            throttle_bytes_per_sec: Some(64 * 1024),
+            ..HttpOptions::default()
+        },
+    );
+    let env = Env::new();
+    let hosts = HostLimits::from_rules(["127.0.0.1=2"]).expect("a rule");
+    let fleet = env
+        .start_with_hosts(Arc::new(env.executor()), 6, 0, hosts)
+        .await;
+    let jobs = names.iter().map(|n| env.job(&server.url(n))).collect();
+    let ids = accepted(&fleet.submit(jobs).await.expect("submitting"));
+    wait_idle(&fleet).await;
+    for id in &ids {
+        assert_completed(&task(&fleet, id).await);
+    }
+    assert_eq!(
+        server.max_concurrent_requests(),
+        2,
+        "{:#?}",
+        server.request_log()
+    );
     fleet.shutdown().await;
 }
 

@@ -118,6 +118,7 @@ pub async fn dispatch_rate(
             node: "bench".into(),
             executor: Arc::new(NoopExecutor),
             schedule: Default::default(),
+            hosts: Default::default(),
         },
         store,
     )

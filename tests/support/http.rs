@@ -37,6 +37,18 @@ pub struct HttpOptions {
     /// and keep the connection open until the server is dropped. tiny_http writes chunked
     /// bodies in 8 KiB chunks, so the client receives at most this many bytes.
     pub stall_after_bytes: Option<u64>,
+    /// The first `count` requests get this refusal (after `fail_first`).
+    pub refuse_first: Option<Refusal>,
+}
+
+/// A code host asking to slow down: `status` (429, 503, 403) with these headers and body.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub count: usize,
+    pub status: u16,
+    /// e.g. `("Retry-After", "2")`, `("x-ratelimit-remaining", "0")`.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 /// One request as the server saw it.
@@ -54,6 +66,8 @@ pub struct LoggedRequest {
     /// `Content-Length` of the request body; None for a chunked (or absent) body.
     pub content_length: Option<usize>,
     pub status: u16,
+    /// When the request arrived.
+    pub received: Instant,
 }
 
 #[derive(Debug)]
@@ -62,6 +76,8 @@ struct Shared {
     backend: PathBuf,
     opts: HttpOptions,
     requests: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
     body_bytes_sent: AtomicU64,
     log: Mutex<Vec<LoggedRequest>>,
     shut_down: Mutex<bool>,
@@ -136,6 +152,8 @@ impl HttpServer {
             backend,
             opts,
             requests: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
             body_bytes_sent: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             shut_down: Mutex::new(false),
@@ -186,6 +204,11 @@ impl HttpServer {
     /// Requests received so far, including rejected ones.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The most requests the server was answering at once so far.
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Every request that got a status so far, in order of that decision.
@@ -282,7 +305,26 @@ fn make_header(name: &str, value: &str) -> Header {
         .unwrap_or_else(|()| panic!("invalid header {name}: {value}"))
 }
 
+/// Counts a request as being answered while it lives.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> InFlight<'a> {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 fn handle(shared: &Shared, request: Request) {
+    let _in_flight = InFlight::enter(shared);
+    let received = Instant::now();
     let index = shared.requests.fetch_add(1, Ordering::SeqCst);
     let authorization = header(&request, "Authorization");
     let entry = |status: u16| LoggedRequest {
@@ -293,6 +335,7 @@ fn handle(shared: &Shared, request: Request) {
         content_encoding: header(&request, "Content-Encoding"),
         content_length: request.body_length(),
         status,
+        received,
     };
 
     if index < shared.opts.fail_first || shared.is_shut_down() {
@@ -302,6 +345,19 @@ fn handle(shared: &Shared, request: Request) {
             Response::from_string("injected failure (HttpOptions::fail_first)\n")
                 .with_status_code(503),
         );
+        return;
+    }
+
+    if let Some(refusal) = &shared.opts.refuse_first
+        && index < shared.opts.fail_first + refusal.count
+    {
+        shared.record(entry(refusal.status));
+        let mut response =
+            Response::from_string(refusal.body.clone()).with_status_code(refusal.status);
+        for (name, value) in &refusal.headers {
+            response = response.with_header(make_header(name, value));
+        }
+        let _ = respond(request, response);
         return;
     }
 

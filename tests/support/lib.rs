@@ -29,7 +29,7 @@ pub use gitcli::{
     free_port, fsck, git_command, git_output, head_target, mirror_clone, objects, refs,
     remote_urls, run_git, try_git, try_mirror_clone, wait_until,
 };
-pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest};
+pub use http::{AUTH_REALM, HttpOptions, HttpServer, LoggedRequest, Refusal};
 pub use http_client::{http_get, http_post};
 pub use nats::{NatsOptions, NatsServer};
 pub use sshd::SshServer;

@@ -21,6 +21,8 @@ pub struct Job {
     pub dest: PathBuf,
     /// 1 for the first attempt of the current request (set by the Supervisor).
     pub attempt: u32,
+    /// How many of those attempts met a host's pause (they use up no retry).
+    pub paused: u32,
     /// Which request this is (set by the Supervisor): fences retries of superseded requests.
     pub generation: u64,
     /// The cluster's generation of the task record this job was issued for, written into
@@ -53,6 +55,7 @@ impl Job {
             operation,
             dest,
             attempt: 0,
+            paused: 0,
             generation: 0,
             fence: 0,
             history: None,
@@ -162,6 +165,8 @@ pub struct FleetConfig {
     pub executor: Arc<dyn Executor>,
     /// When each repository is synced next.
     pub schedule: crate::SchedulePolicy,
+    /// How much each code host gets (in a cluster: the whole cluster).
+    pub hosts: crate::HostLimits,
 }
 
 impl std::fmt::Debug for FleetConfig {
@@ -172,6 +177,7 @@ impl std::fmt::Debug for FleetConfig {
             .field("retry", &self.retry)
             .field("node", &self.node)
             .field("schedule", &self.schedule)
+            .field("hosts", &self.hosts)
             .finish()
     }
 }

@@ -3,6 +3,7 @@
 //! and event sinks.
 
 mod compact;
+mod hosts;
 mod job;
 mod lock;
 mod metrics;
@@ -25,6 +26,10 @@ use gitfleet_proto::{CloneTask, ErrorCode, Operation, StatusType, TaskError, Tas
 use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 
+pub use hosts::{
+    DEFAULT_HOST_LIMIT, HostLimit, HostLimits, MAX_PAUSES_PER_REQUEST,
+    parse_rule as parse_host_rule,
+};
 pub use job::{Executor, FleetConfig, GitExecutor, Job, RetryPolicy};
 pub use lock::{Requests, RootLock};
 pub use metrics::{Census, Connection, FleetMetrics};
@@ -34,7 +39,7 @@ pub use root::{OpenRoot, RootError, claim, hostname, open_layout};
 pub use schedule::SchedulePolicy;
 pub use scheduler::{DueTimes, keep_fresh, spread, spread_if_overdue};
 pub use store::{FileStore, Put, StoreFuture, TaskStore};
-pub use supervisor::{Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
+pub use supervisor::{HostPaused, Submitted, Supervisor, SupervisorArgs, SupervisorMsg};
 pub use transitions::{Change, Transitions};
 pub use view::{FleetView, MAX_PAGE, TaskPage, TaskQuery};
 pub use worker::{CloneWorker, WorkerArgs, WorkerMsg};
@@ -136,6 +141,7 @@ pub struct Fleet {
     supervisor: ActorRef<SupervisorMsg>,
     registry: ActorRef<RegistryMsg>,
     updates: broadcast::Sender<TaskUpdate>,
+    pauses: broadcast::Sender<HostPaused>,
     layout: Layout,
 }
 
@@ -153,6 +159,7 @@ impl Fleet {
         store: Arc<dyn TaskStore>,
     ) -> Result<Fleet, FleetError> {
         let (updates, _) = broadcast::channel(4096);
+        let (pauses, _) = broadcast::channel(64);
         let layout = config.layout.clone();
         let (registry, _) = Actor::spawn(
             None,
@@ -171,6 +178,7 @@ impl Fleet {
             SupervisorArgs {
                 config,
                 registry: registry.clone(),
+                pauses: pauses.clone(),
             },
         )
         .await
@@ -179,6 +187,7 @@ impl Fleet {
             supervisor,
             registry,
             updates,
+            pauses,
             layout,
         })
     }
@@ -190,6 +199,29 @@ impl Fleet {
     /// Every state transition and progress sample from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<TaskUpdate> {
         self.updates.subscribe()
+    }
+
+    /// Every host this process pauses from now on because a server asked it to.
+    pub fn host_pauses(&self) -> broadcast::Receiver<HostPaused> {
+        self.pauses.subscribe()
+    }
+
+    /// Sends nothing to `host` for `pause` (at most [`gitfleet_git::MAX_PAUSE`]): another node
+    /// was asked to slow down.
+    pub fn pause_host(&self, host: &str, pause: Duration) -> Result<(), FleetError> {
+        self.supervisor
+            .cast(SupervisorMsg::PauseHost {
+                host: host.to_string(),
+                pause,
+            })
+            .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
+    /// `nodes` share the hosts' limits from now on (each takes its part).
+    pub fn share_host_limits(&self, nodes: usize) -> Result<(), FleetError> {
+        self.supervisor
+            .cast(SupervisorMsg::ShareHostLimits(nodes))
+            .map_err(|_| FleetError::Gone("supervisor"))
     }
 
     pub async fn submit(&self, jobs: Vec<Job>) -> Result<Vec<Submitted>, FleetError> {
@@ -319,7 +351,6 @@ impl Fleet {
             .map_err(|_| FleetError::Gone("registry"))
     }
 
-    /// Takes task `task_id` out of quarantine and makes it due now.
     /// Forgets a finished task, in the Registry and the store (its repository is being
     /// removed): `Ok(false)` for an unknown task, an error for a queued or running one.
     pub async fn forget(&self, task_id: &str) -> Result<Result<bool, String>, FleetError> {
@@ -337,6 +368,7 @@ impl Fleet {
             .map_err(|_| FleetError::Gone("registry"))
     }
 
+    /// Takes task `task_id` out of quarantine and makes it due now.
     pub async fn resume(&self, task_id: &str) -> Result<(), FleetError> {
         self.registry
             .cast(RegistryMsg::Resume(task_id.to_string()))

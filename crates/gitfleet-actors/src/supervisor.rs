@@ -1,12 +1,15 @@
 //! The Supervisor actor: takes requests, deduplicates them, hands them to a bounded pool of
-//! CloneWorkers, retries transient failures with backoff, and replaces workers that crash.
+//! CloneWorkers within each host's limits (hosts.rs), retries transient failures with backoff,
+//! pauses a host that asks for it, and replaces workers that crash.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use gitfleet_proto::{CloneTask, ErrorCode, SyncResult, TaskError};
 use jiff::Timestamp;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use crate::hosts::{HostQueues, MAX_PAUSES_PER_REQUEST, host_of};
 use crate::job::{FleetConfig, Job};
 use crate::registry::RegistryMsg;
 use crate::worker::{CloneWorker, WorkerArgs, WorkerMsg};
@@ -31,6 +34,23 @@ pub enum SupervisorMsg {
     Cancel(String, RpcReplyPort<bool>),
     /// Replies once nothing is queued, running or waiting for a retry.
     WhenIdle(RpcReplyPort<()>),
+    /// Send nothing to a host for this long (another node met its refusal).
+    PauseHost {
+        host: String,
+        pause: Duration,
+    },
+    /// This many nodes share the hosts' limits from now on.
+    ShareHostLimits(usize),
+    /// A host's pause or rate window ended (internal).
+    Wake,
+}
+
+/// A host this process paused because a server refused it, for whoever shares the hosts' limits
+/// (a cluster node sends it to the others).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPaused {
+    pub host: String,
+    pub pause: Duration,
 }
 
 pub struct Supervisor;
@@ -38,6 +58,8 @@ pub struct Supervisor;
 pub struct SupervisorArgs {
     pub config: FleetConfig,
     pub registry: ActorRef<RegistryMsg>,
+    /// Where the hosts this process pauses are announced.
+    pub pauses: tokio::sync::broadcast::Sender<HostPaused>,
 }
 
 pub struct SupervisorState {
@@ -46,7 +68,10 @@ pub struct SupervisorState {
     idle: Vec<ActorRef<WorkerMsg>>,
     workers: HashMap<ActorId, ActorRef<WorkerMsg>>,
     running: HashMap<ActorId, Job>,
-    queue: VecDeque<Job>,
+    queue: HostQueues,
+    pauses: tokio::sync::broadcast::Sender<HostPaused>,
+    /// When a `Wake` is due, if one is.
+    wake_at: Option<Instant>,
     /// Every task queued, running or waiting for a retry, with the generation of its request:
     /// a retry timer of an older request finds another generation and does nothing.
     pending: HashMap<String, u64>,
@@ -71,20 +96,28 @@ impl Supervisor {
         Ok(())
     }
 
-    fn dispatch(state: &mut SupervisorState) {
-        while !state.queue.is_empty() {
-            let Some(worker) = state.idle.pop() else {
+    fn dispatch(myself: &ActorRef<SupervisorMsg>, state: &mut SupervisorState) {
+        let now = Instant::now();
+        while !state.idle.is_empty() {
+            let Some(job) = state.queue.pop_ready(now) else {
                 break;
             };
-            let Some(job) = state.queue.pop_front() else {
-                break;
-            };
+            let worker = state.idle.pop().expect("checked above");
             state.running.insert(worker.get_id(), job.clone());
             if let Err(e) = worker.cast(WorkerMsg::Run(job.clone())) {
                 tracing::error!(error = %e, "worker unreachable; requeueing");
                 state.running.remove(&worker.get_id());
+                state.queue.finished(&job);
                 state.queue.push_front(job);
+                break;
             }
+        }
+        // Jobs that wait for a host's pause or rate window: wake up when the first opens.
+        if let Some(at) = state.queue.next_opening(now)
+            && state.wake_at.is_none_or(|w| w > at || w <= now)
+        {
+            state.wake_at = Some(at);
+            myself.send_after(at.saturating_duration_since(now), || SupervisorMsg::Wake);
         }
         if state.queue.is_empty() && state.running.is_empty() && state.pending.is_empty() {
             for waiter in state.idle_waiters.drain(..) {
@@ -111,7 +144,29 @@ impl Supervisor {
                     result: Box::new(result),
                 });
             }
-            Err(error) if error.is_transient() && job.attempt <= state.config.retry.max_retries => {
+            Err(error) if Self::pauses_host(&error) && job.paused < MAX_PAUSES_PER_REQUEST => {
+                let host = host_of(&job);
+                let pause = error.retry_after().unwrap_or(gitfleet_git::DEFAULT_PAUSE);
+                tracing::warn!(url = %job.display, host = %host, pause_s = pause.as_secs(), error = %error, "the host asks to slow down; pausing it");
+                state.queue.pause(&host, Instant::now() + pause);
+                let _ = state.pauses.send(HostPaused { host, pause });
+                let _ = state.registry.cast(RegistryMsg::Retrying {
+                    id: job.task_id.clone(),
+                    attempt: job.attempt,
+                    error,
+                });
+                // Not a retry: the attempt number moves on (fencing), the budget does not.
+                state.queue.push_front(Job {
+                    attempt: job.attempt + 1,
+                    paused: job.paused + 1,
+                    ..job
+                });
+            }
+            Err(error)
+                if error.is_transient()
+                    && job.attempt - job.paused.min(job.attempt)
+                        <= state.config.retry.max_retries =>
+            {
                 let delay = state.config.retry.delay(job.attempt);
                 tracing::warn!(url = %job.display, attempt = job.attempt, delay_ms = delay.as_millis() as u64, error = %error, "transient failure; retrying");
                 let _ = state.registry.cast(RegistryMsg::Retrying {
@@ -137,6 +192,14 @@ impl Supervisor {
     }
 }
 
+impl Supervisor {
+    /// A refusal that pauses the whole host: the server said to slow down, or for how long it
+    /// is out.
+    fn pauses_host(error: &TaskError) -> bool {
+        error.code == ErrorCode::RateLimited || error.retry_after_secs.is_some()
+    }
+}
+
 impl Actor for Supervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
@@ -147,13 +210,16 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         args: SupervisorArgs,
     ) -> Result<SupervisorState, ActorProcessingErr> {
+        let hosts = args.config.hosts.clone();
         let mut state = SupervisorState {
             config: args.config,
             registry: args.registry,
             idle: Vec::new(),
             workers: HashMap::new(),
             running: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: HostQueues::new(hosts),
+            pauses: args.pauses,
+            wake_at: None,
             pending: HashMap::new(),
             next_generation: 1,
             idle_waiters: Vec::new(),
@@ -180,6 +246,7 @@ impl Actor for Supervisor {
                     }
                     job.generation = state.next_generation;
                     job.attempt = 1;
+                    job.paused = 0;
                     state.next_generation += 1;
                     state.pending.insert(job.task_id.clone(), job.generation);
                     let mut task = CloneTask::new(
@@ -205,6 +272,7 @@ impl Actor for Supervisor {
                 result,
             } => {
                 state.running.remove(&worker);
+                state.queue.finished(&job);
                 if let Some(w) = state.workers.get(&worker) {
                     state.idle.push(w.clone());
                 }
@@ -227,10 +295,7 @@ impl Actor for Supervisor {
                     let _ = worker.cast(WorkerMsg::Cancel(task_id.clone()));
                     true
                 } else if state.pending.remove(&task_id).is_some() {
-                    let attempt = match state.queue.iter().position(|j| j.task_id == task_id) {
-                        Some(pos) => state.queue.remove(pos).map_or(0, |j| j.attempt),
-                        None => 0,
-                    };
+                    let attempt = state.queue.remove(&task_id).map_or(0, |j| j.attempt);
                     let error = TaskError::new(ErrorCode::Cancelled, "cancelled on request");
                     let _ = state.registry.cast(RegistryMsg::Failed {
                         id: task_id,
@@ -244,8 +309,16 @@ impl Actor for Supervisor {
                 let _ = reply.send(known);
             }
             SupervisorMsg::WhenIdle(reply) => state.idle_waiters.push(reply),
+            SupervisorMsg::PauseHost { host, pause } => {
+                let pause = pause.min(gitfleet_git::MAX_PAUSE);
+                state
+                    .queue
+                    .pause(&host.to_ascii_lowercase(), Instant::now() + pause);
+            }
+            SupervisorMsg::ShareHostLimits(nodes) => state.queue.share(nodes),
+            SupervisorMsg::Wake => state.wake_at = None,
         }
-        Self::dispatch(state);
+        Self::dispatch(&myself, state);
         Ok(())
     }
 
@@ -269,11 +342,12 @@ impl Actor for Supervisor {
         state.idle.retain(|w| w.get_id() != id);
         tracing::error!(worker = %id, reason = %why, "clone worker failed; replacing it");
         if let Some(job) = state.running.remove(&id) {
+            state.queue.finished(&job);
             let error = TaskError::new(ErrorCode::Internal, format!("worker crashed: {why}"));
             Self::finish(&myself, state, job, Err(error));
         }
         Self::spawn_worker(&myself, state).await?;
-        Self::dispatch(state);
+        Self::dispatch(&myself, state);
         Ok(())
     }
 }

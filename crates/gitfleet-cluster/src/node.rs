@@ -116,6 +116,20 @@ pub async fn run_node(
         .subscribe(nats.subjects.removals())
         .await
         .map_err(|e| ClusterError::request("removal subscription", e))?;
+    let mut host_pauses = nats
+        .client
+        .subscribe(nats.subjects.host_pauses())
+        .await
+        .map_err(|e| ClusterError::request("host pause subscription", e))?;
+    // The hosts this node pauses, for the others.
+    background.spawn(announce_host_pauses(
+        nats.clone(),
+        fleet.host_pauses(),
+        options.node_id.clone(),
+    ));
+    // The hosts' limits are the cluster's: each node takes its part of them, by the live nodes
+    // the takeover's look counts.
+    let (live_counts, mut live_count) = tokio::sync::mpsc::channel::<usize>(1);
     // Announce ourselves before our consumer exists: a consumer without a heartbeat is what
     // the takeover looks for.
     let _ = nodes
@@ -179,8 +193,10 @@ pub async fn run_node(
                     let nodes = nodes.clone();
                     let store = store.clone();
                     let me = options.node_id.clone();
+                    let live_counts = live_counts.clone();
                     takeover = Some(tokio::spawn(async move {
                         let Ok(live) = api::live_nodes(&nodes).await else { return };
+                        let _ = live_counts.try_send(live.len());
                         match crate::takeover::take_over_dead_nodes(&nats, &store, &nodes, &me, &live).await {
                             Ok(0) => {}
                             Ok(moved) => tracing::warn!(moved, "took over jobs of departed nodes"),
@@ -197,6 +213,12 @@ pub async fn run_node(
             Some(removal) = removals.next() => {
                 remove_held(&fleet, &layout, &options.node_id, &removal.payload);
             }
+            Some(notice) = host_pauses.next() => {
+                pause_host(&fleet, &options.node_id, &notice.payload);
+            }
+            Some(nodes) = live_count.recv() => {
+                let _ = fleet.share_host_limits(nodes);
+            }
             message = intake.next_job() => intake.take(message).await?,
             update = updates.recv() => match update {
                 Ok(TaskUpdate::State { task }) if task.status.status_type.is_final() => {
@@ -212,6 +234,49 @@ pub async fn run_node(
     fleet.shutdown().await;
     let _ = nats.client.flush().await;
     Ok(())
+}
+
+/// Tells the other nodes of every host this node pauses.
+async fn announce_host_pauses(
+    nats: Nats,
+    mut pauses: tokio::sync::broadcast::Receiver<gitfleet_actors::HostPaused>,
+    me: String,
+) {
+    loop {
+        match pauses.recv().await {
+            Ok(paused) => {
+                let notice = gitfleet_proto::HostPauseNotice {
+                    host: paused.host,
+                    pause_secs: paused.pause.as_secs(),
+                    node: me.clone(),
+                };
+                let payload = gitfleet_proto::to_json(&notice);
+                let _ = nats
+                    .client
+                    .publish(nats.subjects.host_pauses(), payload.into())
+                    .await;
+            }
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Another node was asked to slow down: this one pauses the host too (for at most
+/// `MAX_PAUSE`, which the Supervisor enforces).
+fn pause_host(fleet: &Fleet, me: &str, payload: &[u8]) {
+    let notice: gitfleet_proto::HostPauseNotice = match gitfleet_proto::from_json(payload) {
+        Ok(notice) => notice,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an unreadable host pause notice");
+            return;
+        }
+    };
+    if notice.node == me || notice.host.len() > 255 {
+        return;
+    }
+    tracing::info!(host = %notice.host, pause_s = notice.pause_secs, from = %notice.node, "pausing a host another node was refused by");
+    let _ = fleet.pause_host(&notice.host, Duration::from_secs(notice.pause_secs));
 }
 
 /// Once per root, before any job: marks the repositories an earlier version made on this node

@@ -94,6 +94,12 @@ impl Subjects {
         format!("{}.control.remove", self.prefix)
     }
 
+    /// Hosts paused because they asked to slow down, to every node (a
+    /// [`gitfleet_proto::HostPauseNotice`]): each pauses the host too.
+    pub fn host_pauses(&self) -> String {
+        format!("{}.control.pause", self.prefix)
+    }
+
     fn name(&self, suffix: &str) -> String {
         format!("{}_{suffix}", self.prefix.replace('.', "_")).to_ascii_uppercase()
     }

@@ -119,6 +119,17 @@ pub struct RemovalNotice {
     pub task: CloneTask,
 }
 
+/// `<prefix>.control.pause`: a node was asked by a code host to slow down; every node sends
+/// nothing to that host for `pause_secs` (bounded by each node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostPauseNotice {
+    /// The host as URLs name it (`github.com`, `127.0.0.1`).
+    pub host: String,
+    pub pause_secs: u64,
+    /// The node that met the refusal (it paused the host already).
+    pub node: String,
+}
+
 /// `<prefix>.api.archive` and `<prefix>.api.unarchive`: keep tasks (ids or URLs) as they are,
 /// never synced, or bring them back (due now).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -39,6 +39,9 @@ pub enum ErrorCode {
     /// The remote sent more than a limit allows (bytes, object size, refs, ref name length), or
     /// too slowly.
     LimitExceeded,
+    /// The code host asked gitfleet to slow down (HTTP 429, or GitHub's rate-limit 403): the
+    /// host is paused for the time it gave, and the task waits without using up a retry.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -51,6 +54,7 @@ impl ErrorCode {
                 | ErrorCode::Stalled
                 | ErrorCode::ServerError
                 | ErrorCode::Internal
+                | ErrorCode::RateLimited
         )
     }
 
@@ -71,6 +75,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::PruneRefused => "prune_refused",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 }
@@ -88,6 +93,10 @@ impl std::fmt::Display for ErrorCode {
 pub struct TaskError {
     pub code: ErrorCode,
     pub message: String,
+    /// How long the server asked to be left alone (its `Retry-After`, bounded), in seconds:
+    /// the whole host is paused that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
 }
 
 impl TaskError {
@@ -95,7 +104,19 @@ impl TaskError {
         TaskError {
             code,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    /// The same error, saying how long the server asked to be left alone.
+    pub fn with_retry_after(mut self, retry_after: std::time::Duration) -> Self {
+        self.retry_after_secs = Some(retry_after.as_secs().max(1));
+        self
+    }
+
+    /// The pause the server asked for, if it asked.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after_secs.map(std::time::Duration::from_secs)
     }
 
     pub fn is_transient(&self) -> bool {

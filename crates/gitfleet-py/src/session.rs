@@ -322,6 +322,7 @@ fn start(
             limits: Limits::default(),
         }),
         schedule: SchedulePolicy::default(),
+        hosts: gitfleet_actors::HostLimits::default(),
     };
     let fleet = runtime.block_on(async {
         let fleet = gitfleet_actors::Fleet::start(config, open.store.clone())

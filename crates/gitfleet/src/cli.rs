@@ -319,6 +319,13 @@ pub struct WorkArgs {
     /// Delete every ref the remote no longer lists, however many.
     #[arg(long)]
     pub force_prune: bool,
+    /// How much one code host gets (repeatable): `HOST=N` transfers at once, `HOST=N/M` and
+    /// at most M started per minute (0: no limit); `*=N[/M]` for every host not named
+    /// (default: 32 at once, no rate limit). In a cluster the limits are the cluster's: each
+    /// node takes its part (at least 1). A host that answers 429, or 503 with Retry-After,
+    /// is paused for the time it asks, whatever the limits.
+    #[arg(long = "host-limit", value_name = "HOST=N[/PER_MINUTE]", value_parser = parse_host_rule)]
+    pub host_limits: Vec<String>,
     /// Keep this much of the root's file system free (`10%`, or a size such as `50G`): below
     /// it, new repositories fail with `storage` and those already there keep syncing.
     #[arg(long, value_name = "PERCENT|SIZE", value_parser = parse_min_free)]
@@ -465,6 +472,10 @@ impl WorkArgs {
             },
             node,
             executor: std::sync::Arc::new(executor),
+            hosts: gitfleet_actors::HostLimits::from_rules(
+                self.host_limits.iter().map(String::as_str),
+            )
+            .expect("checked when parsed"),
             schedule: gitfleet_actors::SchedulePolicy {
                 min_interval: self.min_interval,
                 max_interval: self.max_interval.max(self.min_interval),
@@ -473,6 +484,11 @@ impl WorkArgs {
             },
         }
     }
+}
+
+/// One `--host-limit` rule, checked (kept as written: `HostLimits::from_rules` reads them all).
+fn parse_host_rule(text: &str) -> Result<String, String> {
+    gitfleet_actors::parse_host_rule(text).map(|_| text.to_string())
 }
 
 /// `90s`, `10m`, `8h`, `1h 30m`; a bare number is seconds (`0.2` too).

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use gitfleet_cluster::Client;
-use gitfleet_proto::{ApiErrorCode, ApiReply, StatusType, SubmitRequest, TaskUpdate};
+use gitfleet_proto::{
+    ApiErrorCode, ApiReply, HostPauseNotice, StatusType, SubmitRequest, TaskUpdate,
+};
 use gitfleet_tests::{
-    CLUSTER_WAIT, Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, NodeProcess, Sandbox,
-    eventually, fsck, mirror_one, refs, wait_final, wait_for_nodes,
+    CLUSTER_WAIT, Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, NodeProcess, Refusal,
+    Sandbox, eventually, fsck, mirror_one, refs, wait_final, wait_for_nodes,
 };
 
 /// Where the node that ran `task` (a mirror of `alpha.git` on `daemon`) keeps it.
@@ -1309,4 +1311,110 @@ async fn an_operator_sets_an_interval_and_resumes_through_the_api() {
     assert!(out.contains("resumed"), "{out}");
     let (code, _, _) = sandbox.run_cli(&["resume", &daemon.url("nothing-here.git")]);
     assert_eq!(code, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_slows_one_node_down_pauses_every_node() {
+    let fixtures = Fixtures::new();
+    // The first request gets 429 with Retry-After: 2.
+    let server = HttpServer::start(
+        &fixtures.root,
+        HttpOptions {
+            refuse_first: Some(Refusal {
+                count: 1,
+                status: 429,
+                headers: vec![("Retry-After".into(), "2".into())],
+                body: "slow down\n".into(),
+            }),
+            ..HttpOptions::default()
+        },
+    );
+    let nats = NatsServer::start();
+    let sandbox = sandbox(&nats);
+    let _nodes: Vec<NodeProcess> = ["node-a", "node-b"]
+        .iter()
+        .map(|id| sandbox.start_node(id))
+        .collect();
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("client");
+    wait_for_nodes(&client, 2).await;
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut notices = raw
+        .subscribe("gitfleet.control.pause")
+        .await
+        .expect("subscribe");
+
+    // The node that meets the 429 waits as asked (no retry used) and tells the others.
+    let task = mirror_one(&client, &server.url("alpha.git")).await;
+    assert_eq!(task.status.status_type, StatusType::Completed, "{task:?}");
+    let notice = tokio::time::timeout(CLUSTER_WAIT, notices.next())
+        .await
+        .expect("a pause notice in time")
+        .expect("the subscription is open");
+    let notice: HostPauseNotice =
+        gitfleet_proto::from_json(&notice.payload).expect("a pause notice");
+    assert_eq!(
+        (
+            notice.host.as_str(),
+            notice.pause_secs,
+            Some(notice.node.as_str())
+        ),
+        ("127.0.0.1", 2, task.node.as_deref())
+    );
+    let log = server.request_log();
+    assert!(
+        log[1].received >= log[0].received + Duration::from_secs(2),
+        "{log:#?}"
+    );
+
+    // A pause another node announces holds on every node (the notice names neither of them):
+    // nothing reaches the host for its time.
+    let before = server.request_log().len();
+    let announced = std::time::Instant::now();
+    let pause = HostPauseNotice {
+        host: "127.0.0.1".into(),
+        pause_secs: 3,
+        node: "node-elsewhere".into(),
+    };
+    raw.publish(
+        "gitfleet.control.pause",
+        gitfleet_proto::to_json(&pause).into(),
+    )
+    .await
+    .expect("publish");
+    raw.flush().await.expect("flush");
+    let urls = [
+        "beta.git",
+        "empty.git",
+        "org-a/utils.git",
+        "org-b/utils.git",
+    ]
+    .map(|name| server.url(name));
+    let reply = client
+        .submit(&SubmitRequest {
+            repositories: urls.to_vec(),
+            operation: gitfleet_proto::Operation::Mirror,
+            worktree: false,
+            idempotency_key: None,
+        })
+        .await
+        .expect("submit");
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .map(|t| t.task_id.clone().expect("accepted"))
+        .collect();
+    let done = wait_final(&client, &ids).await;
+    assert!(
+        done.iter()
+            .all(|t| t.status.status_type == StatusType::Completed),
+        "{done:#?}"
+    );
+    for request in &server.request_log()[before..] {
+        assert!(
+            request.received >= announced + Duration::from_secs(3),
+            "a request within the announced pause: {request:?}"
+        );
+    }
 }

@@ -33,6 +33,7 @@ use crate::error::{classify, describe};
 use crate::meter::Meter;
 use crate::place::Found;
 use crate::progress::{Progress, Tracker};
+use crate::pushback::Pushback;
 use crate::{Credentials, Layout, Redactor, RepoUrl};
 use watch::{Commit, Event};
 
@@ -64,6 +65,8 @@ struct Attempt<'a> {
     events: &'a mpsc::Sender<Event>,
     /// Bytes received on the wire, against the listing and transfer budgets.
     meter: &'a Arc<Meter>,
+    /// A server's request to slow down, as the transport met it.
+    pushback: &'a Arc<Pushback>,
 }
 
 type ProgressItem = gix::progress::tree::Item;
@@ -84,12 +87,14 @@ pub fn execute(
     let (tx, rx) = mpsc::channel();
     let commit = Arc::new(Commit::default());
     let meter = Meter::new(req.limits.max_listing_bytes, req.limits.max_bytes);
+    let pushback = Arc::new(Pushback::default());
     {
         let req = req.clone();
         let layout = layout.clone();
         let interrupt = control.interrupt();
         let commit = commit.clone();
         let meter = meter.clone();
+        let pushback = pushback.clone();
         // The caller's span (the task, in the actors) goes with the work to the git thread.
         let span = tracing::Span::current();
         let spawned = crate::threads::spawn(Box::new(move || {
@@ -102,6 +107,7 @@ pub fn execute(
                 commit: &commit,
                 events: &tx,
                 meter: &meter,
+                pushback: &pushback,
             };
             let result = run(&attempt, root.add_child("gitfleet")).map(|mut result| {
                 measure(&req, &mut result);
@@ -125,7 +131,7 @@ pub fn execute(
         &meter,
         on_progress,
     );
-    let mut result = outcome.map_err(|e| leaving(req, e))?;
+    let mut result = outcome.map_err(|e| leaving(req, slowed_down(e, &pushback)))?;
     // The pack's size is exact; the sampled counter misses what arrived after the last tick.
     result.bytes_received = result.bytes_received.max(tracker.current().bytes_received);
     result.duration_ms = started.elapsed().as_millis().try_into().unwrap_or(u64::MAX);
@@ -147,11 +153,31 @@ fn measure(req: &Request, result: &mut SyncResult) {
     }
 }
 
+/// An attempt that failed after the server asked to slow down failed because of it, whatever
+/// gix made of the refusal: `rate_limited` (429, GitHub's 403) or the outage it was (a 503),
+/// with the pause the server asked for.
+fn slowed_down(e: TaskError, pushback: &Pushback) -> TaskError {
+    match pushback.take() {
+        Some(refusal) if e.code != ErrorCode::Cancelled => {
+            let code = if refusal.rate_limited {
+                ErrorCode::RateLimited
+            } else {
+                ErrorCode::ServerError
+            };
+            TaskError::new(code, e.message).with_retry_after(refusal.pause)
+        }
+        _ => e,
+    }
+}
+
 /// An error as it leaves the engine: naming the URL, with every secret removed, printable and
 /// bounded, whatever a server put into it.
 fn leaving(req: &Request, e: TaskError) -> TaskError {
     let message = format!("{}: {}", req.url.display(), e.message);
-    TaskError::new(e.code, crate::printable(&req.redactor.redact(&message)))
+    TaskError {
+        message: crate::printable(&req.redactor.redact(&message)),
+        ..e
+    }
 }
 
 fn run(at: &Attempt<'_>, progress: ProgressItem) -> Result<SyncResult, TaskError> {

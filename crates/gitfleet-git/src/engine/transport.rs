@@ -1,14 +1,12 @@
 //! Choosing and opening the transport of an attempt, with gitfleet's own settings: our own
-//! git:// connection (daemon.rs), gix's http(s) with metered bodies, the checked addresses and
-//! no redirects (http.rs), and our own `ssh` connection with the operator's options (ssh.rs). Nothing comes from the repository's
+//! git:// connection (daemon.rs), our own http(s) client with metered bodies, the checked addresses
+//! and no redirects (http.rs), and our own `ssh` connection with the operator's options (ssh.rs). Nothing comes from the repository's
 //! configuration: that would let whoever wrote it choose the ssh command (`core.sshCommand`), a
 //! proxy, extra headers, or turn off certificate checks (`http.sslVerify`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use gitfleet_proto::{ErrorCode, TaskError};
-use gix_transport::client::TransportWithoutIO as _;
 use gix_transport::client::blocking_io::Transport;
 
 use super::{Attempt, Request, git_error};
@@ -93,11 +91,24 @@ pub(super) fn open(at: &Attempt<'_>, what: &str) -> Result<BoxedTransport, TaskE
     match req.url.scheme() {
         Scheme::Git => daemon(at),
         Scheme::Http | Scheme::Https => {
-            let mut transport = crate::http::transport(url, at.meter.clone());
-            transport
-                .configure(&http_options(req))
-                .map_err(|e| git_error(what, &e))?;
-            Ok(Box::new(transport))
+            let settings = crate::http::HttpSettings {
+                host: req
+                    .url
+                    .host()
+                    .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string()),
+                addresses: req.addresses.clone(),
+                connect_timeout: CONNECT_TIMEOUT,
+                // A little longer than the stall limit, as for git:// below.
+                io_timeout: req.limits.stall_limit + Duration::from_secs(1),
+            };
+            crate::http::transport(url, &settings, at.meter.clone(), at.pushback.clone())
+                .map(|transport| Box::new(transport) as BoxedTransport)
+                .map_err(|e| {
+                    TaskError::new(
+                        ErrorCode::Internal,
+                        format!("cannot build the http client: {e}"),
+                    )
+                })
         }
         Scheme::Ssh => crate::ssh::connect(
             &url,
@@ -137,44 +148,5 @@ fn daemon(at: &Attempt<'_>) -> Result<BoxedTransport, TaskError> {
             ErrorCode::Network,
             format!("cannot reach the server: {e}"),
         )),
-    }
-}
-
-/// gitfleet's HTTP settings. Redirects are not followed: a redirect could send the request, and
-/// with it credentials, to another host or to an address the policy refuses.
-fn http_options(req: &Request) -> gix_transport::client::blocking_io::http::Options {
-    use gix_transport::client::blocking_io::http::options::FollowRedirects;
-    let host = req
-        .url
-        .host()
-        .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string());
-    let addresses = req.addresses.clone();
-    // The client as gix builds it, plus: the checked addresses for the host, and the extra
-    // certificate authorities.
-    let configure_client: Box<
-        gix_transport::client::blocking_io::http::reqwest::ConfigureClientFn,
-    > = Box::new(move |mut builder| {
-        if let (Some(host), Some(addresses)) = (&host, &addresses) {
-            builder = builder.resolve_to_addrs(host, addresses);
-        }
-        if let Some(roots) = crate::tls::extra_roots() {
-            builder = builder.tls_certs_merge(roots.iter().cloned());
-        }
-        Ok(builder)
-    });
-    let backend = gix_transport::client::blocking_io::http::reqwest::Options {
-        configure_client: Some(configure_client),
-        configure_request: None,
-    };
-    gix_transport::client::blocking_io::http::Options {
-        backend: Some(Arc::new(std::sync::Mutex::new(backend))),
-        follow_redirects: FollowRedirects::None,
-        user_agent: Some(concat!("gitfleet/", env!("CARGO_PKG_VERSION")).to_string()),
-        connect_timeout: Some(CONNECT_TIMEOUT),
-        // The stall limit, enforced by the transport too: a server trickling a byte now and then
-        // keeps no thread.
-        low_speed_limit_bytes_per_second: 1,
-        low_speed_time_seconds: req.limits.stall_limit.as_secs().max(1),
-        ..Default::default()
     }
 }
