@@ -1072,3 +1072,79 @@ fn mirror_over_https_with_a_test_ca_equals_git_clone_mirror() {
     let config_text = std::fs::read_to_string(req.dest.join("config")).expect("the config");
     assert!(!config_text.contains(token), "{config_text}");
 }
+
+#[test]
+fn a_mirror_synced_many_times_is_repacked_and_stays_exact() {
+    let fx = Fixtures::new();
+    let daemon = GitDaemon::start(&fx.root);
+    let store = EngineRoot::new();
+    let url = daemon.url("beta.git");
+    let mut mirror = store.request(&url, Operation::Mirror);
+    mirror.limits.repack_after_packs = 3;
+    store.run(&mirror).expect("the mirror");
+    let mut sync = store.request(&url, Operation::Sync);
+    sync.limits.repack_after_packs = 3;
+    let packs = |repo: &Path| {
+        std::fs::read_dir(repo.join("objects/pack"))
+            .expect("a pack directory")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            .count()
+    };
+    // Each push gives the next sync something to fetch, and so a pack of its own.
+    let work = tempdir();
+    let tree = work.path().join("w");
+    run_git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            fx.repo("beta.git").to_str().expect("utf-8"),
+            "w",
+        ],
+    );
+    let mut repacked = Vec::new();
+    for n in 0..6 {
+        std::fs::write(tree.join(format!("file-{n}")), format!("{n}\n")).expect("write");
+        run_git(&tree, &["add", "."]);
+        run_git(
+            &tree,
+            &[
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "commit",
+                "-qm",
+                "more",
+            ],
+        );
+        run_git(&tree, &["push", "-q", "origin", "HEAD"]);
+        let result = store.run(&sync).expect("a sync");
+        assert!(result.bytes_received > 0, "{result:?}");
+        let done = gitfleet_git::maintain(&store.layout, &sync.dest, &sync.limits, &Control::new())
+            .expect("maintenance");
+        repacked.extend(done);
+        assert!(packs(&sync.dest) <= 3, "after sync {n}: {repacked:?}");
+    }
+    assert!(!repacked.is_empty(), "never repacked");
+    assert!(
+        repacked
+            .iter()
+            .all(|r| r.packs_before == 4 && r.packs_after == 1),
+        "{repacked:?}"
+    );
+    // The mirror is exact, whole and has the bitmap and commit-graph.
+    assert_eq!(refs(&sync.dest), refs(&fx.repo("beta.git")));
+    fsck(&sync.dest).expect("a whole mirror");
+    assert!(sync.dest.join("objects/info/commit-graph").exists());
+    let bitmaps = std::fs::read_dir(sync.dest.join("objects/pack"))
+        .expect("the pack directory")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".bitmap"))
+        .count();
+    assert_eq!(bitmaps, 1);
+    // A sync after the repack goes on as before.
+    let again = store.run(&sync).expect("a quiet sync");
+    assert_eq!(again.bytes_received, 0, "{again:?}");
+}

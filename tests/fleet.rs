@@ -386,15 +386,20 @@ async fn a_host_gets_no_more_transfers_at_once_than_its_limit_and_every_task_com
     );
     let env = Env::new();
     let hosts = HostLimits::from_rules(["127.0.0.1=2"]).expect("a rule");
-    let fleet = env
-        .start_with_hosts(Arc::new(env.executor()), 6, 0, hosts)
-        .await;
+    let executor = Arc::new(Counting {
+        inner: env.executor(),
+        running: AtomicUsize::new(0),
+        most: AtomicUsize::new(0),
+    });
+    let fleet = env.start_with_hosts(executor.clone(), 6, 0, hosts).await;
     let jobs = names.iter().map(|n| env.job(&server.url(n))).collect();
     let ids = accepted(&fleet.submit(jobs).await.expect("submitting"));
     wait_idle(&fleet).await;
     for id in &ids {
         assert_completed(&task(&fleet, id).await);
     }
+    // As the workers ran them, and as the server saw them.
+    assert_eq!(executor.most.load(Ordering::SeqCst), 2);
     assert_eq!(
         server.max_concurrent_requests(),
         2,
@@ -402,6 +407,28 @@ async fn a_host_gets_no_more_transfers_at_once_than_its_limit_and_every_task_com
         server.request_log()
     );
     fleet.shutdown().await;
+}
+
+/// Counts the transfers running at once.
+struct Counting {
+    inner: GitExecutor,
+    running: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Executor for Counting {
+    fn execute(
+        &self,
+        job: &Job,
+        control: &Control,
+        on_progress: &mut dyn FnMut(&Progress),
+    ) -> Result<SyncResult, TaskError> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        let result = self.inner.execute(job, control, on_progress);
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -305,25 +305,39 @@ fn make_header(name: &str, value: &str) -> Header {
         .unwrap_or_else(|()| panic!("invalid header {name}: {value}"))
 }
 
-/// Counts a request as being answered while it lives.
-struct InFlight<'a>(&'a Shared);
+/// Counts a request as being answered from its arrival until its body's last byte is about to
+/// go out (so the count never includes a response the client is already done with), or until
+/// the handler ends.
+struct InFlight<'a> {
+    shared: &'a Shared,
+    ended: std::sync::atomic::AtomicBool,
+}
 
 impl<'a> InFlight<'a> {
     fn enter(shared: &'a Shared) -> InFlight<'a> {
         let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        InFlight(shared)
+        InFlight {
+            shared,
+            ended: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn end(&self) {
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.end();
     }
 }
 
 fn handle(shared: &Shared, request: Request) {
-    let _in_flight = InFlight::enter(shared);
+    let in_flight = InFlight::enter(shared);
     let received = Instant::now();
     let index = shared.requests.fetch_add(1, Ordering::SeqCst);
     let authorization = header(&request, "Authorization");
@@ -380,7 +394,7 @@ fn handle(shared: &Shared, request: Request) {
     };
 
     let entry = entry(0);
-    serve_cgi(shared, request, remote_user, |status| {
+    serve_cgi(shared, &in_flight, request, remote_user, |status| {
         shared.record(LoggedRequest { status, ..entry });
     });
 }
@@ -398,6 +412,7 @@ fn basic_auth_matches(authorization: Option<&str>, user: &str, token: &str) -> b
 /// Runs one request through `git http-backend` as a CGI/1.1 script.
 fn serve_cgi(
     shared: &Shared,
+    in_flight: &InFlight<'_>,
     mut request: Request,
     remote_user: Option<String>,
     record: impl FnOnce(u16),
@@ -494,6 +509,8 @@ fn serve_cgi(
             let body = ShapedReader {
                 inner: output,
                 shared,
+                in_flight,
+                length: head.content_length,
                 started: Instant::now(),
                 sent: 0,
             };
@@ -605,6 +622,9 @@ impl Read for ChannelReader {
 struct ShapedReader<'a, R> {
     inner: R,
     shared: &'a Shared,
+    in_flight: &'a InFlight<'a>,
+    /// The Content-Length, if the CGI gave one.
+    length: Option<usize>,
     started: Instant,
     sent: u64,
 }
@@ -642,6 +662,11 @@ impl<R: Read> Read for ShapedReader<'_, R> {
         }
         let n = self.inner.read(&mut buf[..cap])?;
         self.sent += n as u64;
+        // The last bytes (or the end of a chunked body) are yet to be written: the client
+        // cannot be done with this response before this point.
+        if n == 0 || self.length.is_some_and(|l| self.sent >= l as u64) {
+            self.in_flight.end();
+        }
         self.shared
             .body_bytes_sent
             .fetch_add(n as u64, Ordering::SeqCst);

@@ -113,7 +113,22 @@ impl Executor for GitExecutor {
             redactor,
             addresses,
         };
-        gitfleet_git::execute(&request, &self.layout, control, on_progress)
+        let mut result = gitfleet_git::execute(&request, &self.layout, control, on_progress)?;
+        // Every fetch that received something left a pack: past the threshold, repack (in this
+        // job, so never while the repository syncs). The sync succeeded whatever this does.
+        if result.bytes_received > 0 && job.operation != Operation::Init {
+            match gitfleet_git::maintain(&self.layout, &job.dest, &self.limits, control) {
+                Ok(Some(_)) => match gitfleet_git::disk_usage(&job.dest) {
+                    Ok(bytes) => result.disk_bytes = Some(bytes),
+                    Err(e) => tracing::warn!(error = %e, "cannot measure the repacked repository"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %request.redactor.redact(&e.message), "maintenance failed; the repository is as it was")
+                }
+            }
+        }
+        Ok(result)
     }
 }
 

@@ -326,6 +326,10 @@ pub struct WorkArgs {
     /// is paused for the time it asks, whatever the limits.
     #[arg(long = "host-limit", value_name = "HOST=N[/PER_MINUTE]", value_parser = parse_host_rule)]
     pub host_limits: Vec<String>,
+    /// Repack a repository (one pack, bitmap, commit-graph; with the git command line) once a
+    /// sync leaves it holding more than this many packs; 0: never.
+    #[arg(long, default_value_t = 50, value_name = "PACKS")]
+    pub repack_after: usize,
     /// Keep this much of the root's file system free (`10%`, or a size such as `50G`): below
     /// it, new repositories fail with `storage` and those already there keep syncing.
     #[arg(long, value_name = "PERCENT|SIZE", value_parser = parse_min_free)]
@@ -459,6 +463,7 @@ impl WorkArgs {
                 min_rate: self.min_rate,
                 rate_window: self.rate_window.max(Duration::from_secs(1)),
                 min_free: self.min_free,
+                repack_after_packs: self.repack_after,
                 ..gitfleet_git::Limits::default()
             },
         };

@@ -1467,3 +1467,33 @@ fn a_running_task_is_neither_removed_nor_archived() {
         "a removal request was left behind"
     );
 }
+
+#[test]
+fn a_sync_that_leaves_too_many_packs_repacks_the_mirror() {
+    let fixtures = Fixtures::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    let root = tempfile::tempdir().expect("tempdir");
+    let url = daemon.url("alpha.git");
+    let out = run(gitfleet(root.path()).arg("mirror").arg(&url));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    fixtures.mutate("alpha.git");
+    let out = run(gitfleet(root.path()).args(["sync", "--repack-after", "1", "--json"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let tasks = status_json(root.path());
+    let mirror = PathBuf::from(
+        task_for(&tasks, "alpha.git")["path"]
+            .as_str()
+            .expect("path"),
+    );
+    let in_pack_dir = |suffix: &str| {
+        std::fs::read_dir(mirror.join("objects/pack"))
+            .expect("the pack directory")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    };
+    assert_eq!((in_pack_dir(".pack"), in_pack_dir(".bitmap")), (1, 1));
+    assert_eq!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
+    fsck(&mirror).expect("a whole mirror");
+}

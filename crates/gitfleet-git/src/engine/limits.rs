@@ -38,6 +38,9 @@ pub struct Limits {
     /// Below this much free space on the root's file system, new repositories are refused
     /// (`storage`); existing ones keep syncing. None: no floor.
     pub min_free: Option<MinFree>,
+    /// A repository holding more packs than this after a sync is repacked (maintenance.rs;
+    /// default 50, git's own `gc.autoPackLimit`; 0: never).
+    pub repack_after_packs: usize,
 }
 
 /// Free space a root keeps for the repositories it already holds.
@@ -93,6 +96,7 @@ impl Default for Limits {
             max_listing_bytes: 128 << 20,
             max_object_bytes: 512 << 20,
             min_free: None,
+            repack_after_packs: 50,
             max_refs: 1_000_000,
             max_ref_name: 1024,
             min_rate: 1,
