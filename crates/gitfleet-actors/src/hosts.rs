@@ -101,17 +101,9 @@ pub fn parse_rule(rule: &str) -> Result<(String, HostLimit), String> {
     ))
 }
 
-/// The longest a paused task waits in a row without using up a retry: a host that refuses for
-/// longer than this many pauses fails its tasks as any transient failure does.
+/// How many pauses one request of a task may wait through without using up retries: past
+/// this, a host's refusals count as any transient failure does.
 pub const MAX_PAUSES_PER_REQUEST: u32 = 24;
-
-/// The queue key of a job: its URL's host (an init touches no host: the empty key, unlimited).
-pub(crate) fn host_of(job: &Job) -> String {
-    if job.operation == gitfleet_proto::Operation::Init {
-        return String::new();
-    }
-    job.url.host().unwrap_or_default().to_ascii_lowercase()
-}
 
 #[derive(Debug, Default)]
 struct Host {
@@ -177,7 +169,7 @@ impl HostQueues {
     }
 
     fn push(&mut self, job: Job, front: bool) {
-        let key = host_of(&job);
+        let key = job.host();
         let host = self.hosts.entry(key.clone()).or_default();
         if host.queue.is_empty() {
             self.turns.push_back(key);
@@ -219,7 +211,7 @@ impl HostQueues {
 
     /// A job popped by [`HostQueues::pop_ready`] finished (or never ran).
     pub(crate) fn finished(&mut self, job: &Job) {
-        let key = host_of(job);
+        let key = job.host();
         if let Some(host) = self.hosts.get_mut(&key) {
             host.running = host.running.saturating_sub(1);
             self.forget_if_idle(&key);
@@ -232,6 +224,12 @@ impl HostQueues {
         if entry.paused_until.is_none_or(|t| t < until) {
             entry.paused_until = Some(until);
         }
+    }
+
+    /// How much longer `host` is paused, if it is.
+    pub(crate) fn paused_for(&self, host: &str, now: Instant) -> Option<Duration> {
+        let until = self.hosts.get(host)?.paused_until?;
+        (until > now).then(|| until - now)
     }
 
     /// Takes a queued job of `task_id` out.
@@ -259,10 +257,13 @@ impl HostQueues {
             .filter_map(|key| {
                 let host = &self.hosts[key];
                 let paused = host.paused_until.filter(|t| *t > now);
+                // With n allowed a minute, the host opens when the n-th most recent start is a
+                // minute old (entries older than a minute are ignored, not yet pruned).
                 let rate = self.limit_of(key).per_minute.and_then(|n| {
-                    (host.recent(now) >= n as usize)
-                        .then(|| host.started.front().map(|t| *t + MINUTE))
-                        .flatten()
+                    let recent: Vec<&Instant> =
+                        host.started.iter().filter(|t| **t + MINUTE > now).collect();
+                    let n = n as usize;
+                    (recent.len() >= n).then(|| *recent[recent.len() - n] + MINUTE)
                 });
                 paused.max(rate)
             })
@@ -287,11 +288,6 @@ impl HostQueues {
 const MINUTE: Duration = Duration::from_secs(60);
 
 impl Host {
-    /// Transfers started within the last minute.
-    fn recent(&self, now: Instant) -> usize {
-        self.started.iter().filter(|t| **t + MINUTE > now).count()
-    }
-
     fn open(&mut self, limit: HostLimit, now: Instant) -> bool {
         if self.paused_until.is_some_and(|t| t > now) {
             return false;
@@ -375,6 +371,33 @@ mod tests {
         assert_eq!(drain(&mut q, now).len(), 2);
         assert_eq!(q.next_opening(now), Some(now + MINUTE));
         assert_eq!(drain(&mut q, now + MINUTE).len(), 1);
+    }
+
+    #[test]
+    fn a_host_at_its_rate_opens_when_a_start_within_the_minute_ages_out() {
+        let mut limits = HostLimits::default();
+        limits.hosts.insert(
+            "a.example".into(),
+            HostLimit {
+                concurrent: None,
+                per_minute: Some(2),
+            },
+        );
+        let mut q = HostQueues::new(limits);
+        let t0 = Instant::now();
+        q.push_back(job("https://a.example/o/r0"));
+        assert_eq!(drain(&mut q, t0).len(), 1);
+        for n in 1..4 {
+            q.push_back(job(&format!("https://a.example/o/r{n}")));
+        }
+        let t50 = t0 + Duration::from_secs(50);
+        assert_eq!(drain(&mut q, t50).len(), 1, "one more within the minute");
+        // At 65 s the start at 0 s has aged out but was never pruned (no worker looked):
+        // the host opens when the start at 50 s does, not at once (that would spin).
+        q.push_back(job("https://a.example/o/r9"));
+        let t65 = t0 + Duration::from_secs(65);
+        assert_eq!(drain(&mut q, t65).len(), 1);
+        assert_eq!(q.next_opening(t65), Some(t50 + MINUTE));
     }
 
     #[test]

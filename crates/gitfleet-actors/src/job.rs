@@ -63,6 +63,17 @@ impl Job {
     }
 }
 
+impl Job {
+    /// The code host this job talks to, as host limits and pauses name it (lowercase; an init
+    /// touches none: empty).
+    pub fn host(&self) -> String {
+        if self.operation == Operation::Init {
+            return String::new();
+        }
+        self.url.host().unwrap_or_default().to_ascii_lowercase()
+    }
+}
+
 /// Runs a job's git work. The real one is [`GitExecutor`]; benchmarks put an instant stand-in
 /// here to measure the control plane alone, and tests one that fails on purpose.
 pub trait Executor: Send + Sync + 'static {

@@ -217,6 +217,16 @@ impl Fleet {
             .map_err(|_| FleetError::Gone("supervisor"))
     }
 
+    /// How much longer `host` is paused here, if it is.
+    pub async fn host_paused_for(&self, host: &str) -> Result<Option<Duration>, FleetError> {
+        ractor::call!(
+            self.supervisor,
+            SupervisorMsg::HostPausedFor,
+            host.to_string()
+        )
+        .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
     /// `nodes` share the hosts' limits from now on (each takes its part).
     pub fn share_host_limits(&self, nodes: usize) -> Result<(), FleetError> {
         self.supervisor

@@ -9,7 +9,7 @@ use gitfleet_proto::{CloneTask, ErrorCode, SyncResult, TaskError};
 use jiff::Timestamp;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::hosts::{HostQueues, MAX_PAUSES_PER_REQUEST, host_of};
+use crate::hosts::{HostQueues, MAX_PAUSES_PER_REQUEST};
 use crate::job::{FleetConfig, Job};
 use crate::registry::RegistryMsg;
 use crate::worker::{CloneWorker, WorkerArgs, WorkerMsg};
@@ -41,6 +41,8 @@ pub enum SupervisorMsg {
     },
     /// This many nodes share the hosts' limits from now on.
     ShareHostLimits(usize),
+    /// How much longer a host is paused, if it is.
+    HostPausedFor(String, RpcReplyPort<Option<Duration>>),
     /// A host's pause or rate window ended (internal).
     Wake,
 }
@@ -145,7 +147,7 @@ impl Supervisor {
                 });
             }
             Err(error) if Self::pauses_host(&error) && job.paused < MAX_PAUSES_PER_REQUEST => {
-                let host = host_of(&job);
+                let host = job.host();
                 let pause = error.retry_after().unwrap_or(gitfleet_git::DEFAULT_PAUSE);
                 tracing::warn!(url = %job.display, host = %host, pause_s = pause.as_secs(), error = %error, "the host asks to slow down; pausing it");
                 state.queue.pause(&host, Instant::now() + pause);
@@ -167,7 +169,11 @@ impl Supervisor {
                     && job.attempt - job.paused.min(job.attempt)
                         <= state.config.retry.max_retries =>
             {
-                let delay = state.config.retry.delay(job.attempt);
+                // Pauses are not retries: they do not lengthen the backoff either.
+                let delay = state
+                    .config
+                    .retry
+                    .delay(job.attempt - job.paused.min(job.attempt));
                 tracing::warn!(url = %job.display, attempt = job.attempt, delay_ms = delay.as_millis() as u64, error = %error, "transient failure; retrying");
                 let _ = state.registry.cast(RegistryMsg::Retrying {
                     id: job.task_id.clone(),
@@ -271,8 +277,9 @@ impl Actor for Supervisor {
                 job,
                 result,
             } => {
-                state.running.remove(&worker);
-                state.queue.finished(&job);
+                if state.running.remove(&worker).is_some() {
+                    state.queue.finished(&job);
+                }
                 if let Some(w) = state.workers.get(&worker) {
                     state.idle.push(w.clone());
                 }
@@ -316,6 +323,9 @@ impl Actor for Supervisor {
                     .pause(&host.to_ascii_lowercase(), Instant::now() + pause);
             }
             SupervisorMsg::ShareHostLimits(nodes) => state.queue.share(nodes),
+            SupervisorMsg::HostPausedFor(host, reply) => {
+                let _ = reply.send(state.queue.paused_for(&host, Instant::now()));
+            }
             SupervisorMsg::Wake => state.wake_at = None,
         }
         Self::dispatch(&myself, state);

@@ -298,6 +298,7 @@ pub(crate) async fn enqueue(
     };
     let mut revision = None;
     let mut generation = 0;
+    let mut previous_node = None;
     // The first try starts from what the caller read (`None`: a new task, one create and no
     // read); only a conflict costs a read.
     let mut first = Some(known);
@@ -350,6 +351,8 @@ pub(crate) async fn enqueue(
         task.error_code = None;
         task.phase = None;
         task.attempts = 0;
+        // Placement moved it: the node that held it deletes its copy once this job completes.
+        previous_node = task.node.clone().filter(|held| held != owner && rev != 0);
         task.node = Some(owner.clone());
         task.started_at = None;
         task.finished_at = None;
@@ -382,6 +385,7 @@ pub(crate) async fn enqueue(
         operation,
         path: target.relative().to_string_lossy().into_owned(),
         generation,
+        previous_node,
     };
     let mut headers = HeaderMap::new();
     // One enqueue, one job, even if this publish is retried: named by the record's new revision,

@@ -19,6 +19,8 @@ use crate::kv_store::KvStore;
 /// A job is redelivered when its node has not acknowledged it (or said it is still working) for
 /// this long.
 const ACK_WAIT: Duration = Duration::from_secs(30);
+/// The longest a job of a paused host waits in the stream before this node looks again.
+const PAUSED_RECHECK: Duration = Duration::from_secs(60);
 /// When a job whose final state could not be stored comes back.
 const UNSTORED_RETRY: Duration = Duration::from_secs(30);
 
@@ -130,6 +132,7 @@ impl<'a> JobIntake<'a> {
         let Some(message) = self.held.remove(&task.id) else {
             return;
         };
+        self.hand_over(task, &message).await;
         let acked = if self.store.is_unstored(&task.id) {
             tracing::warn!(task = %task.id, "final state not stored; the job will run again");
             message.ack_with(AckKind::Nak(Some(UNSTORED_RETRY))).await
@@ -138,6 +141,35 @@ impl<'a> JobIntake<'a> {
         };
         if let Err(e) = acked {
             tracing::warn!(task = %task.id, error = %e, "cannot acknowledge a finished job");
+        }
+    }
+
+    /// A repository placement moved here is complete: the node that held it before deletes its
+    /// copy (told before the job is acknowledged; a lost notice leaves a copy, never loses one).
+    async fn hand_over(&self, task: &CloneTask, message: &Message) {
+        if task.status.status_type != gitfleet_proto::StatusType::Completed
+            || self.store.is_unstored(&task.id)
+        {
+            return;
+        }
+        let Ok(job) = gitfleet_proto::from_json::<JobMessage>(&message.payload) else {
+            return;
+        };
+        let Some(from) = job.previous_node else {
+            return;
+        };
+        let notice = gitfleet_proto::HandoverNotice {
+            task: task.clone(),
+            from,
+        };
+        let payload = gitfleet_proto::to_json(&notice);
+        if let Err(e) = self
+            .nats
+            .client
+            .publish(self.nats.subjects.handovers(), payload.into())
+            .await
+        {
+            tracing::warn!(task = %task.id, error = %e, "cannot tell the former holder to delete its copy");
         }
     }
 
@@ -233,6 +265,14 @@ impl<'a> JobIntake<'a> {
                 return;
             }
         };
+        // A paused host's job waits in the stream, not in this node's window of unacknowledged
+        // jobs, where it would keep other hosts' jobs from being pulled.
+        if let Ok(Some(left)) = self.fleet.host_paused_for(&planned.host()).await {
+            let _ = message
+                .ack_with(AckKind::Nak(Some(left.min(PAUSED_RECHECK))))
+                .await;
+            return;
+        }
         match self.fleet.submit(vec![planned]).await {
             Ok(_) => {
                 self.held.insert(job.task_id, message);

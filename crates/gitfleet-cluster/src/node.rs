@@ -116,6 +116,11 @@ pub async fn run_node(
         .subscribe(nats.subjects.removals())
         .await
         .map_err(|e| ClusterError::request("removal subscription", e))?;
+    let mut handovers = nats
+        .client
+        .subscribe(nats.subjects.handovers())
+        .await
+        .map_err(|e| ClusterError::request("handover subscription", e))?;
     let mut host_pauses = nats
         .client
         .subscribe(nats.subjects.host_pauses())
@@ -212,6 +217,9 @@ pub async fn run_node(
             }
             Some(removal) = removals.next() => {
                 remove_held(&fleet, &layout, &options.node_id, &removal.payload);
+            }
+            Some(handover) = handovers.next() => {
+                release_moved(&fleet, &layout, &options.node_id, &handover.payload);
             }
             Some(notice) = host_pauses.next() => {
                 pause_host(&fleet, &options.node_id, &notice.payload);
@@ -391,24 +399,57 @@ async fn publish_status(nats: Nats, mut updates: tokio::sync::broadcast::Receive
     }
 }
 
-/// A task was removed: if this node ran it last (it holds the repository), it forgets the task
-/// and deletes the repository, in a task of its own (a big delete must not hold up heartbeats).
-/// Where the repository is follows from the task's URL and operation; only one this root's
-/// gitfleet made is deleted (`remove_repository`). A task this node runs a newer generation
-/// of, or one that is running here, is kept.
+/// A removed task: the node that ran it last (the record's `node`) forgets it and deletes its
+/// repository.
 fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
     let Ok(notice) = gitfleet_proto::from_json::<gitfleet_proto::RemovalNotice>(payload) else {
         tracing::warn!("ignoring an unreadable removal notice");
         return;
     };
-    let task = notice.task;
-    if task.node.as_deref() != Some(me) {
-        return;
+    if notice.task.node.as_deref() == Some(me) {
+        delete_copy(
+            fleet,
+            layout,
+            notice.task,
+            "removed a repository on request",
+        );
     }
+}
+
+/// A repository placement moved away from this node is complete at its new owner: this node
+/// forgets it and deletes its copy, unless the record says it is back here.
+fn release_moved(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
+    let Ok(notice) = gitfleet_proto::from_json::<gitfleet_proto::HandoverNotice>(payload) else {
+        tracing::warn!("ignoring an unreadable handover notice");
+        return;
+    };
+    if notice.from == me
+        && notice.task.node.as_deref() != Some(me)
+        && notice.task.status.status_type == StatusType::Completed
+    {
+        delete_copy(
+            fleet,
+            layout,
+            notice.task,
+            "deleted a copy placement moved to another node",
+        );
+    }
+}
+
+/// Forgets `task` and deletes its repository here, in a task of its own (a big delete must not
+/// hold up heartbeats). Where the repository is follows from the task's URL and operation; only
+/// one this root's gitfleet made is deleted (`remove_repository`). A task this node runs a newer
+/// generation of, or one that is running here, is kept.
+fn delete_copy(
+    fleet: &Fleet,
+    layout: &gitfleet_git::Layout,
+    task: gitfleet_proto::CloneTask,
+    done: &'static str,
+) {
     let path = match gitfleet_git::Target::of_task(&task) {
         Ok(target) => layout.path_of(&target),
         Err(e) => {
-            tracing::warn!(task = %task.id, error = %e, "a removal notice names no repository");
+            tracing::warn!(task = %task.id, error = %e, "a notice names no repository");
             return;
         }
     };
@@ -421,7 +462,7 @@ fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: 
         }
         match fleet.forget(&task.id).await {
             Ok(Err(why)) => {
-                tracing::warn!(task = %task.id, why = %why, "not removed: it runs here");
+                tracing::warn!(task = %task.id, why = %why, "kept: it runs here");
                 return;
             }
             Err(_) => return,
@@ -429,13 +470,11 @@ fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: 
         }
         let removed = tokio::task::spawn_blocking(move || layout.remove_repository(&path)).await;
         match removed {
-            Ok(Ok(removed)) => {
-                tracing::info!(task = %task.id, removed, "removed a repository on request")
-            }
+            Ok(Ok(removed)) => tracing::info!(task = %task.id, removed, "{done}"),
             Ok(Err(e)) => {
-                tracing::warn!(task = %task.id, error = %e, "cannot remove a repository")
+                tracing::warn!(task = %task.id, error = %e, "cannot delete a repository")
             }
-            Err(e) => tracing::warn!(task = %task.id, error = %e, "the removal stopped"),
+            Err(e) => tracing::warn!(task = %task.id, error = %e, "the delete stopped"),
         }
     });
 }

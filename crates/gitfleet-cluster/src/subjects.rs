@@ -100,6 +100,12 @@ impl Subjects {
         format!("{}.control.pause", self.prefix)
     }
 
+    /// Repositories placement moved that their new owner completed, to every node (a
+    /// [`gitfleet_proto::HandoverNotice`]): the former holder deletes its copy.
+    pub fn handovers(&self) -> String {
+        format!("{}.control.handover", self.prefix)
+    }
+
     fn name(&self, suffix: &str) -> String {
         format!("{}_{suffix}", self.prefix.replace('.', "_")).to_ascii_uppercase()
     }

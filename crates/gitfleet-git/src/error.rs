@@ -33,7 +33,7 @@ pub(crate) fn classify(err: &(dyn std::error::Error + 'static)) -> ErrorCode {
 pub(crate) fn classify_text(text: &str, io_kind: Option<std::io::ErrorKind>) -> ErrorCode {
     use std::io::ErrorKind as K;
     let has = |needles: &[&str]| needles.iter().any(|n| text.contains(n));
-    if has(&["http status 429", "too many requests"]) {
+    if has(&["http status 429"]) {
         return ErrorCode::RateLimited;
     }
     if has(&[

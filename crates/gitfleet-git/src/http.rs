@@ -63,6 +63,9 @@ fn client(settings: &HttpSettings) -> Result<Client, reqwest::Error> {
         // A redirect could send the request, and with it credentials, to another host or to
         // an address the policy refuses.
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve the name itself: the policy's checked
+        // addresses (private addresses refused, no second lookup) would not hold.
+        .no_proxy()
         .http1_title_case_headers()
         .user_agent(concat!("gitfleet/", env!("CARGO_PKG_VERSION")));
     if let (Some(host), Some(addresses)) = (&settings.host, &settings.addresses) {

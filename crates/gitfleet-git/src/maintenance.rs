@@ -124,6 +124,18 @@ fn storage(path: &Path, e: &std::io::Error) -> TaskError {
     )
 }
 
+/// Kills git and everything it started (its process group).
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY-free: rustix's kill of a process group we created.
+        if let Some(group) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 enum Ran {
     Done,
     /// git is not installed: maintenance is off (said once).
@@ -131,7 +143,8 @@ enum Ran {
 }
 
 /// Runs `git ARGS` in `git_dir` with no configuration but the repository's and no hook, until
-/// it ends, the task is cancelled, or `deadline` passes (then it is killed).
+/// it ends, the task is cancelled, or `deadline` passes (then it and what it started are
+/// killed).
 fn run_git(
     git_dir: &Path,
     args: &[&str],
@@ -159,6 +172,8 @@ fn run_git(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // A group of its own: git repack runs pack-objects, and a cancel must stop both.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -187,19 +202,19 @@ fn run_git(
         match child.try_wait() {
             Ok(Some(status)) => break Ok(status),
             Ok(None) if control.is_cancelled() || Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 break Err("stopped before it finished");
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 break Err("lost track of it");
             }
         }
     };
+    // After a kill, a grandchild that still holds the pipe must not hold this thread.
     let said = stderr
+        .filter(|_| status.is_ok())
         .and_then(|t| t.join().ok())
         .map(|bytes| crate::printable(String::from_utf8_lossy(&bytes).trim()))
         .unwrap_or_default();

@@ -63,9 +63,10 @@ pub(crate) fn refusal(status: u16, headers: &HeaderMap, body: &[u8], now: u64) -
         429 => (true, retry_after.or_else(reset)),
         403 => {
             let exhausted = header("x-ratelimit-remaining") == Some("0");
-            let says_so = String::from_utf8_lossy(body)
-                .to_ascii_lowercase()
-                .contains("rate limit");
+            let body = String::from_utf8_lossy(body).to_ascii_lowercase();
+            // GitHub's words for its primary and secondary limits.
+            let says_so = body.contains("rate limit exceeded")
+                || body.contains("exceeded a secondary rate limit");
             if !exhausted && !says_so {
                 return None;
             }

@@ -236,4 +236,18 @@ pub struct JobMessage {
     /// record still has it (a later request or a takeover supersedes it).
     #[serde(default)]
     pub generation: u64,
+    /// The node that held the repository before placement moved it here: once this job
+    /// completes, that node deletes its copy (a [`HandoverNotice`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_node: Option<String>,
+}
+
+/// `<prefix>.control.handover`: the new owner completed a repository that placement moved
+/// away from node `from`, which deletes its copy (no orphans filling disks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HandoverNotice {
+    /// The record as the new owner completed it: where the repository is follows from its URL
+    /// and operation.
+    pub task: CloneTask,
+    pub from: String,
 }

@@ -19,9 +19,9 @@ mod task;
 
 pub use api::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
-    GetRequest, HostPauseNotice, JobMessage, ListReply, ListRequest, NodeInfo, NodesReply,
-    RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest, SubmitReply, SubmitRequest,
-    Submitted, SyncRequest,
+    GetRequest, HandoverNotice, HostPauseNotice, JobMessage, ListReply, ListRequest, NodeInfo,
+    NodesReply, RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest, SubmitReply,
+    SubmitRequest, Submitted, SyncRequest,
 };
 pub use codec::{
     CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack,

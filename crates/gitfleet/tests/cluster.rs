@@ -512,7 +512,7 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
     assert_eq!(before, after, "placement changed across a restart");
 
     // A fourth node: the repositories that move, move to it, and only some move.
-    let _d = sandbox(&nats).start_node("node-d");
+    let node_d = sandbox(&nats).start_node("node-d");
     wait_for_nodes(&client, 4).await;
     client
         .sync(&gitfleet_proto::SyncRequest::default())
@@ -539,6 +539,34 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
         moved.len(),
         ids.len()
     );
+
+    // Once node-d completed what moved to it, the former owners delete their copies: every
+    // repository is held by its owner and by no other node.
+    let root_of = |node: &str| {
+        nodes
+            .iter()
+            .chain(std::iter::once(&node_d))
+            .find(|n| n.id == node)
+            .map(|n| n.root.path().to_path_buf())
+            .expect("a node of the test")
+    };
+    let holders = |i: usize| -> Vec<String> {
+        ["node-a", "node-b", "node-c", "node-d"]
+            .into_iter()
+            .filter(|node| {
+                root_of(node)
+                    .join(format!("127.0.0.1_{}/p/r{i}.git", daemon.port()))
+                    .exists()
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    eventually(CLUSTER_WAIT, "no copies left behind", || async {
+        (0..ids.len())
+            .all(|i| holders(i) == [with_d[i].clone().expect("an owner")])
+            .then_some(())
+    })
+    .await;
     drop(nodes);
 }
 
@@ -781,6 +809,7 @@ async fn forged_jobs_write_nothing() {
             operation: gitfleet_proto::Operation::Mirror,
             path: alpha_relative.clone(),
             generation: alpha.generation,
+            previous_node: None,
         },
         // Into gitfleet's own directory.
         gitfleet_proto::JobMessage {
@@ -789,6 +818,7 @@ async fn forged_jobs_write_nothing() {
             operation: gitfleet_proto::Operation::Mirror,
             path: ".gitfleet/evil.git".into(),
             generation: 1,
+            previous_node: None,
         },
         // A well-formed job for a task nobody submitted.
         gitfleet_proto::JobMessage {
@@ -797,6 +827,7 @@ async fn forged_jobs_write_nothing() {
             operation: gitfleet_proto::Operation::Mirror,
             path: beta.relative().to_string_lossy().into_owned(),
             generation: 1,
+            previous_node: None,
         },
     ];
     let raw = async_nats::connect(nats.url()).await.expect("connect");
@@ -969,6 +1000,7 @@ async fn a_submitter_cannot_act_as_a_node() {
         operation: gitfleet_proto::Operation::Mirror,
         path: "beta.git".into(),
         generation: 1,
+        previous_node: None,
     };
     for subject in [
         "gitfleet.jobs.solo".to_string(),
@@ -1083,6 +1115,7 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
             .to_string_lossy()
             .into_owned(),
         generation: task.generation,
+        previous_node: None,
     };
     jetstream
         .publish("gitfleet.jobs.ghost", gitfleet_proto::to_json(&job).into())
