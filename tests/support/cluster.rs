@@ -173,19 +173,29 @@ pub async fn wait_final(client: &Client, ids: &[String]) -> Vec<CloneTask> {
     .await
 }
 
-/// Mirrors `url` through the cluster and returns its completed task.
-pub async fn mirror_one(client: &Client, url: &str) -> CloneTask {
+/// Mirrors `urls` through the cluster (every one accepted) and returns their final tasks, in
+/// order.
+pub async fn mirror_all(client: &Client, urls: Vec<String>) -> Vec<CloneTask> {
     let reply = client
         .submit(&SubmitRequest {
-            repositories: vec![url.to_string()],
+            repositories: urls,
             operation: Operation::Mirror,
             worktree: false,
             idempotency_key: None,
         })
         .await
         .expect("submit");
-    let id = reply.tasks[0].task_id.clone().expect("a task");
-    let task = wait_final(client, &[id]).await.remove(0);
+    let ids: Vec<String> = reply
+        .tasks
+        .iter()
+        .map(|t| t.task_id.clone().expect("accepted"))
+        .collect();
+    wait_final(client, &ids).await
+}
+
+/// Mirrors `url` through the cluster and returns its completed task.
+pub async fn mirror_one(client: &Client, url: &str) -> CloneTask {
+    let task = mirror_all(client, vec![url.to_string()]).await.remove(0);
     assert_eq!(task.status.status_type, StatusType::Completed, "{task:?}");
     task
 }

@@ -20,7 +20,8 @@ mod sshd;
 mod tls;
 
 pub use cluster::{
-    CLUSTER_WAIT, NodeProcess, Sandbox, eventually, mirror_one, wait_final, wait_for_nodes,
+    CLUSTER_WAIT, NodeProcess, Sandbox, eventually, mirror_all, mirror_one, wait_final,
+    wait_for_nodes,
 };
 pub use daemon::GitDaemon;
 pub use engine_root::{EngineRoot, test_limits};

@@ -355,14 +355,7 @@ mod tests {
 
     #[test]
     fn a_rate_limit_spreads_starts_over_the_minute_and_says_when() {
-        let mut limits = HostLimits::default();
-        limits.hosts.insert(
-            "a.example".into(),
-            HostLimit {
-                concurrent: None,
-                per_minute: Some(2),
-            },
-        );
+        let limits = HostLimits::from_rules(["a.example=0/2"]).expect("a rule");
         let mut q = HostQueues::new(limits);
         for n in 0..3 {
             q.push_back(job(&format!("https://a.example/o/r{n}")));
@@ -375,14 +368,7 @@ mod tests {
 
     #[test]
     fn a_host_at_its_rate_opens_when_a_start_within_the_minute_ages_out() {
-        let mut limits = HostLimits::default();
-        limits.hosts.insert(
-            "a.example".into(),
-            HostLimit {
-                concurrent: None,
-                per_minute: Some(2),
-            },
-        );
+        let limits = HostLimits::from_rules(["a.example=0/2"]).expect("a rule");
         let mut q = HostQueues::new(limits);
         let t0 = Instant::now();
         q.push_back(job("https://a.example/o/r0"));

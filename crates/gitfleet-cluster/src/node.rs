@@ -219,7 +219,7 @@ pub async fn run_node(
                 remove_held(&fleet, &layout, &options.node_id, &removal.payload);
             }
             Some(handover) = handovers.next() => {
-                release_moved(&fleet, &layout, &options.node_id, &handover.payload);
+                release_moved(&fleet, &layout, &store, &options.node_id, &handover.payload);
             }
             Some(notice) = host_pauses.next() => {
                 pause_host(&fleet, &options.node_id, &notice.payload);
@@ -411,14 +411,23 @@ fn remove_held(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: 
             fleet,
             layout,
             notice.task,
+            None,
             "removed a repository on request",
         );
     }
 }
 
 /// A repository placement moved away from this node is complete at its new owner: this node
-/// forgets it and deletes its copy, unless the record says it is back here.
-fn release_moved(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload: &[u8]) {
+/// forgets it and deletes its copy, once the task bucket confirms it (the record is completed
+/// on another node, at the notice's generation or later): a forged or stale notice deletes
+/// nothing.
+fn release_moved(
+    fleet: &Fleet,
+    layout: &gitfleet_git::Layout,
+    store: &KvStore,
+    me: &str,
+    payload: &[u8],
+) {
     let Ok(notice) = gitfleet_proto::from_json::<gitfleet_proto::HandoverNotice>(payload) else {
         tracing::warn!("ignoring an unreadable handover notice");
         return;
@@ -431,6 +440,7 @@ fn release_moved(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload
             fleet,
             layout,
             notice.task,
+            Some((store.clone(), me.to_string())),
             "deleted a copy placement moved to another node",
         );
     }
@@ -439,11 +449,14 @@ fn release_moved(fleet: &Fleet, layout: &gitfleet_git::Layout, me: &str, payload
 /// Forgets `task` and deletes its repository here, in a task of its own (a big delete must not
 /// hold up heartbeats). Where the repository is follows from the task's URL and operation; only
 /// one this root's gitfleet made is deleted (`remove_repository`). A task this node runs a newer
-/// generation of, or one that is running here, is kept.
+/// generation of, or one that is running here, is kept. With `moved_from` (the bucket and this
+/// node), only if the bucket's record is completed on another node at `task`'s generation or
+/// later.
 fn delete_copy(
     fleet: &Fleet,
     layout: &gitfleet_git::Layout,
     task: gitfleet_proto::CloneTask,
+    moved_from: Option<(KvStore, String)>,
     done: &'static str,
 ) {
     let path = match gitfleet_git::Target::of_task(&task) {
@@ -455,6 +468,19 @@ fn delete_copy(
     };
     let (fleet, layout) = (fleet.view(), layout.clone());
     tokio::spawn(async move {
+        if let Some((store, me)) = moved_from {
+            let confirmed = matches!(
+                store.get(&task.id).await,
+                Ok(Some((record, _)))
+                    if record.status.status_type == StatusType::Completed
+                        && record.node.as_deref().is_some_and(|n| n != me)
+                        && record.generation >= task.generation
+            );
+            if !confirmed {
+                tracing::warn!(task = %task.id, "kept a copy: the task bucket does not say it moved");
+                return;
+            }
+        }
         if let Ok(Some(current)) = fleet.get(&task.id).await
             && current.generation > task.generation
         {

@@ -12,7 +12,7 @@ use gitfleet_proto::{
 };
 use gitfleet_tests::{
     CLUSTER_WAIT, Fixtures, GitDaemon, HttpOptions, HttpServer, NatsServer, NodeProcess, Refusal,
-    Sandbox, eventually, fsck, mirror_one, refs, wait_final, wait_for_nodes,
+    Sandbox, eventually, fsck, mirror_all, mirror_one, refs, wait_final, wait_for_nodes,
 };
 
 /// Where the node that ran `task` (a mirror of `alpha.git` on `daemon`) keeps it.
@@ -463,23 +463,9 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
         );
         repositories.push(daemon.url(&format!("p/r{i}.git")));
     }
-    let submit = SubmitRequest {
-        repositories,
-        operation: gitfleet_proto::Operation::Mirror,
-        worktree: false,
-        idempotency_key: None,
-    };
-    let reply = client.submit(&submit).await.expect("submit");
-    let ids: Vec<String> = reply
-        .tasks
-        .iter()
-        .filter_map(|t| t.task_id.clone())
-        .collect();
-    let before: Vec<Option<String>> = wait_final(&client, &ids)
-        .await
-        .into_iter()
-        .map(|t| t.node)
-        .collect();
+    let first = mirror_all(&client, repositories).await;
+    let ids: Vec<String> = first.iter().map(|t| t.id.clone()).collect();
+    let before: Vec<Option<String>> = first.into_iter().map(|t| t.node).collect();
 
     // Every node restarts (same ids): every repository is synced where it lives.
     for node in &mut nodes {
@@ -1074,21 +1060,7 @@ async fn leftovers_of_a_takeover_and_jobs_for_a_ghost_are_handled() {
     let _second = sandbox(&nats).start_node("node-b");
     wait_for_nodes(&client, 2).await;
     let repositories: Vec<String> = REPOS.iter().map(|r| daemon.url(r)).collect();
-    let reply = client
-        .submit(&SubmitRequest {
-            repositories,
-            operation: gitfleet_proto::Operation::Mirror,
-            worktree: false,
-            idempotency_key: None,
-        })
-        .await
-        .expect("submit");
-    let ids: Vec<String> = reply
-        .tasks
-        .iter()
-        .map(|t| t.task_id.clone().expect("a task"))
-        .collect();
-    let done = wait_final(&client, &ids).await;
+    let done = mirror_all(&client, repositories).await;
     // node-b made its own consumer (the leftover is gone) and ran what it owns.
     assert!(stream.consumer_info("node-node-b").await.is_ok());
     assert!(stream.consumer_info("takeover-node-b").await.is_err());
@@ -1424,21 +1396,7 @@ async fn a_host_that_slows_one_node_down_pauses_every_node() {
         "org-b/utils.git",
     ]
     .map(|name| server.url(name));
-    let reply = client
-        .submit(&SubmitRequest {
-            repositories: urls.to_vec(),
-            operation: gitfleet_proto::Operation::Mirror,
-            worktree: false,
-            idempotency_key: None,
-        })
-        .await
-        .expect("submit");
-    let ids: Vec<String> = reply
-        .tasks
-        .iter()
-        .map(|t| t.task_id.clone().expect("accepted"))
-        .collect();
-    let done = wait_final(&client, &ids).await;
+    let done = mirror_all(&client, urls.to_vec()).await;
     assert!(
         done.iter()
             .all(|t| t.status.status_type == StatusType::Completed),
