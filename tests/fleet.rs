@@ -432,6 +432,47 @@ impl Executor for Counting {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queued_jobs_of_a_paused_host_can_be_handed_back() {
+    let fx = Fixtures::new();
+    let server = HttpServer::start(&fx.root, HttpOptions::default());
+    let env = Env::new();
+    let fleet = env.start_git(2, 0).await;
+    fleet
+        .pause_host("127.0.0.1", Duration::from_secs(600))
+        .expect("the supervisor is alive");
+    assert!(
+        fleet
+            .host_paused_for("127.0.0.1")
+            .await
+            .expect("alive")
+            .is_some_and(|left| left > Duration::from_secs(590))
+    );
+    let ids = accepted(
+        &fleet
+            .submit(vec![
+                env.job(&server.url("alpha.git")),
+                env.job(&server.url("beta.git")),
+            ])
+            .await
+            .expect("submitting"),
+    );
+    let mut withdrawn = fleet.withdraw_queued("127.0.0.1").await.expect("alive");
+    withdrawn.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(withdrawn, expected);
+    // Nothing is left to wait for, nothing ran, and the same jobs may come back later.
+    wait_idle(&fleet).await;
+    assert_eq!(server.requests(), 0);
+    let again = fleet
+        .submit(vec![env.job(&server.url("alpha.git"))])
+        .await
+        .expect("submitting");
+    assert!(matches!(again[0], Submitted::Accepted(_)), "{again:?}");
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permanent_errors_are_not_retried() {
     let fx = Fixtures::new();
     let server = HttpServer::start(&fx.root, HttpOptions::default());

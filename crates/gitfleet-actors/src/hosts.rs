@@ -232,6 +232,18 @@ impl HostQueues {
         (until > now).then(|| until - now)
     }
 
+    /// Takes every queued job of `host` out (none that runs).
+    pub(crate) fn take_host(&mut self, host: &str) -> Vec<Job> {
+        let Some(entry) = self.hosts.get_mut(host) else {
+            return Vec::new();
+        };
+        let jobs: Vec<Job> = entry.queue.drain(..).collect();
+        self.queued -= jobs.len();
+        self.turns.retain(|k| k != host);
+        self.forget_if_idle(host);
+        jobs
+    }
+
     /// Takes a queued job of `task_id` out.
     pub(crate) fn remove(&mut self, task_id: &str) -> Option<Job> {
         let (key, host) = self

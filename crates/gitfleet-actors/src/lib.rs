@@ -217,6 +217,14 @@ impl Fleet {
             .map_err(|_| FleetError::Gone("supervisor"))
     }
 
+    /// Takes the queued (not running) jobs of `host` back out of this fleet and returns their
+    /// task ids; their records stay as they are (`queued`). A node hands them back to the jobs
+    /// stream while the host is paused.
+    pub async fn withdraw_queued(&self, host: &str) -> Result<Vec<String>, FleetError> {
+        ractor::call!(self.supervisor, SupervisorMsg::Withdraw, host.to_string())
+            .map_err(|_| FleetError::Gone("supervisor"))
+    }
+
     /// How much longer `host` is paused here, if it is.
     pub async fn host_paused_for(&self, host: &str) -> Result<Option<Duration>, FleetError> {
         ractor::call!(

@@ -43,6 +43,9 @@ pub enum SupervisorMsg {
     ShareHostLimits(usize),
     /// How much longer a host is paused, if it is.
     HostPausedFor(String, RpcReplyPort<Option<Duration>>),
+    /// Hands back the queued (not running) jobs of a host: the caller keeps them elsewhere
+    /// while the host is paused (a node, in the jobs stream). Replies with their task ids.
+    Withdraw(String, RpcReplyPort<Vec<String>>),
     /// A host's pause or rate window ended (internal).
     Wake,
 }
@@ -323,6 +326,17 @@ impl Actor for Supervisor {
                     .pause(&host.to_ascii_lowercase(), Instant::now() + pause);
             }
             SupervisorMsg::ShareHostLimits(nodes) => state.queue.share(nodes),
+            SupervisorMsg::Withdraw(host, reply) => {
+                let jobs = state.queue.take_host(&host);
+                let ids = jobs
+                    .into_iter()
+                    .map(|job| {
+                        state.pending.remove(&job.task_id);
+                        job.task_id
+                    })
+                    .collect();
+                let _ = reply.send(ids);
+            }
             SupervisorMsg::HostPausedFor(host, reply) => {
                 let _ = reply.send(state.queue.paused_for(&host, Instant::now()));
             }

@@ -144,6 +144,21 @@ impl<'a> JobIntake<'a> {
         }
     }
 
+    /// `host` was paused for `pause`: the jobs of it this node holds but does not run go back to
+    /// the stream, so that they keep no place in this node's window from other hosts' jobs.
+    pub(crate) async fn hand_back(&mut self, host: &str, pause: Duration) {
+        let Ok(ids) = self.fleet.withdraw_queued(host).await else {
+            return;
+        };
+        for id in ids {
+            if let Some(message) = self.held.remove(&id) {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(pause.min(PAUSED_RECHECK))))
+                    .await;
+            }
+        }
+    }
+
     /// A repository placement moved here is complete: the node that held it before deletes its
     /// copy (told before the job is acknowledged; a lost notice leaves a copy, never loses one).
     async fn hand_over(&self, task: &CloneTask, message: &Message) {

@@ -126,7 +126,9 @@ pub async fn run_node(
         .subscribe(nats.subjects.host_pauses())
         .await
         .map_err(|e| ClusterError::request("host pause subscription", e))?;
-    // The hosts this node pauses, for the others.
+    // The hosts this node pauses: its queued jobs of them go back to the stream, and the other
+    // nodes are told.
+    let mut local_pauses = fleet.host_pauses();
     background.spawn(announce_host_pauses(
         nats.clone(),
         fleet.host_pauses(),
@@ -222,8 +224,15 @@ pub async fn run_node(
                 release_moved(&fleet, &layout, &store, &options.node_id, &handover.payload);
             }
             Some(notice) = host_pauses.next() => {
-                pause_host(&fleet, &options.node_id, &notice.payload);
+                if let Some((host, pause)) = pause_host(&fleet, &options.node_id, &notice.payload) {
+                    intake.hand_back(&host, pause).await;
+                }
             }
+            paused = local_pauses.recv() => match paused {
+                Ok(paused) => intake.hand_back(&paused.host, paused.pause).await,
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => break,
+            },
             Some(nodes) = live_count.recv() => {
                 let _ = fleet.share_host_limits(nodes);
             }
@@ -270,21 +279,24 @@ async fn announce_host_pauses(
     }
 }
 
-/// Another node was asked to slow down: this one pauses the host too (for at most
-/// `MAX_PAUSE`, which the Supervisor enforces).
-fn pause_host(fleet: &Fleet, me: &str, payload: &[u8]) {
+/// Another node was asked to slow down: this one pauses the host too, for at most
+/// `MAX_PAUSE`. Returns the host (as queues name it) and the pause, if it paused.
+fn pause_host(fleet: &Fleet, me: &str, payload: &[u8]) -> Option<(String, Duration)> {
     let notice: gitfleet_proto::HostPauseNotice = match gitfleet_proto::from_json(payload) {
         Ok(notice) => notice,
         Err(e) => {
             tracing::warn!(error = %e, "ignoring an unreadable host pause notice");
-            return;
+            return None;
         }
     };
     if notice.node == me || notice.host.len() > 255 {
-        return;
+        return None;
     }
     tracing::info!(host = %notice.host, pause_s = notice.pause_secs, from = %notice.node, "pausing a host another node was refused by");
-    let _ = fleet.pause_host(&notice.host, Duration::from_secs(notice.pause_secs));
+    let host = notice.host.to_ascii_lowercase();
+    let pause = Duration::from_secs(notice.pause_secs).min(gitfleet_git::MAX_PAUSE);
+    fleet.pause_host(&host, pause).ok()?;
+    Some((host, pause))
 }
 
 /// Once per root, before any job: marks the repositories an earlier version made on this node
