@@ -468,6 +468,7 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
     let before: Vec<Option<String>> = first.into_iter().map(|t| t.node).collect();
 
     // Every node restarts (same ids): every repository is synced where it lives.
+    let restarted = jiff::Timestamp::now();
     for node in &mut nodes {
         node.kill();
     }
@@ -484,7 +485,16 @@ async fn placement_is_stable_across_restarts_and_a_new_node_takes_about_a_share(
         .zip(roots)
         .map(|(id, root)| sandbox(&nats).start_node_in(id, root))
         .collect();
-    wait_for_nodes(&client, 3).await;
+    // The new processes, not the heartbeats the killed ones left (on a slow machine a node
+    // that is not up before those expire would have its jobs taken over).
+    eventually(CLUSTER_WAIT, "the restarted nodes are live", || async {
+        client
+            .nodes()
+            .await
+            .is_ok_and(|r| r.nodes.len() == 3 && r.nodes.iter().all(|n| n.started_at >= restarted))
+            .then_some(())
+    })
+    .await;
     let reply = client
         .sync(&gitfleet_proto::SyncRequest::default())
         .await
