@@ -460,7 +460,7 @@ async fn submit(ctx: &ApiContext, request: SubmitRequest) -> Result<SubmitReply,
         .buffered(CONCURRENT_ENQUEUES)
         .collect::<Vec<_>>()
         .await;
-    Ok(SubmitReply { tasks })
+    Ok(SubmitReply { tasks, next: None })
 }
 
 /// The stored task `input` (an id or what a request would name) refers to.
@@ -474,7 +474,8 @@ async fn find(ctx: &ApiContext, input: &str) -> Result<Option<(CloneTask, u64)>,
     Ok(None)
 }
 
-/// Syncs the tasks the request names (ids or URLs) on the nodes that own them.
+/// Syncs the tasks the request names (ids or URLs) on the nodes that own them; with none, a
+/// page of every task ([`sync_page`]).
 pub async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply, ApiError> {
     if request.repositories.len() > MAX_REPOSITORIES {
         return Err(ApiError::new(
@@ -483,35 +484,79 @@ pub async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply,
         ));
     }
     let nodes = live_nodes(&ctx.nodes).await?;
-    let mut known = Vec::new();
     if request.repositories.is_empty() {
-        let ids = ctx.store.ids().await.map_err(unavailable)?;
-        let found: Vec<_> = futures_util::stream::iter(ids)
-            .map(|id| async move { ctx.store.get(&id).await })
-            .buffered(CONCURRENT_ENQUEUES)
-            .collect()
-            .await;
-        for found in found {
-            // Archived repositories are not "everything": skipped, not refused.
-            if let Some(found) = found.map_err(unavailable)?
-                && !found.0.archived
-            {
-                known.push((found.0.id.clone(), Some(found)));
-            }
+        if nodes.is_empty() {
+            return Err(ApiError::new(
+                ApiErrorCode::NoNodes,
+                "no live gitfleet node",
+            ));
         }
-    } else {
-        let found: Vec<_> = futures_util::stream::iter(request.repositories.iter().cloned())
-            .map(|input| async move { find(ctx, &input).await })
-            .buffered(CONCURRENT_ENQUEUES)
-            .collect()
-            .await;
-        for (input, found) in request.repositories.iter().zip(found) {
-            known.push((input.clone(), found?));
-        }
+        return sync_page(ctx, request.after.as_deref(), &nodes).await;
     }
-    let nodes = &nodes;
-    // In the order of the request.
-    let tasks = futures_util::stream::iter(known)
+    let found: Vec<_> = futures_util::stream::iter(request.repositories.iter().cloned())
+        .map(|input| async move { find(ctx, &input).await })
+        .buffered(CONCURRENT_ENQUEUES)
+        .collect()
+        .await;
+    let mut known = Vec::new();
+    for (input, found) in request.repositories.iter().zip(found) {
+        known.push((input.clone(), found?));
+    }
+    let tasks = enqueue_syncs(ctx, known, &nodes).await;
+    Ok(SubmitReply { tasks, next: None })
+}
+
+/// Records a sync of everything requests per page: its reply (about 70 bytes a task) stays far
+/// below the payload limit.
+pub const SYNC_PAGE: usize = 1_000;
+
+/// One page of a sync of everything: the records after the cursor, in the order they were last
+/// written, up to the bucket's last revision when the first page was asked for (the cursor
+/// carries it). A record written since then was written by a sync, a request or a change made
+/// meanwhile, not one this sync has to ask for; and the records this sync itself re-queues
+/// are not met again. Archived repositories are not "everything": skipped, not refused.
+async fn sync_page(
+    ctx: &ApiContext,
+    after: Option<&str>,
+    nodes: &[String],
+) -> Result<SubmitReply, ApiError> {
+    let cursor = match Cursor::parse(after)? {
+        Some(cursor) => cursor,
+        None => Cursor {
+            after: 0,
+            until: Some(ctx.store.last_revision().await.map_err(unavailable)?),
+        },
+    };
+    let until = cursor.until.unwrap_or(u64::MAX);
+    let page = ctx
+        .store
+        .scan(cursor.after, SYNC_PAGE)
+        .await
+        .map_err(unavailable)?;
+    let known: Vec<_> = page
+        .records
+        .into_iter()
+        .filter(|(task, revision)| *revision <= until && !task.archived)
+        .map(|(task, revision)| (task.id.clone(), Some((task, revision))))
+        .collect();
+    let next = (page.more && page.last < until).then(|| {
+        Cursor {
+            after: page.last,
+            until: cursor.until,
+        }
+        .to_string()
+    });
+    let tasks = enqueue_syncs(ctx, known, nodes).await;
+    Ok(SubmitReply { tasks, next })
+}
+
+/// Enqueues the syncs of `known` (each input with the record it names), in their order.
+async fn enqueue_syncs(
+    ctx: &ApiContext,
+    known: Vec<(String, Option<(CloneTask, u64)>)>,
+    nodes: &[String],
+) -> Vec<Submitted> {
+    futures_util::stream::iter(known)
         .map(|(input, found)| async move {
             match sync_target(&input, found) {
                 Ok((target, operation, known)) => {
@@ -522,8 +567,47 @@ pub async fn sync(ctx: &ApiContext, request: SyncRequest) -> Result<SubmitReply,
         })
         .buffered(CONCURRENT_ENQUEUES)
         .collect::<Vec<_>>()
-        .await;
-    Ok(SubmitReply { tasks })
+        .await
+}
+
+/// Where a paged request goes on: after revision `after` of the task bucket and, for a sync of
+/// everything, up to revision `until`. Written `after` or `after-until`; opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    after: u64,
+    until: Option<u64>,
+}
+
+impl Cursor {
+    fn parse(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
+        let Some(text) = text else { return Ok(None) };
+        let bad = || {
+            ApiError::new(
+                ApiErrorCode::BadRequest,
+                format!(
+                    "after '{}' is not a cursor this API gave: pass the previous page's next",
+                    text.escape_debug()
+                ),
+            )
+        };
+        let (after, until) = match text.split_once('-') {
+            Some((after, until)) => (after, Some(until.parse().map_err(|_| bad())?)),
+            None => (text, None),
+        };
+        Ok(Some(Cursor {
+            after: after.parse().map_err(|_| bad())?,
+            until,
+        }))
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.until {
+            Some(until) => write!(f, "{}-{until}", self.after),
+            None => write!(f, "{}", self.after),
+        }
+    }
 }
 
 /// Enqueues a sync, as a `sync` request would, of every tracked task that one of `urls` names
@@ -597,20 +681,27 @@ async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiErro
         })
 }
 
+/// Records a `list` page with a status filter examines at most: a rare status costs pages
+/// with few tasks, never a page that reads the whole bucket.
+const LIST_SCAN: usize = 2_000;
+
 async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiError> {
     let limit = request.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let after = Cursor::parse(request.after.as_deref())?.map_or(0, |c| c.after);
+    // Without a filter every record is listed: one more than a page tells whether it ends.
+    let examine = match request.status {
+        Some(_) => LIST_SCAN,
+        None => limit + 1,
+    };
+    let page = ctx.store.scan(after, examine).await.map_err(unavailable)?;
     let mut bytes = 0usize;
-    let ids = ctx.store.ids().await.map_err(unavailable)?;
     let mut tasks = Vec::new();
-    let mut next = None;
-    for id in ids
-        .iter()
-        .filter(|id| request.after.as_ref().is_none_or(|a| *id > a))
-    {
-        let Some((task, _)) = ctx.store.get(id).await.map_err(unavailable)? else {
-            continue;
-        };
+    // The revision of the last record this page has dealt with.
+    let mut last = after;
+    let mut full = false;
+    for (task, revision) in page.records {
         if request.status.is_some_and(|s| s != task.status.status_type) {
+            last = revision;
             continue;
         }
         let mut task = task;
@@ -622,12 +713,24 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
             size = gitfleet_proto::to_json(&task).len();
         }
         if tasks.len() == limit || bytes + size > MAX_REPLY_BYTES {
-            next = tasks.last().map(|t: &CloneTask| t.id.clone());
+            full = true;
             break;
         }
         bytes += size;
         tasks.push(task);
+        last = revision;
     }
+    if !full {
+        // Every message examined was dealt with (deletions and unreadable ones included).
+        last = last.max(page.last);
+    }
+    let next = (full || page.more).then(|| {
+        Cursor {
+            after: last,
+            until: None,
+        }
+        .to_string()
+    });
     Ok(ListReply { tasks, next })
 }
 

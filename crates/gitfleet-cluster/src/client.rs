@@ -118,24 +118,33 @@ impl Client {
             };
             tasks.extend(self.call::<_, SubmitReply>("submit", &part).await?.tasks);
         }
-        Ok(SubmitReply { tasks })
+        Ok(SubmitReply { tasks, next: None })
     }
 
-    /// Syncs any number of named repositories, split as `submit` splits (an empty list, every
-    /// repository, is one request).
+    /// Syncs any number of named repositories, split as `submit` splits; an empty list syncs
+    /// every repository, following the API's pages.
     pub async fn sync(&self, request: &SyncRequest) -> Result<SubmitReply, ClientError> {
-        let parts = split(&request.repositories);
-        if parts.len() <= 1 {
-            return self.call("sync", request).await;
+        if request.repositories.is_empty() {
+            let mut tasks = Vec::new();
+            let mut page = request.clone();
+            loop {
+                let reply: SubmitReply = self.call("sync", &page).await?;
+                tasks.extend(reply.tasks);
+                match reply.next {
+                    Some(next) => page.after = Some(next),
+                    None => return Ok(SubmitReply { tasks, next: None }),
+                }
+            }
         }
         let mut tasks = Vec::with_capacity(request.repositories.len());
-        for part in parts {
+        for part in split(&request.repositories) {
             let part = SyncRequest {
                 repositories: part.to_vec(),
+                after: None,
             };
             tasks.extend(self.call::<_, SubmitReply>("sync", &part).await?.tasks);
         }
-        Ok(SubmitReply { tasks })
+        Ok(SubmitReply { tasks, next: None })
     }
 
     pub async fn get(&self, task: &str) -> Result<CloneTask, ClientError> {
@@ -152,19 +161,22 @@ impl Client {
         self.call("list", request).await
     }
 
-    /// Every task, following pages.
+    /// Every task, following pages, by id. A task written while the pages were read comes
+    /// again later with its newer state, which is the one kept.
     pub async fn list_all(&self) -> Result<Vec<CloneTask>, ClientError> {
-        let mut out = Vec::new();
+        let mut tasks = std::collections::BTreeMap::new();
         let mut request = ListRequest {
             limit: Some(1000),
             ..ListRequest::default()
         };
         loop {
             let page = self.list(&request).await?;
-            out.extend(page.tasks);
+            for task in page.tasks {
+                tasks.insert(task.id.clone(), task);
+            }
             match page.next {
                 Some(next) => request.after = Some(next),
-                None => return Ok(out),
+                None => return Ok(tasks.into_values().collect()),
             }
         }
     }
@@ -260,6 +272,7 @@ mod tests {
         for part in &parts {
             let json = serde_json::to_vec(&SyncRequest {
                 repositories: part.to_vec(),
+                after: None,
             })
             .expect("json");
             assert!(json.len() < MAX_REQUEST_BYTES, "{}", json.len());

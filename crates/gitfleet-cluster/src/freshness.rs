@@ -64,36 +64,18 @@ impl Schedules {
     }
 }
 
-/// Records read from the bucket at once.
-const CONCURRENT_READS: usize = 64;
-
-/// Every task's due time, from the bucket.
+/// Every task's due time, from one scan of the bucket (a page of records per round trip, not a
+/// read per task).
 async fn read_due_times(
     ctx: &ApiContext,
 ) -> Result<HashMap<String, Option<Timestamp>>, ClusterError> {
-    let ids = ctx
-        .store
-        .ids()
-        .await
-        .map_err(|e| ClusterError::request("task bucket keys", e))?;
-    let reads = futures_util::stream::iter(ids)
-        .map(|id| async move {
-            let record = ctx.store.get(&id).await;
-            (id, record)
-        })
-        .buffer_unordered(CONCURRENT_READS)
-        .collect::<Vec<_>>()
-        .await;
     let mut due_at = HashMap::new();
-    for (id, record) in reads {
-        match record {
-            Ok(Some((task, _))) => {
-                due_at.insert(id, task.due_at());
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(task = %id, error = %e, "cannot read a task's schedule"),
-        }
-    }
+    ctx.store
+        .scan_all(|task, _| {
+            due_at.insert(task.id.clone(), task.due_at());
+        })
+        .await
+        .map_err(|e| ClusterError::request("task bucket", e))?;
     Ok(due_at)
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_nats::jetstream::kv;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use gitfleet_actors::{Put, StoreFuture, TaskStore};
 use gitfleet_proto::{CloneTask, StatusType};
 
@@ -35,6 +35,21 @@ pub struct KvStore {
     unstored: Arc<Mutex<std::collections::HashSet<String>>>,
     /// How long a write is retried before it is given up ([`PERSIST_TIMEOUT`]).
     persist_timeout: std::time::Duration,
+}
+
+/// Records a full scan reads per page.
+const SCAN_PAGE: usize = 1_000;
+
+/// A page of the bucket's records ([`KvStore::scan`]).
+#[derive(Debug)]
+pub struct Scanned {
+    /// The task records among the messages examined, with their revisions.
+    pub records: Vec<(CloneTask, u64)>,
+    /// The revision of the last message examined (the cursor for the next page); the `after`
+    /// asked for when there were none.
+    pub last: u64,
+    /// Whether the bucket had messages after `last` when it was read.
+    pub more: bool,
 }
 
 /// How long an intermediate state waits before it is written.
@@ -137,6 +152,99 @@ impl KvStore {
             }
         };
         result.map(Some)
+    }
+
+    /// The records written after revision `after`, in the order they were last written, up to
+    /// `max` messages of the bucket examined: one consumer and one fetch, whatever the
+    /// bucket's size. The bucket keeps one revision of each key, so its stream holds each
+    /// record once; a record written while a caller pages through it moves to the end and is
+    /// met again there, with its newer state.
+    pub async fn scan(&self, after: u64, max: usize) -> std::io::Result<Scanned> {
+        use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after.saturating_add(1),
+                },
+                filter_subject: format!("{}>", self.kv.prefix),
+                ack_policy: AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: std::time::Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(io)?;
+        let name = consumer.cached_info().name.clone();
+        let result = self.fetch_page(&consumer, after, max.max(1)).await;
+        // Ephemeral, and gone by itself after its inactive threshold; deleted now so that a
+        // long listing leaves no trail of consumers on the bucket.
+        if let Err(e) = self.kv.stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "cannot delete a scan's consumer");
+        }
+        result
+    }
+
+    async fn fetch_page(
+        &self,
+        consumer: &async_nats::jetstream::consumer::PullConsumer,
+        after: u64,
+        max: usize,
+    ) -> std::io::Result<Scanned> {
+        let mut page = Scanned {
+            records: Vec::new(),
+            last: after,
+            more: false,
+        };
+        let mut messages = consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(io)?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(io)?;
+            let info = message.info().map_err(io)?;
+            page.last = info.stream_sequence;
+            page.more = info.pending > 0;
+            let is_put = message
+                .headers
+                .as_ref()
+                .is_none_or(|h| h.get("KV-Operation").is_none());
+            let Some(id) = message.subject.strip_prefix(self.kv.prefix.as_str()) else {
+                continue;
+            };
+            if !is_put || !is_task_id(id) {
+                continue;
+            }
+            match gitfleet_proto::from_json::<CloneTask>(&message.payload) {
+                Ok(task) => page.records.push((task, info.stream_sequence)),
+                Err(e) => tracing::warn!(task = id, error = %e, "unreadable task record"),
+            }
+        }
+        Ok(page)
+    }
+
+    /// Calls `visit` with every record, a page at a time (one page in memory at once).
+    pub async fn scan_all(&self, mut visit: impl FnMut(CloneTask, u64)) -> std::io::Result<()> {
+        let mut after = 0;
+        loop {
+            let page = self.scan(after, SCAN_PAGE).await?;
+            for (task, revision) in page.records {
+                visit(task, revision);
+            }
+            if !page.more || page.last == after {
+                return Ok(());
+            }
+            after = page.last;
+        }
+    }
+
+    /// The bucket's latest revision: a record written from now on has a greater one.
+    pub async fn last_revision(&self) -> std::io::Result<u64> {
+        let info = self.kv.stream.get_info().await.map_err(io)?;
+        Ok(info.state.last_sequence)
     }
 
     pub async fn ids(&self) -> std::io::Result<Vec<String>> {

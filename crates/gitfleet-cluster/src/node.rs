@@ -319,23 +319,17 @@ async fn adopt_earlier_repositories(store: &KvStore, layout: &gitfleet_git::Layo
         }
         return;
     }
-    let ids = match store.ids().await {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list tasks to adopt earlier repositories");
-            return;
-        }
-    };
     let mut mine = Vec::new();
-    for id in ids {
-        match store.get(&id).await {
-            Ok(Some((task, _))) if task.node.as_deref() == Some(me) => mine.push(task),
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read tasks to adopt earlier repositories");
-                return;
+    let scanned = store
+        .scan_all(|task, _| {
+            if task.node.as_deref() == Some(me) {
+                mine.push(task);
             }
-        }
+        })
+        .await;
+    if let Err(e) = scanned {
+        tracing::warn!(error = %e, "cannot read tasks to adopt earlier repositories");
+        return;
     }
     let layout = layout.clone();
     match tokio::task::spawn_blocking(move || layout.adopt_once(&mine)).await {

@@ -48,14 +48,22 @@ pub struct Submitted {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubmitReply {
     pub tasks: Vec<Submitted>,
+    /// A sync of everything goes a page at a time: pass this as the next request's `after`
+    /// to go on; absent when every repository was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
-/// `<prefix>.api.sync`: fetch into stored repositories; an empty list syncs all of them.
+/// `<prefix>.api.sync`: fetch into stored repositories; an empty list syncs all of them, a page
+/// (of at most 1000) per request, following `next`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SyncRequest {
     /// Task ids or URLs.
     #[serde(default)]
     pub repositories: Vec<String>,
+    /// With no repositories: the previous page's `next` (an opaque cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// `<prefix>.api.get`: one task, by id or URL.
@@ -64,12 +72,14 @@ pub struct GetRequest {
     pub task: String,
 }
 
-/// `<prefix>.api.list`: tasks, optionally of one status, a page at a time (ordered by id).
+/// `<prefix>.api.list`: tasks, optionally of one status, a page at a time, in the order their
+/// records were last written. A record written while a caller pages through the list moves to
+/// its end and comes again, with its newer state: keep the last one seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ListRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<StatusType>,
-    /// Return tasks with ids greater than this (the previous page's `next`).
+    /// The previous page's `next` (an opaque cursor).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// At most this many (default 100, at most 1000).
@@ -80,7 +90,9 @@ pub struct ListRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ListReply {
     pub tasks: Vec<CloneTask>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; absent on the last page. A page with a status
+    /// filter examines a bounded number of records, so it may hold fewer tasks than `limit`
+    /// (even none) and still have a `next`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }

@@ -96,6 +96,7 @@ pub async fn node(
                             &context,
                             gitfleet_proto::SyncRequest {
                                 repositories: tasks,
+                                after: None,
                             },
                         )
                         .await
@@ -223,6 +224,7 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
             client
                 .sync(&SyncRequest {
                     repositories: inputs,
+                    after: None,
                 })
                 .await?
         }

@@ -1161,6 +1161,7 @@ async fn a_node_adopts_the_repositories_of_an_earlier_version() {
     let reply = client
         .sync(&gitfleet_proto::SyncRequest {
             repositories: vec![id.clone()],
+            after: None,
         })
         .await
         .expect("sync");
