@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p gitfleet-benches -- [--quick] [--smoke] [--out DIR] [-j N]
-//!     [--gitfleet PATH] [--skip-netns] [--only control|freshness]
+//!     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale]
 //! ```
 
 mod control;
@@ -14,6 +14,7 @@ mod netns;
 mod procs;
 mod report;
 mod runs;
+mod scale;
 mod servers;
 mod suite;
 
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|--concurrency N] \
-                     [--gitfleet PATH] [--skip-netns] [--only control|freshness]
+                     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale]
 
   --quick        a few minutes: 20 small repositories, 2 medium, 2,000 refs (CI smoke run)
   --smoke        smaller still (5 small, 1 medium, 200 refs; no cluster-2/3, no namespaces)
@@ -34,7 +35,9 @@ const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|-
   --only control the control plane alone (no git, nats-server or root needed): prints its
                  JSON to stdout; sizes follow --quick/--smoke, -j is the worker count
   --only freshness  gitfleet serve alone (webhook and polling lag, CPU per 1,000 checks, idle
-                 cost): needs git and python3; its JSON to stdout";
+                 cost): needs git and python3; its JSON to stdout
+  --only scale   the cluster's control plane at 100,000 tasks (--quick 10,000, --smoke 1,000):
+                 nats-server and one node with instant git work; its JSON to stdout";
 
 fn parse(args: &[String]) -> anyhow::Result<suite::Options> {
     let mut opts = suite::Options {
@@ -140,6 +143,11 @@ fn real_main() -> anyhow::Result<()> {
             println!("{result}");
             return Ok(());
         }
+        // Internal: the scale run's node, its git work instant.
+        Some("scale-node") => {
+            let rt = runtime()?;
+            return scale::node_main(rt.handle(), &args[1..]);
+        }
         // Internal: can this namespace reach HOST:PORT?
         Some("probe") => return netns::probe_main(args.get(1).context("probe HOST:PORT")?),
         // Internal: the cluster runs inside the server namespace.
@@ -158,6 +166,7 @@ fn real_main() -> anyhow::Result<()> {
     match only {
         Some(Only::Control) => run_control(&opts, rt.handle()),
         Some(Only::Freshness) => suite::run_freshness(&opts, rt.handle()),
+        Some(Only::Scale) => run_scale(&opts, rt.handle()),
         None => suite::run(&opts, rt.handle()),
     }
 }
@@ -166,6 +175,7 @@ fn real_main() -> anyhow::Result<()> {
 enum Only {
     Control,
     Freshness,
+    Scale,
 }
 
 /// Takes `--only PART` out of `args`.
@@ -178,8 +188,9 @@ fn only(args: &[String]) -> anyhow::Result<(Option<Only>, Vec<String>)> {
             only = match it.next().map(String::as_str) {
                 Some("control") => Some(Only::Control),
                 Some("freshness") => Some(Only::Freshness),
+                Some("scale") => Some(Only::Scale),
                 other => bail!(
-                    "--only needs a part: control or freshness (got {})\n{USAGE}",
+                    "--only needs a part: control, freshness or scale (got {})\n{USAGE}",
                     other.unwrap_or("nothing")
                 ),
             };
@@ -205,6 +216,27 @@ fn run_control(opts: &suite::Options, rt: &tokio::runtime::Handle) -> anyhow::Re
         .context("creating the work directory")?;
     let result = control::run_all(rt, &spec, work.path(), opts.concurrency)?;
     control::print_summary(&result);
+    println!("{}", serde_json::to_string_pretty(&result)?);
+    Ok(())
+}
+
+/// The cluster's control plane at scale alone; its JSON goes to stdout.
+fn run_scale(opts: &suite::Options, rt: &tokio::runtime::Handle) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("gitfleet-bench-scale-")
+        .tempdir()
+        .context("creating the work directory")?;
+    let result = scale::run(
+        rt,
+        scale::tasks_for(opts.size()),
+        work.path(),
+        opts.concurrency,
+    )?;
+    for (measurement, result) in scale::summary_rows(&result) {
+        eprintln!("scale: {measurement}: {result}");
+    }
+    let target = scale::target(&result);
+    eprintln!("scale: target {}: {}", target.name, target.detail);
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }

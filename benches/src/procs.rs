@@ -80,6 +80,11 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_kib(&pid.to_string(), "VmHWM:")
 }
 
+/// Resident memory (VmRSS) of a live process, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(&pid.to_string(), "VmRSS:").unwrap_or(0)
+}
+
 /// This process' resident memory (VmRSS), in KiB.
 pub fn own_rss_kib() -> u64 {
     status_kib("self", "VmRSS:").unwrap_or(0)

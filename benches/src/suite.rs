@@ -31,7 +31,7 @@ pub struct Options {
 }
 
 impl Options {
-    fn size(&self) -> &'static str {
+    pub fn size(&self) -> &'static str {
         if self.smoke {
             "smoke"
         } else if self.quick {
@@ -498,8 +498,14 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     let freshness = freshness::run(&env, &fleet, &git_url, plan.freshness)?;
     drop(servers);
 
-    // The control plane alone.
+    // The control plane alone, in process and then through a real nats-server at scale.
     let control = control::run_all(rt, &plan.control, work.path(), opts.concurrency)?;
+    let scale = crate::scale::run(
+        rt,
+        crate::scale::tasks_for(opts.size()),
+        work.path(),
+        opts.concurrency,
+    )?;
 
     // Nodes on separate "hosts".
     let (netns_rows, netns_status) = if opts.skip_netns || plan.netns_nodes.is_empty() {
@@ -528,6 +534,7 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
 
     let mut targets = evaluate_targets(&rows, &control, opts.size() == "full");
     targets.extend(freshness::targets(&freshness));
+    targets.push(crate::scale::target(&scale));
     let report = json!({
         "command": opts.command_line,
         "size": opts.size(),
@@ -540,6 +547,7 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
         "gitfleet": gitfleet,
         "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
         "control_plane": control,
+        "scale": scale,
         "freshness": freshness,
         "refs_record_bytes": refs_record_bytes,
         "cluster_nodes": cluster_nodes,
@@ -846,6 +854,13 @@ fn render_markdown(
         md.push_str(&format!(
             "| Task record of the many-refs repository after its mirror (JSON) | {bytes} bytes |\n"
         ));
+    }
+    md.push_str(
+        "\nThe cluster's control plane at scale (a real nats-server, one node, no-op executor):\n\n\
+         | measurement | result |\n|---|---|\n",
+    );
+    for (measurement, result) in crate::scale::summary_rows(&report["scale"]) {
+        md.push_str(&format!("| {measurement} | {result} |\n"));
     }
     md.push_str("\nFreshness (`gitfleet serve`, the git daemon's CPU not counted):\n\n| measurement | result |\n|---|---|\n");
     for (measurement, result) in freshness::summary_rows(&report["freshness"]) {

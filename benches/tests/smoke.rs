@@ -111,7 +111,16 @@ fn the_smoke_suite_reports_every_side_without_unexpected_failures() {
         freshness["idle"]["rss_mib"].as_f64() > Some(0.0),
         "{freshness:#}"
     );
-    assert_eq!(report["targets"].as_array().map(Vec::len), Some(9));
+    let scale = &report["scale"];
+    assert_eq!(scale["tasks"], 1_000, "{scale:#}");
+    for key in [
+        "node_bytes_per_task",
+        "bucket_bytes_per_task",
+        "list_first_page_ms",
+    ] {
+        assert!(scale[key].as_f64() > Some(0.0), "{key}: {scale:#}");
+    }
+    assert_eq!(report["targets"].as_array().map(Vec::len), Some(10));
     let markdown = std::fs::read_to_string(out.path().join("report.md")).expect("report.md");
     assert!(
         markdown.contains("| mirror-small | cluster-1 |"),
@@ -119,6 +128,10 @@ fn the_smoke_suite_reports_every_side_without_unexpected_failures() {
     );
     assert!(
         markdown.contains("Freshness (`gitfleet serve`"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("The cluster's control plane at scale"),
         "{markdown}"
     );
     let command = std::fs::read_to_string(out.path().join("command.txt")).expect("command.txt");

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use gitfleet_proto::{
-    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, StatusType, SyncResult,
+    Branch, CloneStatus, CloneTask, ErrorCode, Operation, Phase, RunRecord, StatusType, SyncResult,
 };
 use jiff::Timestamp;
 
@@ -47,8 +47,8 @@ pub(crate) struct Record {
     /// The URL followed by the path.
     text: Box<str>,
     url_len: usize,
-    /// The last result, encoded by [`encode_sync`].
-    last_sync: Option<Box<[u8]>>,
+    /// The last result and the runs of the history, in one allocation ([`Results`]).
+    results: Option<Box<[u8]>>,
     /// What most tasks do not have.
     extra: Option<Box<Extra>>,
     seconds: [i64; TIMES],
@@ -178,13 +178,49 @@ impl Record {
         Timestamp::new(self.seconds[i], nanos).ok()
     }
 
+    fn results(&self) -> Results<'_> {
+        Results::of(self.results.as_deref())
+    }
+
+    pub(crate) fn last_sync(&self) -> Option<SyncResult> {
+        self.results().last_sync.map(|bytes| {
+            decode_sync(bytes).unwrap_or_else(|| {
+                tracing::error!("undecodable last result in the registry (a bug)");
+                SyncResult::default()
+            })
+        })
+    }
+
     pub(crate) fn set_last_sync(&mut self, result: Option<&SyncResult>) {
-        self.last_sync = result.map(encode_sync);
+        let encoded = result.map(encode_sync);
+        self.results = self.results().with_last_sync(encoded.as_deref());
+    }
+
+    pub(crate) fn history(&self) -> Vec<RunRecord> {
+        let runs = self.results().history;
+        if runs.is_empty() {
+            return Vec::new();
+        }
+        decode_history(runs).unwrap_or_else(|| {
+            tracing::error!("undecodable history in the registry (a bug)");
+            Vec::new()
+        })
+    }
+
+    fn set_history(&mut self, runs: &[RunRecord]) {
+        self.results = self.results().with_history(&encode_history(runs));
+    }
+
+    /// Records a finished run (newest first, the last `RunRecord::KEPT` kept).
+    pub(crate) fn record_run(&mut self, run: RunRecord) {
+        let mut runs = self.history();
+        run.add_to(&mut runs);
+        self.set_history(&runs);
     }
 
     /// The repository's size on disk as the last result measured it.
     pub(crate) fn disk_bytes(&self) -> Option<u64> {
-        self.last_sync.as_deref().and_then(encoded_disk_bytes)
+        self.results().last_sync.and_then(encoded_disk_bytes)
     }
 
     pub(crate) fn operation(&self) -> Operation {
@@ -279,7 +315,19 @@ impl TaskTable {
         let created = Time::Created as usize;
         record.seconds[created] = old.seconds[created];
         record.nanos[created] = old.nanos[created];
-        record.last_sync = old.last_sync.take();
+        // The last result always, the runs unless the new task brings its own.
+        let kept = Results::of(old.results.as_deref());
+        let mine = Results::of(record.results.as_deref());
+        let history = if mine.history.is_empty() {
+            kept.history
+        } else {
+            mine.history
+        };
+        record.results = Results {
+            last_sync: kept.last_sync,
+            history,
+        }
+        .encode();
         // The schedule goes on across requests.
         for which in SCHEDULE_TIMES {
             record.seconds[which as usize] = old.seconds[which as usize];
@@ -358,7 +406,7 @@ impl TaskTable {
             hex_id: hex.unwrap_or(0),
             text: text.into_boxed_str(),
             url_len,
-            last_sync: None,
+            results: None,
             extra: None,
             seconds: [0; TIMES],
             nanos: [UNSET; PRECISE],
@@ -375,6 +423,7 @@ impl TaskTable {
             error_code: task.error_code,
         };
         record.set_last_sync(task.last_sync.as_ref());
+        record.set_history(&task.history);
         record.set_time(Time::Created, Some(task.created_at));
         record.set_time(Time::Updated, Some(task.updated_at));
         record.set_time(Time::Started, task.started_at);
@@ -427,12 +476,8 @@ impl TaskTable {
                 .map(|n| n.to_string()),
             idempotency_key: text(|e| &e.idempotency_key),
             generation: extra.map_or(0, |e| e.generation),
-            last_sync: r.last_sync.as_deref().map(|bytes| {
-                decode_sync(bytes).unwrap_or_else(|| {
-                    tracing::error!("undecodable last result in the registry (a bug)");
-                    SyncResult::default()
-                })
-            }),
+            last_sync: r.last_sync(),
+            history: r.history(),
             last_success_at: r.time(Time::LastSuccess),
             last_change_at: r.time(Time::LastChange),
             next_sync_at: r.time(Time::NextSync),
@@ -733,6 +778,163 @@ impl Reader<'_> {
     }
 }
 
+/// A task's runs as one byte string (about 20 bytes a successful run, against about 250 as
+/// JSON): their number, then per run the finish time (seconds, zigzag, and nanoseconds), the
+/// operation, status and error code by name, the error message, and six counts.
+fn encode_history(runs: &[RunRecord]) -> Vec<u8> {
+    if runs.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(24 * runs.len());
+    put_varint(&mut out, runs.len() as u64);
+    for run in runs {
+        put_varint(&mut out, zigzag(run.finished_at.as_second()));
+        put_varint(
+            &mut out,
+            zigzag(i64::from(run.finished_at.subsec_nanosecond())),
+        );
+        put_name(&mut out, Some(run.operation.as_str()));
+        put_name(&mut out, Some(run.status.as_str()));
+        put_name(&mut out, run.error_code.map(ErrorCode::as_str));
+        put_name(&mut out, run.error.as_deref());
+        for n in [
+            run.refs_created,
+            run.refs_updated,
+            run.refs_deleted,
+            run.new_commits,
+            run.bytes_received,
+            run.duration_ms,
+        ] {
+            put_varint(&mut out, n);
+        }
+    }
+    out
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// A record's results as one byte string: 0 when it has no last result, else 1 + the length
+/// of its encoding ([`encode_sync`]), then that encoding, then the runs ([`encode_history`],
+/// nothing when there are none). No results at all are no allocation.
+#[derive(Debug, Clone, Copy)]
+struct Results<'a> {
+    last_sync: Option<&'a [u8]>,
+    history: &'a [u8],
+}
+
+impl<'a> Results<'a> {
+    fn of(bytes: Option<&'a [u8]>) -> Self {
+        let none = Results {
+            last_sync: None,
+            history: &[],
+        };
+        let Some(bytes) = bytes else { return none };
+        let mut r = Reader { bytes };
+        let header = r.len();
+        let rest: &'a [u8] = &bytes[bytes.len() - r.bytes.len()..];
+        match header {
+            Some(0) => Results {
+                last_sync: None,
+                history: rest,
+            },
+            Some(n) if n - 1 <= rest.len() => {
+                let (sync, history) = rest.split_at(n - 1);
+                Results {
+                    last_sync: Some(sync),
+                    history,
+                }
+            }
+            _ => {
+                tracing::error!("undecodable results in the registry (a bug)");
+                none
+            }
+        }
+    }
+
+    fn with_last_sync(self, last_sync: Option<&[u8]>) -> Option<Box<[u8]>> {
+        Results {
+            last_sync,
+            history: self.history,
+        }
+        .encode()
+    }
+
+    fn with_history(self, history: &[u8]) -> Option<Box<[u8]>> {
+        Results {
+            last_sync: self.last_sync,
+            history,
+        }
+        .encode()
+    }
+
+    fn encode(&self) -> Option<Box<[u8]>> {
+        if self.last_sync.is_none() && self.history.is_empty() {
+            return None;
+        }
+        let sync = self.last_sync.unwrap_or_default();
+        let mut out = Vec::with_capacity(sync.len() + self.history.len() + 3);
+        put_varint(&mut out, self.last_sync.map_or(0, |s| s.len() as u64 + 1));
+        out.extend_from_slice(sync);
+        out.extend_from_slice(self.history);
+        Some(out.into_boxed_slice())
+    }
+}
+
+/// The runs [`encode_history`] encoded; `None` if `bytes` are not such an encoding.
+fn decode_history(bytes: &[u8]) -> Option<Vec<RunRecord>> {
+    /// An enum of the wire model from the name it serializes to.
+    fn named<T: serde::de::DeserializeOwned>(name: Option<String>) -> Option<T> {
+        gitfleet_proto::from_json(format!("\"{}\"", name?).as_bytes()).ok()
+    }
+    let mut r = Reader { bytes };
+    let n = r.len()?;
+    let mut runs = Vec::with_capacity(n.min(RunRecord::KEPT));
+    for _ in 0..n {
+        let seconds = unzigzag(r.varint()?);
+        let nanos = i32::try_from(unzigzag(r.varint()?)).ok()?;
+        let finished_at = Timestamp::new(seconds, nanos).ok()?;
+        let operation = named(r.name()?)?;
+        let status = named(r.name()?)?;
+        let error_code = match r.name()? {
+            Some(name) => Some(named(Some(name))?),
+            None => None,
+        };
+        let error = r.name()?;
+        let mut counts = [0u64; 6];
+        for c in &mut counts {
+            *c = r.varint()?;
+        }
+        let [
+            refs_created,
+            refs_updated,
+            refs_deleted,
+            new_commits,
+            bytes_received,
+            duration_ms,
+        ] = counts;
+        runs.push(RunRecord {
+            finished_at,
+            operation,
+            status,
+            error_code,
+            error,
+            refs_created,
+            refs_updated,
+            refs_deleted,
+            new_commits,
+            bytes_received,
+            duration_ms,
+        });
+    }
+    r.bytes.is_empty().then_some(runs)
+}
+
 /// The `SyncResult` [`encode_sync`] encoded; `None` if `bytes` are not such an encoding.
 pub(crate) fn decode_sync(bytes: &[u8]) -> Option<SyncResult> {
     let mut r = Reader { bytes };
@@ -944,6 +1146,33 @@ mod tests {
         full.interval_override_s = Some(900);
         full.quarantined = true;
         full.archived = true;
+        // Every kind of run, at the edges of what a timestamp and a count hold, more than a
+        // record keeps.
+        for i in 0..(RunRecord::KEPT + 2) {
+            let mut run =
+                RunRecord::completed(Operation::Sync, at(i as i64, 999_999_999), &full_result());
+            if i % 3 == 1 {
+                run = RunRecord::failed(
+                    Operation::Mirror,
+                    Some(Timestamp::MIN),
+                    Timestamp::MAX,
+                    ErrorCode::RateLimited,
+                    &"é".repeat(RunRecord::MAX_ERROR),
+                );
+            }
+            if i % 3 == 2 {
+                run.finished_at = at(-1_700_000_000, -5);
+                run.bytes_received = u64::MAX;
+                run.operation = Operation::Checkout;
+            }
+            full.record_run(run);
+        }
+        assert_eq!(full.history.len(), RunRecord::KEPT);
+        assert!(full.history.iter().all(|r| {
+            r.error
+                .as_ref()
+                .is_none_or(|e| e.len() <= RunRecord::MAX_ERROR)
+        }));
         let mut odd_ids = Vec::new();
         for id in [
             "",
@@ -1011,6 +1240,7 @@ mod tests {
         let slot = table.requeue(new.clone());
         new.created_at = old.created_at;
         new.last_sync = old.last_sync.clone();
+        new.history = old.history.clone();
         // And the schedule.
         new.last_success_at = old.last_success_at;
         new.last_change_at = old.last_change_at;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gitfleet_proto::{
-    CloneStatus, CloneTask, ErrorCode, ProgressEvent, StatusType, SyncResult, TaskError, TaskUpdate,
+    CloneStatus, CloneTask, ErrorCode, ProgressEvent, RunRecord, StatusType, SyncResult, TaskError,
+    TaskUpdate,
 };
 use jiff::Timestamp;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -225,12 +226,14 @@ impl RegistryState {
         self.tasks
             .record_mut(slot)
             .set_time(Time::Updated, Some(Timestamp::now()));
-        let task = self.tasks.task(slot);
+        let mut task = self.tasks.task(slot);
         let put = if quiet {
             self.store.put_quiet(&task)
         } else {
             self.store.put(&task)
         };
+        // The record is stored with its history; a state event goes without it (`Get` has it).
+        task.history = Vec::new();
         match put {
             // Nothing to wait for and nothing before it to deliver: broadcast now.
             Put::Accepted if !self.outbox.busy() => {
@@ -357,6 +360,7 @@ impl Actor for Registry {
                             result.disk_bytes = t.disk_bytes();
                         }
                         t.set_last_sync(Some(&result));
+                        t.record_run(RunRecord::completed(t.operation(), now, &result));
                         let changed = result.num_refs_created
                             + result.num_refs_updated
                             + result.num_refs_deleted
@@ -386,6 +390,13 @@ impl Actor for Registry {
                         t.set_error_code(Some(error.code));
                         let now = Timestamp::now();
                         t.set_time(Time::Finished, Some(now));
+                        t.record_run(RunRecord::failed(
+                            t.operation(),
+                            t.time(Time::Started),
+                            now,
+                            error.code,
+                            &error.message,
+                        ));
                         if error.code == ErrorCode::Cancelled {
                             t.set_attempts(t.attempts().max(attempt));
                         }
@@ -537,12 +548,22 @@ mod tests {
     }
 
     impl Recorder {
+        /// Whether `task` (as broadcast: without its history) was stored.
         fn has(&self, task: &CloneTask) -> bool {
             self.stored
                 .lock()
                 .expect("lock")
                 .get(&task.id)
-                .is_some_and(|all| all.contains(task))
+                .is_some_and(|all| {
+                    all.iter().any(|stored| {
+                        !stored.history.is_empty()
+                            && CloneTask {
+                                history: Vec::new(),
+                                ..stored.clone()
+                            } == *task
+                            || stored == task
+                    })
+                })
         }
 
         fn record(stored: &Mutex<HashMap<String, Vec<CloneTask>>>, task: CloneTask) {
@@ -698,7 +719,18 @@ mod tests {
             let Some(TaskUpdate::State { task: last }) = updates.last() else {
                 unreachable!("checked above");
             };
-            assert_eq!(**last, *task);
+            // The last state event is the record without its history, which the record
+            // holds: this request's run, completed.
+            assert_eq!(
+                **last,
+                CloneTask {
+                    history: Vec::new(),
+                    ..task.clone()
+                }
+            );
+            assert_eq!(task.history.len(), 1, "{:?}", task.history);
+            assert_eq!(task.history[0].status, StatusType::Completed);
+            assert_eq!(Some(task.history[0].finished_at), task.finished_at);
         }
         let got = ractor::call!(registry, RegistryMsg::Get, format!("{:016x}", 3))
             .expect("get")

@@ -266,8 +266,9 @@ impl Actor for Supervisor {
                         Timestamp::now(),
                     );
                     task.generation = job.fence;
-                    if let Some(history) = job.history.take() {
-                        task.inherit_schedule(&history);
+                    if let Some(mut stored) = job.history.take() {
+                        task.inherit_schedule(&stored);
+                        task.history = std::mem::take(&mut stored.history);
                     }
                     let _ = state.registry.cast(RegistryMsg::Queued(Box::new(task)));
                     outcomes.push(Submitted::Accepted(job.task_id.clone()));

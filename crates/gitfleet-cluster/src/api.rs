@@ -11,8 +11,9 @@ use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
     CloneStatus, CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest,
-    NodeInfo, NodesReply, Operation, RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest,
-    StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest, TaskError,
+    LogReply, LogRequest, NodeInfo, NodesReply, Operation, RemovalNotice, RemoveRequest,
+    ResumeRequest, ScheduleRequest, StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest,
+    TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -224,6 +225,7 @@ pub async fn handle(
         "submit" => route!(submit),
         "sync" => route!(sync),
         "get" => route!(get),
+        "log" => route!(log),
         "list" => route!(list),
         "cancel" => route!(cancel),
         "resume" => route!(resume),
@@ -685,6 +687,55 @@ async fn get(ctx: &ApiContext, request: GetRequest) -> Result<CloneTask, ApiErro
 /// with few tasks, never a page that reads the whole bucket.
 const LIST_SCAN: usize = 2_000;
 
+/// Commits a `log` request lists at most.
+pub const MAX_LOG: usize = 1_000;
+/// Commits a `log` request lists when it does not say.
+const DEFAULT_LOG: usize = 20;
+
+/// The commits of a repository, read by the node that holds it: the request goes on to that
+/// node's own subject, naming the task by id (the node finds the repository from its record).
+async fn log(ctx: &ApiContext, request: LogRequest) -> Result<LogReply, ApiError> {
+    let shown = scrub_userinfo(&request.task);
+    let Some((task, _)) = find(ctx, &request.task).await? else {
+        return Err(ApiError::new(
+            ApiErrorCode::NotFound,
+            format!("no task {shown}"),
+        ));
+    };
+    let holder = task.node.clone().ok_or_else(|| {
+        ApiError::new(
+            ApiErrorCode::NotFound,
+            format!("{} is not cloned (yet)", task.url),
+        )
+    })?;
+    // A record names its node; a subject is built only from a valid node id.
+    crate::subjects::validate_node_id(&holder).map_err(unavailable)?;
+    let forwarded = LogRequest {
+        task: task.id.clone(),
+        since: request.since,
+        max_count: Some(request.max_count.unwrap_or(DEFAULT_LOG).min(MAX_LOG)),
+    };
+    let answer = ctx
+        .nats
+        .client
+        .request(
+            ctx.nats.subjects.node_log(&holder),
+            gitfleet_proto::to_json(&forwarded).into(),
+        )
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "node {holder}, which holds {}, did not answer: {e}",
+                task.url
+            ))
+        })?;
+    match gitfleet_proto::from_json::<ApiReply<LogReply>>(&answer.payload) {
+        Ok(ApiReply::Ok(reply)) => Ok(reply),
+        Ok(ApiReply::Error(e)) => Err(e),
+        Err(e) => Err(unavailable(format!("node {holder} answered: {e}"))),
+    }
+}
+
 async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiError> {
     let limit = request.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let after = Cursor::parse(request.after.as_deref())?.map_or(0, |c| c.after);
@@ -704,7 +755,9 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
             last = revision;
             continue;
         }
+        // Listed without their history (`get` has it): a page of records stays a page.
         let mut task = task;
+        task.history = Vec::new();
         let mut size = gitfleet_proto::to_json(&task).len();
         if size > MAX_REPLY_BYTES / 2 {
             // A record this large (written before records were bounded) must not end the
@@ -880,17 +933,18 @@ async fn change_records(
     Ok(ChangedReply { changed })
 }
 
-/// A state transition on the task's status subject (best effort: the bucket is the truth).
+/// A state transition on the task's status subject (best effort: the bucket is the truth),
+/// without the record's history, as every state event.
 pub async fn publish_state(nats: &Nats, task: &CloneTask) {
+    let subject = nats.subjects.status(&task.id);
+    let mut task = task.clone();
+    task.history = Vec::new();
     let update = gitfleet_proto::TaskUpdate::State {
-        task: Box::new(task.clone()),
+        task: Box::new(task),
     };
     let _ = nats
         .client
-        .publish(
-            nats.subjects.status(&task.id),
-            gitfleet_proto::to_json(&update).into(),
-        )
+        .publish(subject, gitfleet_proto::to_json(&update).into())
         .await;
 }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
-    CloneTask, GetRequest, ListReply, ListRequest, NodesReply, RemoveRequest, ResumeRequest,
-    ScheduleRequest, SubmitReply, SubmitRequest, SyncRequest,
+    CloneTask, GetRequest, ListReply, ListRequest, LogReply, LogRequest, NodesReply, RemoveRequest,
+    ResumeRequest, ScheduleRequest, SubmitReply, SubmitRequest, SyncRequest,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -155,6 +155,11 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// The commits of a repository, newest first, read by the node that holds it.
+    pub async fn log(&self, request: &LogRequest) -> Result<LogReply, ClientError> {
+        self.call("log", request).await
     }
 
     pub async fn list(&self, request: &ListRequest) -> Result<ListReply, ClientError> {

@@ -243,8 +243,16 @@ impl KvStore {
 
     /// The bucket's latest revision: a record written from now on has a greater one.
     pub async fn last_revision(&self) -> std::io::Result<u64> {
-        let info = self.kv.stream.get_info().await.map_err(io)?;
-        Ok(info.state.last_sequence)
+        Ok(self.stream_state().await?.last_sequence)
+    }
+
+    /// The bytes the bucket stores (its records, their headers and deletion markers).
+    pub async fn stored_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.stream_state().await?.bytes)
+    }
+
+    async fn stream_state(&self) -> std::io::Result<async_nats::jetstream::stream::State> {
+        Ok(self.kv.stream.get_info().await.map_err(io)?.state)
     }
 
     pub async fn ids(&self) -> std::io::Result<Vec<String>> {
@@ -446,6 +454,8 @@ impl KvStore {
                 if merged.last_sync.is_none() {
                     merged.last_sync = current.last_sync.clone();
                 }
+                // Runs another writer recorded meanwhile (a takeover's) are kept too.
+                merged.merge_history(current);
                 merged.inherit_schedule(current);
                 // Archiving is the API's (an operator's): a node's copy of the record, read
                 // before an archive or unarchive, never undoes it.

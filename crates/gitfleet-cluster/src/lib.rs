@@ -5,6 +5,7 @@
 pub mod api;
 mod auth;
 pub mod client;
+mod commit_log;
 mod freshness;
 mod infra;
 mod intake;

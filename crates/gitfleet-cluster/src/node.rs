@@ -89,6 +89,16 @@ pub async fn run_node(
             }
         });
     }
+    // The commits of the repositories it holds, for the API's `log`.
+    {
+        let (nats, store, layout) = (nats.clone(), store.clone(), layout.clone());
+        let me = options.node_id.clone();
+        background.spawn(async move {
+            if let Err(e) = crate::commit_log::answer_log_requests(nats, store, layout, me).await {
+                tracing::error!(error = &e as &dyn std::error::Error, "log requests stopped");
+            }
+        });
+    }
     // The repositories this node owns, synced when due.
     {
         let context = ApiContext {

@@ -10,11 +10,12 @@ pub struct Subjects {
 }
 
 /// The API operations, one subject each: `<prefix>.api.<op>`.
-pub const API_OPERATIONS: [&str; 11] = [
+pub const API_OPERATIONS: [&str; 12] = [
     "submit",
     "sync",
     "get",
     "list",
+    "log",
     "cancel",
     "nodes",
     "resume",
@@ -104,6 +105,12 @@ impl Subjects {
     /// [`gitfleet_proto::HandoverNotice`]): the former holder deletes its copy.
     pub fn handovers(&self) -> String {
         format!("{}.control.handover", self.prefix)
+    }
+
+    /// Requests for the commits of a repository a node holds, to that node alone (the API's
+    /// `log` forwards them here: a [`gitfleet_proto::LogRequest`] naming a task by id).
+    pub fn node_log(&self, node: &str) -> String {
+        format!("{}.control.log.{node}", self.prefix)
     }
 
     fn name(&self, suffix: &str) -> String {

@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{CloneTask, ErrorCode, Operation, StatusType, Timestamp};
+use crate::{CloneTask, CommitInfo, ErrorCode, Operation, StatusType, Timestamp};
 
 /// `<prefix>.api.submit`: clone, mirror or initialise repositories.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -95,6 +95,28 @@ pub struct ListReply {
     /// (even none) and still have a `next`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
+}
+
+/// `<prefix>.api.log`: the commits a repository holds, newest first (id, author, email, time,
+/// subject; from its branches, not tags), read by the node that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogRequest {
+    /// A task id or URL.
+    pub task: String,
+    /// Only commits authored since then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub since: Option<Timestamp>,
+    /// At most this many (default 20, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_count: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LogReply {
+    pub commits: Vec<CommitInfo>,
+    /// The node that read them (the one that holds the repository).
+    pub node: String,
 }
 
 /// `<prefix>.api.cancel`: cancel tasks by id or URL.

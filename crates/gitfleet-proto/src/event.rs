@@ -23,7 +23,8 @@ pub struct ProgressEvent {
     pub objects_total: u64,
 }
 
-/// What a watcher of tasks receives: a state transition (the whole task) or a progress sample.
+/// What a watcher of tasks receives: a state transition (the whole task but its `history`, which
+/// a read of the task has) or a progress sample.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum TaskUpdate {

@@ -19,9 +19,9 @@ mod task;
 
 pub use api::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
-    GetRequest, HandoverNotice, HostPauseNotice, JobMessage, ListReply, ListRequest, NodeInfo,
-    NodesReply, RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest, SubmitReply,
-    SubmitRequest, Submitted, SyncRequest,
+    GetRequest, HandoverNotice, HostPauseNotice, JobMessage, ListReply, ListRequest, LogReply,
+    LogRequest, NodeInfo, NodesReply, RemovalNotice, RemoveRequest, ResumeRequest, ScheduleRequest,
+    SubmitReply, SubmitRequest, Submitted, SyncRequest,
 };
 pub use codec::{
     CodecError, Encoding, decode, encode, from_json, from_msgpack, to_json, to_msgpack,
@@ -31,5 +31,5 @@ pub use event::{ProgressEvent, TaskUpdate};
 pub use local::{WorkReply, WorkRequest};
 pub use task::{
     Branch, CloneStatus, CloneTask, CommitInfo, Freshness, FreshnessAt, Operation, Phase,
-    StatusType, SyncResult, Timestamp, clone_task_schema,
+    RunRecord, StatusType, SyncResult, Timestamp, clone_task_schema,
 };

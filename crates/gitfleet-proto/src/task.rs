@@ -234,6 +234,98 @@ impl SyncResult {
     pub const MAX_LISTED: usize = 100;
 }
 
+/// One finished run of a task, as its record's `history` keeps it: what a sync brought, or why
+/// it failed (the product documents' SyncTask: time, refs changed, commits synced, duration,
+/// error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunRecord {
+    #[schemars(with = "String")]
+    pub finished_at: Timestamp,
+    pub operation: Operation,
+    /// `completed` or `failed`.
+    pub status: StatusType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<ErrorCode>,
+    /// Why it failed (at most [`RunRecord::MAX_ERROR`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub refs_created: u64,
+    #[serde(default)]
+    pub refs_updated: u64,
+    #[serde(default)]
+    pub refs_deleted: u64,
+    /// Commits reachable afterwards that were not before.
+    #[serde(default)]
+    pub new_commits: u64,
+    #[serde(default)]
+    pub bytes_received: u64,
+    #[serde(default)]
+    pub duration_ms: u64,
+}
+
+impl RunRecord {
+    /// Runs a record keeps.
+    pub const KEPT: usize = 10;
+    /// The longest error message kept, in bytes.
+    pub const MAX_ERROR: usize = 256;
+
+    /// Puts this run first in `history`, which keeps the last [`RunRecord::KEPT`].
+    pub fn add_to(self, history: &mut Vec<RunRecord>) {
+        history.insert(0, self);
+        history.truncate(Self::KEPT);
+    }
+
+    /// A run that succeeded with `result`.
+    pub fn completed(operation: Operation, finished_at: Timestamp, result: &SyncResult) -> Self {
+        RunRecord {
+            finished_at,
+            operation,
+            status: StatusType::Completed,
+            error_code: None,
+            error: None,
+            refs_created: result.num_refs_created,
+            refs_updated: result.num_refs_updated,
+            refs_deleted: result.num_refs_deleted,
+            new_commits: result.new_commits,
+            bytes_received: result.bytes_received,
+            duration_ms: result.duration_ms,
+        }
+    }
+
+    /// A run that failed with `code` and `message` after running since `started_at`.
+    pub fn failed(
+        operation: Operation,
+        started_at: Option<Timestamp>,
+        finished_at: Timestamp,
+        code: ErrorCode,
+        message: &str,
+    ) -> Self {
+        let mut end = message.len().min(Self::MAX_ERROR);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let duration_ms = started_at
+            .and_then(|started| finished_at.duration_since(started).try_into().ok())
+            .map_or(0, |d: std::time::Duration| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            });
+        RunRecord {
+            finished_at,
+            operation,
+            status: StatusType::Failed,
+            error_code: Some(code),
+            error: Some(message[..end].to_string()),
+            refs_created: 0,
+            refs_updated: 0,
+            refs_deleted: 0,
+            new_commits: 0,
+            bytes_received: 0,
+            duration_ms,
+        }
+    }
+}
+
 /// One repository and what gitfleet last did to it. The id is derived from where the repository
 /// lives on disk, so the same repository named in different spellings is one task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -279,6 +371,9 @@ pub struct CloneTask {
     /// The result of the latest successful clone or sync.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync: Option<SyncResult>,
+    /// The last [`RunRecord::KEPT`] finished runs (clones, syncs, failures), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RunRecord>,
     /// When a clone or sync of it last succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
@@ -389,6 +484,7 @@ impl CloneTask {
             idempotency_key: None,
             generation: 0,
             last_sync: None,
+            history: Vec::new(),
             last_success_at: None,
             last_change_at: None,
             next_sync_at: None,
@@ -475,6 +571,24 @@ impl CloneTask {
         if self.interval_override_s.is_none() {
             self.interval_override_s = older.interval_override_s;
         }
+    }
+
+    /// Records a finished run: newest first, the last [`RunRecord::KEPT`] kept.
+    pub fn record_run(&mut self, run: RunRecord) {
+        run.add_to(&mut self.history);
+    }
+
+    /// Adds the runs `other` (another copy of this task's record, written meanwhile) holds and
+    /// this one does not: newest first, the last [`RunRecord::KEPT`] kept.
+    pub fn merge_history(&mut self, other: &CloneTask) {
+        for run in &other.history {
+            if !self.history.contains(run) {
+                self.history.push(run.clone());
+            }
+        }
+        self.history
+            .sort_by_key(|run| std::cmp::Reverse(run.finished_at));
+        self.history.truncate(RunRecord::KEPT);
     }
 
     /// How fresh the repository is at `now`: a success within `stale_after` is fresh.
@@ -564,4 +678,59 @@ fn is_zero_u32(n: &u32) -> bool {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(second: i64) -> RunRecord {
+        RunRecord::completed(
+            Operation::Sync,
+            Timestamp::from_second(second).expect("a valid time"),
+            &SyncResult::default(),
+        )
+    }
+
+    #[test]
+    fn a_history_keeps_the_newest_runs_of_both_copies_once_each() {
+        let mut task = CloneTask::new(
+            "0123456789abcdef".into(),
+            "https://h.example/o/r".into(),
+            Operation::Mirror,
+            "h.example/o/r.git".into(),
+            Timestamp::UNIX_EPOCH,
+        );
+        let mut other = task.clone();
+        for second in [1, 3, 5] {
+            task.record_run(run(second));
+        }
+        for second in [2, 3, 4] {
+            other.record_run(run(second));
+        }
+        task.merge_history(&other);
+        let seconds: Vec<i64> = task
+            .history
+            .iter()
+            .map(|r| r.finished_at.as_second())
+            .collect();
+        assert_eq!(seconds, [5, 4, 3, 2, 1]);
+        for second in 10..30 {
+            other.record_run(run(second));
+        }
+        task.merge_history(&other);
+        assert_eq!(task.history.len(), RunRecord::KEPT);
+        assert_eq!(task.history[0].finished_at.as_second(), 29);
+        assert_eq!(task.history[9].finished_at.as_second(), 20);
+        // A failure's message is cut at a character boundary, within the bound.
+        let failed = RunRecord::failed(
+            Operation::Sync,
+            None,
+            Timestamp::UNIX_EPOCH,
+            ErrorCode::Network,
+            &"ü".repeat(RunRecord::MAX_ERROR),
+        );
+        let error = failed.error.expect("a message");
+        assert!(error.len() <= RunRecord::MAX_ERROR && error.len() >= RunRecord::MAX_ERROR - 1);
+    }
 }

@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use gitfleet_proto::{
-    Branch, CloneStatus, CloneTask, ErrorCode, Freshness, Operation, Phase, StatusType, SyncResult,
-    from_json, from_msgpack, to_json, to_msgpack,
+    Branch, CloneStatus, CloneTask, ErrorCode, Freshness, Operation, Phase, RunRecord, StatusType,
+    SyncResult, from_json, from_msgpack, to_json, to_msgpack,
 };
 
 fn sample_task() -> CloneTask {
@@ -45,6 +45,19 @@ fn sample_task() -> CloneTask {
         duration_ms: 4500,
         disk_bytes: Some(20480),
     });
+    let earlier: jiff::Timestamp = "2026-01-01T03:04:09Z".parse().expect("valid timestamp");
+    task.record_run(RunRecord::failed(
+        Operation::Sync,
+        Some(earlier),
+        "2026-01-01T03:04:10.25Z".parse().expect("valid timestamp"),
+        ErrorCode::Network,
+        "connection refused",
+    ));
+    task.record_run(RunRecord::completed(
+        Operation::Mirror,
+        updated,
+        task.last_sync.as_ref().expect("a result"),
+    ));
     task.last_success_at = Some(updated);
     task.last_change_at = Some(updated);
     task.next_sync_at = Some("2026-01-02T03:14:09.5Z".parse().expect("valid timestamp"));

@@ -159,6 +159,15 @@ pub enum Command {
         #[arg(required = true)]
         tasks: Vec<String>,
     },
+    /// Show a repository's last runs, newest first: when each clone or sync finished, the refs
+    /// and commits it brought, how long it took, why it failed.
+    History {
+        /// The repository (id or URL).
+        task: String,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the commits a mirror holds, newest first: what the last syncs brought.
     Log {
         /// The repository (id or URL).

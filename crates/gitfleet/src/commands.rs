@@ -91,10 +91,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             },
             None,
         ) => embedded::log(&root, &task, since, max_count, json),
-        (Command::Log { .. }, Some(_)) => bail!(
-            "`gitfleet log` reads a mirror on disk: run it on the node that holds the repository, \
-             with that node's --root (cluster mode has no log request yet)"
-        ),
+        (
+            Command::Log {
+                task,
+                since,
+                max_count,
+                json,
+            },
+            Some(cluster),
+        ) => remote::log(&cluster, &task, since, max_count, json).await,
+        (Command::History { task, json }, None) => embedded::history(&root, &task, json),
+        (Command::History { task, json }, Some(cluster)) => {
+            remote::history(&cluster, &task, json).await
+        }
         (Command::Du { top, json }, None) => embedded::du(&root, top, json),
         (Command::Du { top, json }, Some(cluster)) => remote::du(&cluster, top, json).await,
         (Command::Cancel { tasks }, None) => embedded::cancel(&root, &tasks).await,

@@ -201,6 +201,16 @@ pub fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gitfleet history`: the last runs of one repository of the root, newest first.
+pub fn history(root: &std::path::Path, input: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let layout = open_layout(root)?;
+    let tasks = FileStore::open(&layout.state_dir())?.load_all_sync()?;
+    let task = find_task(&layout, &Policy::permissive(), &tasks, input)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    crate::report::print_history(task, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `gitfleet log`: the commits of one repository of the root, newest first.
 pub fn log(
     root: &std::path::Path,

@@ -327,6 +327,34 @@ pub async fn status(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `gitfleet log` on a cluster: read by the node that holds the repository.
+pub async fn log(
+    cluster: &Cluster,
+    input: &str,
+    since: Option<jiff::Timestamp>,
+    max_count: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let reply = cluster
+        .client()
+        .await?
+        .log(&gitfleet_proto::LogRequest {
+            task: input.to_string(),
+            since,
+            max_count: Some(max_count),
+        })
+        .await?;
+    crate::report::print_commits(&reply.commits, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gitfleet history` on a cluster: the runs the task's record keeps.
+pub async fn history(cluster: &Cluster, input: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let task = cluster.client().await?.get(input).await?;
+    crate::report::print_history(&task, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `gitfleet du` on a cluster: from every task's record (read page by page).
 pub async fn du(cluster: &Cluster, top: usize, json: bool) -> anyhow::Result<ExitCode> {
     let tasks = cluster.client().await?.list_all().await?;

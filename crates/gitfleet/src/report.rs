@@ -60,6 +60,14 @@ fn code_of(task: &CloneTask) -> &'static str {
 /// The task table of `status` (or a JSON array); `place` names the root or cluster.
 pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Result<()> {
     if json {
+        // Records as the cluster's `list` gives them, in both modes: `history` has the runs.
+        let tasks: Vec<CloneTask> = tasks
+            .iter()
+            .map(|t| CloneTask {
+                history: Vec::new(),
+                ..t.clone()
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&tasks)?);
         return Ok(());
     }
@@ -95,6 +103,44 @@ pub fn print_tasks(tasks: &[CloneTask], json: bool, place: &str) -> anyhow::Resu
         if let Some(error) = &t.status.error {
             blank(&format!("[{}] {error}", code_of(t)));
         }
+    }
+    Ok(())
+}
+
+/// The runs of `gitfleet history`, newest first, one line each (or a JSON array).
+pub fn print_history(task: &CloneTask, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&task.history)?);
+        return Ok(());
+    }
+    if task.history.is_empty() {
+        println!("no finished run of {} recorded yet", task.url);
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<8}  {:<9}  {:>16}  {:>7}  {:>10}  {:>8}  ERROR",
+        "FINISHED", "OP", "RESULT", "REFS NEW/MOV/DEL", "COMMITS", "RECEIVED", "TOOK"
+    );
+    for run in &task.history {
+        let refs = format!(
+            "{}/{}/{}",
+            run.refs_created, run.refs_updated, run.refs_deleted
+        );
+        let error = match (&run.error_code, &run.error) {
+            (Some(code), Some(message)) => format!("[{code}] {message}"),
+            (Some(code), None) => format!("[{code}]"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<20}  {:<8}  {:<9}  {:>16}  {:>7}  {:>10}  {:>7.1}s  {error}",
+            run.finished_at.strftime("%Y-%m-%d %H:%M:%S"),
+            run.operation,
+            run.status,
+            refs,
+            run.new_commits,
+            human_bytes(run.bytes_received),
+            run.duration_ms as f64 / 1000.0,
+        );
     }
     Ok(())
 }

@@ -1497,3 +1497,100 @@ fn a_sync_that_leaves_too_many_packs_repacks_the_mirror() {
     assert_eq!(refs(&mirror), refs(&fixtures.repo("alpha.git")));
     fsck(&mirror).expect("a whole mirror");
 }
+
+#[test]
+fn history_keeps_the_last_runs_newest_first_with_what_each_brought() {
+    let fixtures = Fixtures::new();
+    let upstream = fixtures.root.join("busy");
+    gitfleet_tests::run_git(&fixtures.root, &["init", "-q", "-b", "main", "busy"]);
+    let commit = |subject: &str| {
+        gitfleet_tests::run_git(
+            &upstream,
+            &[
+                "-c",
+                "user.name=A",
+                "-c",
+                "user.email=a@example.com",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                subject,
+            ],
+        );
+    };
+    commit("first");
+    // Served, so that an upstream that is gone is a run that fails (`not_found` from the
+    // server), not a path refused before any run.
+    let daemon = GitDaemon::start(&fixtures.root);
+    let url = daemon.url("busy");
+    let root = tempfile::tempdir().expect("tempdir");
+    let gitfleet_ok = |args: &[&str]| {
+        let out = run(gitfleet(root.path()).args(args));
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        out
+    };
+    gitfleet_ok(&["mirror", &url]);
+    commit("second");
+    commit("third");
+    gitfleet_ok(&["sync", &url]);
+    // Upstream gone for one sync: a failed run, then it is back.
+    let away = fixtures.root.join("busy-away");
+    std::fs::rename(&upstream, &away).expect("move upstream away");
+    let out = run(gitfleet(root.path()).args(["sync", &url]));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    std::fs::rename(&away, &upstream).expect("bring upstream back");
+
+    let history = |root: &Path| -> Vec<Value> {
+        let out = run(gitfleet(root).args(["history", "--json", &url]));
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("history --json is a JSON array")
+    };
+    let runs = history(root.path());
+    assert_eq!(runs.len(), 3, "{runs:#?}");
+    assert_eq!(runs[0]["status"], "failed");
+    assert_eq!(runs[0]["operation"], "sync");
+    assert!(runs[0]["error_code"].is_string(), "{runs:#?}");
+    assert!(runs[0]["error"].as_str().is_some_and(|e| !e.is_empty()));
+    assert_eq!(runs[1]["status"], "completed");
+    assert_eq!(runs[1]["operation"], "sync");
+    assert_eq!(runs[1]["new_commits"], 2, "the sync brought two commits");
+    assert_eq!(runs[1]["refs_updated"], 1, "{runs:#?}");
+    assert_eq!(runs[2]["operation"], "mirror");
+    assert_eq!(runs[2]["new_commits"], 1);
+    assert!(runs[2]["refs_created"].as_u64() >= Some(1));
+
+    // The record keeps the last ten runs, newest first.
+    for _ in 0..9 {
+        gitfleet_ok(&["sync", &url]);
+    }
+    let runs = history(root.path());
+    assert_eq!(runs.len(), 10);
+    let times: Vec<&str> = runs
+        .iter()
+        .map(|r| r["finished_at"].as_str().expect("a time"))
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    assert_eq!(
+        runs[9]["status"], "failed",
+        "the oldest kept is the failure"
+    );
+    assert!(runs[..9].iter().all(|r| r["new_commits"] == 0));
+
+    // The human form: a header and a line per run. `status` shows records without history.
+    let out = gitfleet_ok(&["history", &url]);
+    let shown = text(&out.stdout);
+    assert_eq!(shown.lines().count(), 11, "{shown}");
+    assert!(
+        shown
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("FINISHED"))
+    );
+    let tasks = status_json(root.path());
+    assert!(tasks[0].get("history").is_none(), "{:#}", tasks[0]);
+    let out = run(gitfleet(root.path()).args(["history", "https://nowhere.example/x"]));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}

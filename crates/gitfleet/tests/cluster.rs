@@ -602,6 +602,50 @@ async fn the_command_line_talks_to_the_cluster() {
     let (code, _, stderr) = cli(&["sync", &daemon.url("alpha.git")]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("1 completed, 0 failed"), "{stderr}");
+    // The record keeps both runs (the node carries the history across requests), newest
+    // first; `status` and the state events go without it.
+    let (code, stdout, stderr) = cli(&["history", "--json", &daemon.url("alpha.git")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    let ops: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r["operation"].as_str())
+        .collect();
+    assert_eq!(ops, ["sync", "mirror"], "{stdout}");
+    assert!(runs.iter().all(|r| r["status"] == "completed"), "{stdout}");
+    assert!(
+        tasks.iter().all(|t| t.get("history").is_none()),
+        "{tasks:#?}"
+    );
+    let (code, stdout, _) = cli(&["history", &daemon.url("nope.git")]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("[not_found]"), "{stdout}");
+    // `log` is read by the node that holds the repository, through the API.
+    let (code, stdout, stderr) = cli(&["log", "--json", "-n", "2", &daemon.url("alpha.git")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let commits: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(commits.len(), 2, "{stdout}");
+    let newest = gitfleet_tests::run_git(
+        &fixtures.root,
+        &[
+            "--git-dir",
+            "alpha.git",
+            "log",
+            "--branches",
+            "-n",
+            "2",
+            "--format=%H",
+        ],
+    );
+    let ids: Vec<&str> = commits.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids, newest.lines().collect::<Vec<_>>(), "{stdout}");
+    let (code, _, stderr) = cli(&["log", &daemon.url("nope.git")]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("not cloned"), "{stderr}");
+    assert!(
+        !stderr.contains(&std::env::temp_dir().display().to_string()),
+        "{stderr}"
+    );
 
     // An idempotency key makes a retried request harmless, even after the task finished.
     let keyed = |key: Option<&str>| SubmitRequest {
