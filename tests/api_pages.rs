@@ -169,6 +169,14 @@ async fn sync_everything_and_list_go_by_pages_far_below_the_payload_limit() {
     assert!(answer.error && body.contains("bad_request"), "{body}");
     assert!(body.contains("previous page's next"), "{body}");
 
+    // A list's cursor is not a sync's: without where the sync ends, it would meet again the
+    // records it queued itself.
+    announce_node(&ctx).await;
+    let answer = api::handle(&ctx, "sync", br#"{"after":"5"}"#, Encoding::Json).await;
+    let body = String::from_utf8_lossy(&answer.body);
+    assert!(answer.error && body.contains("bad_request"), "{body}");
+    ctx.nodes.purge("node-a").await.expect("the node leaves");
+
     // With no live node, a sync of everything is one clear error, not a page of them.
     let answer = api::handle(&ctx, "sync", b"{}", Encoding::Json).await;
     let body = String::from_utf8_lossy(&answer.body);

@@ -139,7 +139,12 @@ fn real_main() -> anyhow::Result<()> {
                 .parse()
                 .context("registry-memory N")?;
             let rt = runtime()?;
-            let result = rt.block_on(control::registry_memory(n))?;
+            // Runs of history per task: as many as a record keeps unless given.
+            let runs: usize = match args.get(2) {
+                Some(runs) => runs.parse().context("registry-memory N [RUNS]")?,
+                None => gitfleet_proto::RunRecord::KEPT,
+            };
+            let result = rt.block_on(control::registry_memory(n, runs))?;
             println!("{result}");
             return Ok(());
         }

@@ -213,9 +213,14 @@ impl Record {
 
     /// Records a finished run (newest first, the last `RunRecord::KEPT` kept).
     pub(crate) fn record_run(&mut self, run: RunRecord) {
-        let mut runs = self.history();
-        run.add_to(&mut runs);
-        self.set_history(&runs);
+        let results = self.results();
+        match history_with(results.history, &run, RunRecord::KEPT) {
+            Some(history) => self.results = results.with_history(&history),
+            None => {
+                tracing::error!("undecodable history in the registry (a bug)");
+                self.set_history(&[run]);
+            }
+        }
     }
 
     /// The repository's size on disk as the last result measured it.
@@ -548,6 +553,8 @@ impl TaskTable {
             if page.tasks.len() < query.limit {
                 let mut task = self.task(slot);
                 task.freshness = Some(freshness);
+                // A row of a page, as the cluster's `list` gives it: no history.
+                task.history = Vec::new();
                 page.tasks.push(task);
             } else if page.next.is_none() {
                 page.next = page
@@ -745,6 +752,28 @@ impl Reader<'_> {
         Some(Some(format!("{prefix}{rest}")))
     }
 
+    /// Passes over a name without building it.
+    fn skip_name(&mut self) -> Option<()> {
+        let header = self.varint()?;
+        if header > 0 {
+            self.take(usize::try_from((header - 1) >> 2).ok()?)?;
+        }
+        Some(())
+    }
+
+    /// Passes over one run of an encoded history ([`encode_run`]).
+    fn skip_run(&mut self) -> Option<()> {
+        self.varint()?;
+        self.varint()?;
+        for _ in 0..4 {
+            self.skip_name()?;
+        }
+        for _ in 0..6 {
+            self.varint()?;
+        }
+        Some(())
+    }
+
     fn names(&mut self) -> Option<Vec<String>> {
         let n = self.len()?;
         let mut names = Vec::with_capacity(n.min(self.bytes.len()));
@@ -785,30 +814,54 @@ fn encode_history(runs: &[RunRecord]) -> Vec<u8> {
     if runs.is_empty() {
         return Vec::new();
     }
-    let mut out = Vec::with_capacity(24 * runs.len());
+    let mut out = Vec::with_capacity(36 * runs.len() + 1);
     put_varint(&mut out, runs.len() as u64);
     for run in runs {
-        put_varint(&mut out, zigzag(run.finished_at.as_second()));
-        put_varint(
-            &mut out,
-            zigzag(i64::from(run.finished_at.subsec_nanosecond())),
-        );
-        put_name(&mut out, Some(run.operation.as_str()));
-        put_name(&mut out, Some(run.status.as_str()));
-        put_name(&mut out, run.error_code.map(ErrorCode::as_str));
-        put_name(&mut out, run.error.as_deref());
-        for n in [
-            run.refs_created,
-            run.refs_updated,
-            run.refs_deleted,
-            run.new_commits,
-            run.bytes_received,
-            run.duration_ms,
-        ] {
-            put_varint(&mut out, n);
-        }
+        encode_run(&mut out, run);
     }
     out
+}
+
+fn encode_run(out: &mut Vec<u8>, run: &RunRecord) {
+    put_varint(out, zigzag(run.finished_at.as_second()));
+    put_varint(out, zigzag(i64::from(run.finished_at.subsec_nanosecond())));
+    put_name(out, Some(run.operation.as_str()));
+    put_name(out, Some(run.status.as_str()));
+    put_name(out, run.error_code.map(ErrorCode::as_str));
+    put_name(out, run.error.as_deref());
+    for n in [
+        run.refs_created,
+        run.refs_updated,
+        run.refs_deleted,
+        run.new_commits,
+        run.bytes_received,
+        run.duration_ms,
+    ] {
+        put_varint(out, n);
+    }
+}
+
+/// The encoded history with `run` put first and at most `keep` runs kept, from the encoded
+/// `history` ([`encode_history`]) without decoding it: a run is recorded at every final state,
+/// so this is one allocation of the final size, not a decoded list and its strings.
+fn history_with(history: &[u8], run: &RunRecord, keep: usize) -> Option<Vec<u8>> {
+    let mut r = Reader { bytes: history };
+    let count = if history.is_empty() { 0 } else { r.len()? };
+    let runs = r.bytes;
+    // The runs kept after the new one: the first `keep - 1` of those there are.
+    let kept = count.min(keep.saturating_sub(1));
+    let mut skip = Reader { bytes: runs };
+    for _ in 0..kept {
+        skip.skip_run()?;
+    }
+    let kept_bytes = &runs[..runs.len() - skip.bytes.len()];
+    let mut one = Vec::with_capacity(48);
+    encode_run(&mut one, run);
+    let mut out = Vec::with_capacity(kept_bytes.len() + one.len() + 2);
+    put_varint(&mut out, (kept + 1) as u64);
+    out.extend_from_slice(&one);
+    out.extend_from_slice(kept_bytes);
+    Some(out)
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -1286,6 +1339,31 @@ mod tests {
         task.status = CloneStatus::completed();
         task.node = None;
         assert_eq!(table.task(slot), task);
+    }
+
+    #[test]
+    fn a_run_recorded_in_place_is_the_run_recorded_on_the_task() {
+        let mut table = TaskTable::default();
+        for mut task in tasks() {
+            let slot = table.insert(task.clone());
+            for i in 0..(RunRecord::KEPT as i64 + 3) {
+                let run = if i % 4 == 3 {
+                    RunRecord::failed(
+                        Operation::Sync,
+                        Some(at(i, 0)),
+                        at(-i, -7),
+                        ErrorCode::Protocol,
+                        "refs/heads/x: bad pack",
+                    )
+                } else {
+                    RunRecord::completed(Operation::Mirror, at(i * 1000, 5), &full_result())
+                };
+                table.record_mut(slot).record_run(run.clone());
+                task.record_run(run);
+                assert_eq!(table.task(slot), task, "{} after {i}", task.id);
+            }
+            assert_eq!(task.history.len(), RunRecord::KEPT);
+        }
     }
 
     #[test]

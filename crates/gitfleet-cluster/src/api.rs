@@ -10,10 +10,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use gitfleet_git::{Policy, Target, scrub_userinfo};
 use gitfleet_proto::{
     ApiError, ApiErrorCode, ApiReply, ArchiveRequest, CancelReply, CancelRequest, ChangedReply,
-    CloneStatus, CloneTask, Encoding, ErrorCode, GetRequest, JobMessage, ListReply, ListRequest,
-    LogReply, LogRequest, NodeInfo, NodesReply, Operation, RemovalNotice, RemoveRequest,
-    ResumeRequest, ScheduleRequest, StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest,
-    TaskError,
+    CloneStatus, CloneTask, Encoding, GetRequest, JobMessage, ListReply, ListRequest, LogReply,
+    LogRequest, NodeInfo, NodesReply, Operation, RemovalNotice, RemoveRequest, ResumeRequest,
+    ScheduleRequest, StatusType, SubmitReply, SubmitRequest, Submitted, SyncRequest, TaskError,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,7 +29,8 @@ pub const MAX_REQUEST_BYTES: usize = 512 << 10;
 pub const MAX_REPOSITORIES: usize = 2_000;
 /// Tasks per `list` page at most; pages also stop before their reply would pass this many bytes.
 pub const MAX_PAGE: usize = 200;
-const MAX_REPLY_BYTES: usize = 512 << 10;
+/// The largest reply the API builds (half NATS' default payload limit).
+pub(crate) const MAX_REPLY_BYTES: usize = 512 << 10;
 /// The longest idempotency key, in bytes (it is stored in every record of the request).
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 pub const MSGPACK: &str = "application/msgpack";
@@ -523,6 +523,11 @@ async fn sync_page(
     nodes: &[String],
 ) -> Result<SubmitReply, ApiError> {
     let cursor = match Cursor::parse(after)? {
+        // A sync's cursor carries where it ends (a list's does not: without an end, a sync
+        // would meet again the records it queued itself).
+        Some(Cursor { until: None, .. }) => {
+            return Err(Cursor::refused(after.unwrap_or_default()));
+        }
         Some(cursor) => cursor,
         None => Cursor {
             after: 0,
@@ -583,15 +588,7 @@ struct Cursor {
 impl Cursor {
     fn parse(text: Option<&str>) -> Result<Option<Cursor>, ApiError> {
         let Some(text) = text else { return Ok(None) };
-        let bad = || {
-            ApiError::new(
-                ApiErrorCode::BadRequest,
-                format!(
-                    "after '{}' is not a cursor this API gave: pass the previous page's next",
-                    text.escape_debug()
-                ),
-            )
-        };
+        let bad = || Cursor::refused(text);
         let (after, until) = match text.split_once('-') {
             Some((after, until)) => (after, Some(until.parse().map_err(|_| bad())?)),
             None => (text, None),
@@ -600,6 +597,20 @@ impl Cursor {
             after: after.parse().map_err(|_| bad())?,
             until,
         }))
+    }
+}
+
+impl Cursor {
+    /// A cursor this API did not give, named (its start only: it is someone else's text).
+    fn refused(text: &str) -> ApiError {
+        let start: String = text.chars().take(64).collect();
+        ApiError::new(
+            ApiErrorCode::BadRequest,
+            format!(
+                "after '{}' is not a cursor this API gave: pass the previous page's next",
+                start.escape_debug()
+            ),
+        )
     }
 }
 
@@ -744,26 +755,39 @@ async fn list(ctx: &ApiContext, request: ListRequest) -> Result<ListReply, ApiEr
         Some(_) => LIST_SCAN,
         None => limit + 1,
     };
-    let page = ctx.store.scan(after, examine).await.map_err(unavailable)?;
+    // The matching records only, one more than a page at most (it tells whether more follow).
+    let page = ctx
+        .store
+        .scan_matching(after, examine, limit + 1, |task| {
+            request.status.is_none_or(|s| s == task.status.status_type)
+        })
+        .await
+        .map_err(unavailable)?;
     let mut bytes = 0usize;
     let mut tasks = Vec::new();
     // The revision of the last record this page has dealt with.
     let mut last = after;
     let mut full = false;
     for (task, revision) in page.records {
-        if request.status.is_some_and(|s| s != task.status.status_type) {
-            last = revision;
-            continue;
-        }
         // Listed without their history (`get` has it): a page of records stays a page.
         let mut task = task;
         task.history = Vec::new();
         let mut size = gitfleet_proto::to_json(&task).len();
         if size > MAX_REPLY_BYTES / 2 {
-            // A record this large (written before records were bounded) must not end the
-            // listing: it is listed without its last result (`get` has it whole).
+            // A record this large (written before records were bounded, or by someone else)
+            // must not end the listing: it is listed without its last result and with its
+            // error cut (`get` has it whole).
             task.last_sync = None;
+            if let Some(error) = &mut task.status.error {
+                *error = error.chars().take(1024).collect();
+            }
             size = gitfleet_proto::to_json(&task).len();
+        }
+        if size > MAX_REPLY_BYTES / 2 {
+            // Still too large to list: passed by, so that the listing goes on.
+            tracing::warn!(task = %task.id, size, "a task record too large to list");
+            last = revision;
+            continue;
         }
         if tasks.len() == limit || bytes + size > MAX_REPLY_BYTES {
             full = true;
@@ -799,9 +823,7 @@ pub async fn cancel(ctx: &ApiContext, request: CancelRequest) -> Result<CancelRe
         }
         if task.status.status_type == StatusType::Queued {
             // Not started: the owner skips a job whose task is already final.
-            task.status = CloneStatus::failed("cancelled on request");
-            task.error_code = Some(ErrorCode::Cancelled);
-            task.updated_at = jiff::Timestamp::now();
+            task.cancel_unstarted(jiff::Timestamp::now());
             if ctx
                 .store
                 .compare_and_set(&task, revision)

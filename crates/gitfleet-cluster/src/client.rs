@@ -131,6 +131,12 @@ impl Client {
                 let reply: SubmitReply = self.call("sync", &page).await?;
                 tasks.extend(reply.tasks);
                 match reply.next {
+                    Some(next) if page.after.as_ref() == Some(&next) => {
+                        return Err(ClientError::Api(gitfleet_proto::ApiError::new(
+                            gitfleet_proto::ApiErrorCode::Unavailable,
+                            format!("the sync of everything does not move on from {next}"),
+                        )));
+                    }
                     Some(next) => page.after = Some(next),
                     None => return Ok(SubmitReply { tasks, next: None }),
                 }
@@ -180,6 +186,13 @@ impl Client {
                 tasks.insert(task.id.clone(), task);
             }
             match page.next {
+                // A cursor that does not move would repeat the page forever.
+                Some(next) if request.after.as_ref() == Some(&next) => {
+                    return Err(ClientError::Api(gitfleet_proto::ApiError::new(
+                        gitfleet_proto::ApiErrorCode::Unavailable,
+                        format!("the listing does not move on from {next}"),
+                    )));
+                }
                 Some(next) => request.after = Some(next),
                 None => return Ok(tasks.into_values().collect()),
             }

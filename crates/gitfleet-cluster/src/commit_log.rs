@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use gitfleet_git::{Layout, Target, recent_commits};
 use gitfleet_proto::{ApiError, ApiErrorCode, ApiReply, ErrorCode, LogReply, LogRequest};
 
-use crate::api::MAX_LOG;
+use crate::api::{MAX_LOG, MAX_REPLY_BYTES};
 use crate::infra::{ClusterError, Nats};
 use crate::kv_store::KvStore;
 
@@ -95,6 +95,16 @@ async fn answer(
                 format!("node {me} cannot read {} ({})", task.url, e.code),
             )
         })?;
+    // Bounded by count and, for the reply's sake, by size (names and subjects are cut, but a
+    // thousand long ones still add up): the newest that fit.
+    let mut bytes = 0;
+    let commits = commits
+        .into_iter()
+        .take_while(|commit| {
+            bytes += gitfleet_proto::to_json(commit).len() + 1;
+            bytes <= MAX_REPLY_BYTES
+        })
+        .collect();
     Ok(LogReply {
         commits,
         node: me.to_string(),

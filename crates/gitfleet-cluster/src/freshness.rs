@@ -79,6 +79,26 @@ async fn read_due_times(
     Ok(due_at)
 }
 
+/// Every task's due time, read again until the bucket answers (a NATS leader change or a
+/// timeout while a node leaves must not end this node's schedule), with backoff.
+async fn due_times(ctx: &ApiContext) -> HashMap<String, Option<Timestamp>> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match read_due_times(ctx).await {
+            Ok(due_at) => return due_at,
+            Err(e) => {
+                tracing::warn!(
+                    error = &e as &dyn std::error::Error,
+                    retry_in_s = delay.as_secs(),
+                    "cannot read the schedules; trying again"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Runs until `updates` (this node's Registry's broadcast) closes.
 pub(crate) async fn keep_owned_fresh(
     ctx: ApiContext,
@@ -99,7 +119,7 @@ pub(crate) async fn keep_owned_fresh(
         .subscribe(ctx.nats.subjects.rescheduled())
         .await
         .map_err(|e| ClusterError::request("schedule changes", e))?;
-    schedules.reload(read_due_times(&ctx).await?);
+    schedules.reload(due_times(&ctx).await);
     let mut nodes_tick = tokio::time::interval(HEARTBEAT_INTERVAL);
     loop {
         let wait = schedules.own.earliest().map(|at| {
@@ -115,7 +135,7 @@ pub(crate) async fn keep_owned_fresh(
             update = updates.recv() => match update {
                 Ok(TaskUpdate::State { task }) => schedules.set(&task.id, task.due_at()),
                 Ok(TaskUpdate::Progress(_)) => {}
-                Err(RecvError::Lagged(_)) => schedules.reload(read_due_times(&ctx).await?),
+                Err(RecvError::Lagged(_)) => schedules.reload(due_times(&ctx).await),
                 Err(RecvError::Closed) => return Ok(()),
             },
             Some(message) = rescheduled.next() => {
@@ -135,7 +155,7 @@ pub(crate) async fn keep_owned_fresh(
                     let one_left = schedules.live.iter().any(|n| !live.contains(n));
                     schedules.live = live;
                     let due_at = if one_left {
-                        read_due_times(&ctx).await?
+                        due_times(&ctx).await
                     } else {
                         std::mem::take(&mut schedules.due_at)
                     };

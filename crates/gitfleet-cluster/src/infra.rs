@@ -261,6 +261,20 @@ impl Nats {
             .get_key_value(self.subjects.tasks_bucket())
             .await
         {
+            // Paging reads the bucket's stream as one message per task: a bucket that keeps
+            // older revisions would list tasks again and sync them twice.
+            let history = kv
+                .status()
+                .await
+                .map_err(|e| ClusterError::setup("tasks bucket", e))?
+                .history();
+            if history != 1 {
+                return Err(ClusterError::Config(format!(
+                    "the task bucket {} keeps {history} revisions per key; gitfleet needs 1 \
+                     (it creates the bucket so when it is missing)",
+                    self.subjects.tasks_bucket()
+                )));
+            }
             return Ok(kv);
         }
         self.jetstream

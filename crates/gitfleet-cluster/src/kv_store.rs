@@ -160,6 +160,19 @@ impl KvStore {
     /// record once; a record written while a caller pages through it moves to the end and is
     /// met again there, with its newer state.
     pub async fn scan(&self, after: u64, max: usize) -> std::io::Result<Scanned> {
+        self.scan_matching(after, max, max, |_| true).await
+    }
+
+    /// [`Self::scan`], keeping only the records `matches` accepts, and stopping once it kept
+    /// `keep_at_most` (`last` is then the last one kept): a filtered page holds what it returns,
+    /// not every record it looked at.
+    pub async fn scan_matching(
+        &self,
+        after: u64,
+        max: usize,
+        keep_at_most: usize,
+        matches: impl Fn(&CloneTask) -> bool,
+    ) -> std::io::Result<Scanned> {
         use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy};
         let consumer = self
             .kv
@@ -177,7 +190,9 @@ impl KvStore {
             .await
             .map_err(io)?;
         let name = consumer.cached_info().name.clone();
-        let result = self.fetch_page(&consumer, after, max.max(1)).await;
+        let result = self
+            .fetch_page(&consumer, after, max.max(1), keep_at_most.max(1), matches)
+            .await;
         // Ephemeral, and gone by itself after its inactive threshold; deleted now so that a
         // long listing leaves no trail of consumers on the bucket.
         if let Err(e) = self.kv.stream.delete_consumer(&name).await {
@@ -191,6 +206,8 @@ impl KvStore {
         consumer: &async_nats::jetstream::consumer::PullConsumer,
         after: u64,
         max: usize,
+        keep_at_most: usize,
+        matches: impl Fn(&CloneTask) -> bool,
     ) -> std::io::Result<Scanned> {
         let mut page = Scanned {
             records: Vec::new(),
@@ -219,7 +236,13 @@ impl KvStore {
                 continue;
             }
             match gitfleet_proto::from_json::<CloneTask>(&message.payload) {
-                Ok(task) => page.records.push((task, info.stream_sequence)),
+                Ok(task) if matches(&task) => {
+                    page.records.push((task, info.stream_sequence));
+                    if page.records.len() == keep_at_most {
+                        break;
+                    }
+                }
+                Ok(_) => {}
                 Err(e) => tracing::warn!(task = id, error = %e, "unreadable task record"),
             }
         }

@@ -11,6 +11,16 @@ use crate::place::Found;
 
 /// The longest subject kept, in characters.
 const MAX_SUBJECT: usize = 200;
+/// The longest author name or address kept, in characters.
+const MAX_NAME: usize = 256;
+
+/// `text` made printable and cut to `max` characters.
+fn shown(text: &[u8], max: usize) -> String {
+    crate::printable(&String::from_utf8_lossy(text))
+        .chars()
+        .take(max)
+        .collect()
+}
 
 /// Up to `limit` commits reachable from the branches of the repository at `dir` (its own
 /// branches and, in a working-tree clone, its remote-tracking ones; not tags), newest first by
@@ -85,17 +95,12 @@ pub fn recent_commits(
         let message = commit
             .message()
             .map_err(|e| failed("reading a commit's message", &e))?;
-        let subject: String =
-            crate::printable(&String::from_utf8_lossy(message.summary().as_ref()))
-                .chars()
-                .take(MAX_SUBJECT)
-                .collect();
         commits.push(CommitInfo {
             id: info.id.to_string(),
-            author: crate::printable(&String::from_utf8_lossy(author.name)),
-            email: crate::printable(&String::from_utf8_lossy(author.email)),
+            author: shown(author.name, MAX_NAME),
+            email: shown(author.email, MAX_NAME),
             time,
-            subject,
+            subject: shown(message.summary().as_ref(), MAX_SUBJECT),
         });
     }
     Ok(commits)

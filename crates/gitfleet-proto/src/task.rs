@@ -573,6 +573,22 @@ impl CloneTask {
         }
     }
 
+    /// Cancelled before it ran (by an operator, where no worker runs it): failed with
+    /// `cancelled`, and the run recorded.
+    pub fn cancel_unstarted(&mut self, now: Timestamp) {
+        const WHY: &str = "cancelled on request";
+        self.status = CloneStatus::failed(WHY);
+        self.error_code = Some(ErrorCode::Cancelled);
+        self.updated_at = now;
+        self.record_run(RunRecord::failed(
+            self.operation,
+            None,
+            now,
+            ErrorCode::Cancelled,
+            WHY,
+        ));
+    }
+
     /// Records a finished run: newest first, the last [`RunRecord::KEPT`] kept.
     pub fn record_run(&mut self, run: RunRecord) {
         run.add_to(&mut self.history);

@@ -9,7 +9,7 @@ use gitfleet_actors::{
     open_layout, plan_work,
 };
 use gitfleet_git::{Layout, LocalPaths, Policy, RepoUrl};
-use gitfleet_proto::{CloneStatus, CloneTask, ErrorCode, WorkRequest};
+use gitfleet_proto::{CloneTask, WorkRequest};
 
 use crate::cli::RunArgs;
 use crate::display::Display;
@@ -450,9 +450,7 @@ pub async fn cancel(root: &std::path::Path, inputs: &[String]) -> anyhow::Result
                 println!("{} is already {}", task.url, task.status.status_type);
                 continue;
             }
-            task.status = CloneStatus::failed("cancelled on request");
-            task.error_code = Some(ErrorCode::Cancelled);
-            task.updated_at = jiff::Timestamp::now();
+            task.cancel_unstarted(jiff::Timestamp::now());
             store.put_sync(&task)?;
             println!("cancelled {}", task.url);
         }
