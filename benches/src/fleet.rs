@@ -94,6 +94,30 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// `n` repositories of their own URL, cheap at any number: `tracked/tNNNNN.git`, each a
+    /// symlink (on the server side) to one of the small repositories. Each is a separate mirror
+    /// for gitfleet and for git.
+    pub fn copies_of_small(&self, n: usize) -> anyhow::Result<Vec<String>> {
+        let small = self.of_kind(&["small"]);
+        if small.is_empty() {
+            anyhow::bail!("the fleet has no small repositories to copy");
+        }
+        let dir = self.dir.join("tracked");
+        std::fs::create_dir_all(&dir)?;
+        let mut names = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = format!("t{i:05}.git");
+            let link = dir.join(&name);
+            if !link.exists() {
+                let target = std::path::Path::new("..").join(&small[i % small.len()].name);
+                std::os::unix::fs::symlink(&target, &link)
+                    .map_err(|e| anyhow::anyhow!("linking {}: {e}", link.display()))?;
+            }
+            names.push(format!("tracked/{name}"));
+        }
+        Ok(names)
+    }
+
     pub fn of_kind(&self, kinds: &[&str]) -> Vec<&Repo> {
         self.repos
             .iter()

@@ -181,7 +181,7 @@ fn idle(
     git_url: &dyn Fn(&str) -> String,
     spec: FreshnessSpec,
 ) -> anyhow::Result<Value> {
-    let tracked = tracked_repositories(fleet, spec.tracked)?;
+    let tracked = fleet.copies_of_small(spec.tracked)?;
     let serve = Serve::start(env, "fresh-idle", &[])?;
     let started = Instant::now();
     serve.mirror(env, &tracked, git_url)?;
@@ -203,29 +203,6 @@ fn idle(
         "rss_mib": rss_kib as f64 / 1024.0,
         "peak_mib": peak_kib as f64 / 1024.0,
     }))
-}
-
-/// `n` repositories of their own URL for the idle run: `tracked/tNNNN.git`, each a symlink (on
-/// the server side) to one of the small repositories. Each is a separate mirror for gitfleet.
-fn tracked_repositories(fleet: &Fleet, n: usize) -> anyhow::Result<Vec<String>> {
-    let small = fleet.of_kind(&["small"]);
-    if small.is_empty() {
-        bail!("the fleet has no small repositories to track");
-    }
-    let dir = fleet.dir.join("tracked");
-    std::fs::create_dir_all(&dir)?;
-    let mut names = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("t{i:05}.git");
-        let link = dir.join(&name);
-        if !link.exists() {
-            let target = Path::new("..").join(&small[i % small.len()].name);
-            std::os::unix::fs::symlink(&target, &link)
-                .with_context(|| format!("linking {}", link.display()))?;
-        }
-        names.push(format!("tracked/{name}"));
-    }
-    Ok(names)
 }
 
 /// One `gitfleet serve` on a root of its own, with webhooks on a free port.

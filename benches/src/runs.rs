@@ -580,6 +580,11 @@ impl Cluster {
         Ok((row, completed))
     }
 
+    /// How many nodes it runs.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Node CPU seconds by node id (for the JSON report).
     pub fn describe(&self) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();

@@ -52,6 +52,8 @@ struct Plan {
     netns_kinds: Vec<&'static str>,
     timeout: Duration,
     refs_timeout: Duration,
+    /// Small repositories of their own URL mirrored by one command (section E).
+    many: usize,
 }
 
 fn plan(opts: &Options) -> Plan {
@@ -77,6 +79,7 @@ fn plan(opts: &Options) -> Plan {
             netns_kinds: Vec::new(),
             timeout: Duration::from_secs(60),
             refs_timeout: Duration::from_secs(60),
+            many: 30,
         },
         "quick" => Plan {
             fleet: FleetSpec::quick(),
@@ -99,6 +102,7 @@ fn plan(opts: &Options) -> Plan {
             netns_kinds: vec!["medium"],
             timeout: Duration::from_secs(180),
             refs_timeout: Duration::from_secs(120),
+            many: 1_000,
         },
         _ => Plan {
             fleet: FleetSpec::full(),
@@ -121,6 +125,7 @@ fn plan(opts: &Options) -> Plan {
             netns_kinds: vec!["small", "medium"],
             timeout: Duration::from_secs(900),
             refs_timeout: Duration::from_secs(180),
+            many: 10_000,
         },
     }
 }
@@ -298,6 +303,83 @@ fn set_up(opts: &Options, plan: &Plan, rt: &Handle) -> anyhow::Result<Setup> {
     })
 }
 
+/// Section E: `plan.many` small repositories of their own URL mirrored by one command, then
+/// synced by one command, by git (the baseline), embedded and the 2-node cluster (the largest
+/// there is below that, in smaller runs), at the same concurrency.
+fn run_many(
+    env: &Env,
+    fleet: &fleet::Fleet,
+    git_url: &dyn Fn(&str) -> String,
+    plan: &Plan,
+    runners: &[Runner],
+) -> anyhow::Result<Vec<Row>> {
+    let names = fleet.copies_of_small(plan.many)?;
+    let items: Vec<Item> = names
+        .iter()
+        .map(|name| Item {
+            name: name.clone(),
+            url: git_url(name),
+            expect_fail: false,
+        })
+        .collect();
+    let cluster = runners
+        .iter()
+        .filter_map(|r| match r {
+            Runner::Cluster(c) => Some((c.nodes(), r)),
+            _ => None,
+        })
+        .filter(|(nodes, _)| *nodes <= 2)
+        .max_by_key(|(nodes, _)| *nodes)
+        .map(|(_, r)| r);
+    let sides = runners
+        .iter()
+        .filter(|r| !matches!(r, Runner::Cluster(_)))
+        .chain(cluster);
+    // A generous bound: many times what one repository takes at this concurrency.
+    let timeout = plan.timeout.max(Duration::from_secs(plan.many as u64));
+    eprintln!(
+        "bench: many: {} small repositories by one command ...",
+        items.len()
+    );
+    let mut rows = Vec::new();
+    for runner in sides {
+        let (row, ok) = runner.run(env, "mirror-many", false, &items, timeout)?;
+        rows.push(row);
+        let synced = select(&items, &ok);
+        let (row, _) = runner.run(env, "sync-many", true, &synced, timeout)?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Section E alone (`--only many`): its rows on stderr and stdout.
+pub fn run_many_only(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
+    let plan = plan(opts);
+    let setup = set_up(opts, &plan, rt)?;
+    let port = setup.servers.daemon_port;
+    let git_url = |name: &str| format!("git://127.0.0.1:{port}/{name}");
+    let work = setup.work.path();
+    let mut runners = vec![
+        Runner::Baseline(Baseline {
+            root: work.join("baseline"),
+        }),
+        Runner::Embedded(Embedded {
+            root: work.join("embedded"),
+        }),
+    ];
+    let nodes = if opts.smoke { 1 } else { 2 };
+    let label = format!("cluster-{nodes}");
+    runners.push(Runner::Cluster(Box::new(Cluster::start(
+        &setup.env,
+        &label,
+        &vec![Vec::new(); nodes],
+        None,
+    )?)));
+    let rows = run_many(&setup.env, &setup.fleet, &git_url, &plan, &runners)?;
+    println!("{}", report::markdown_table(&rows));
+    Ok(())
+}
+
 /// The freshness part alone (`--only freshness`): its table on stderr, its JSON on stdout.
 pub fn run_freshness(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     let plan = plan(opts);
@@ -439,6 +521,9 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
             .push(format!("{} repositories changed upstream", changed.len()));
         rows.push(row);
     }
+
+    // E: many small repositories by one command, then a sync of all of them.
+    rows.extend(run_many(&env, &fleet, &git_url, &plan, &runners)?);
 
     // C: the repository with tens of thousands of refs (last: a cluster may not survive it).
     let mut cluster_refs_stuck: Option<String> = None;

@@ -65,6 +65,11 @@ fn the_smoke_suite_reports_every_side_without_unexpected_failures() {
         assert_eq!(small["repos"], 9, "{small:#}");
         assert_eq!(small["ok"], 6, "{small:#}");
         assert_eq!(small["failed_expected"], 3, "{small:#}");
+        // Section E: 30 small repositories of their own URL, mirrored and synced by one command.
+        for scenario in ["mirror-many", "sync-many"] {
+            let r = row(&report, scenario, mode);
+            assert_eq!((&r["repos"], &r["ok"]), (&30.into(), &30.into()), "{r:#}");
+        }
         for scenario in ["mirror-medium", "noop-sync", "change-sync", "mirror-refs"] {
             let r = row(&report, scenario, mode);
             assert!(r["ok"].as_u64().expect("ok count") > 0, "{r:#}");
