@@ -132,10 +132,7 @@ impl Client {
                 tasks.extend(reply.tasks);
                 match reply.next {
                     Some(next) if page.after.as_ref() == Some(&next) => {
-                        return Err(ClientError::Api(gitfleet_proto::ApiError::new(
-                            gitfleet_proto::ApiErrorCode::Unavailable,
-                            format!("the sync of everything does not move on from {next}"),
-                        )));
+                        return Err(stuck("the sync of everything", &next));
                     }
                     Some(next) => page.after = Some(next),
                     None => return Ok(SubmitReply { tasks, next: None }),
@@ -186,12 +183,8 @@ impl Client {
                 tasks.insert(task.id.clone(), task);
             }
             match page.next {
-                // A cursor that does not move would repeat the page forever.
                 Some(next) if request.after.as_ref() == Some(&next) => {
-                    return Err(ClientError::Api(gitfleet_proto::ApiError::new(
-                        gitfleet_proto::ApiErrorCode::Unavailable,
-                        format!("the listing does not move on from {next}"),
-                    )));
+                    return Err(stuck("the listing", &next));
                 }
                 Some(next) => request.after = Some(next),
                 None => return Ok(tasks.into_values().collect()),
@@ -246,6 +239,14 @@ impl Client {
             .await
             .map_err(|e| ClusterError::request("status events", e).into())
     }
+}
+
+/// A paged request whose cursor does not move: following it would repeat the page forever.
+fn stuck(what: &str, cursor: &str) -> ClientError {
+    ClientError::Api(gitfleet_proto::ApiError::new(
+        gitfleet_proto::ApiErrorCode::Unavailable,
+        format!("{what} does not move on from {cursor}"),
+    ))
 }
 
 /// `repositories` in parts the API takes: at most `MAX_REPOSITORIES` each, and their JSON (each
