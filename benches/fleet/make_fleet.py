@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Builds the benchmark fleet: bare repositories with fixed dates and seeded contents.
 
-    make_fleet.py init OUT --small N --medium M --medium-commits C --refs R --seed S
+    make_fleet.py init OUT --small N --medium M --medium-commits C --refs R
+                           [--bulk B --bulk-kib K] --seed S
     make_fleet.py mutate DIR REPO...      one new commit on main of each REPO (relative to DIR)
 
 Everything goes through `git fast-import`, so object ids depend only on this script, its
@@ -12,6 +13,8 @@ Layout under OUT:
   small/sNNN.git          1-8 commits of a few text files, some with a tag or a second branch
   medium/mN.git           a large text file edited over C commits (repacked: real delta chains)
                           plus an incompressible 64 KiB file every 30 commits
+  bulk/bN.git             4 commits of text and incompressible data, K KiB in all: cheap to
+                          pack and to index, so a transfer of one is bound by the network
   refs/many-refs.git      R refs: half branches feature/f-NNNNN, half tags release/r-NNNNN
   empty/empty.git         no commits at all
   private/secret.git      small; served only behind HTTP auth (the wrong-token case)
@@ -167,6 +170,24 @@ def make_medium(out, seed, j, commits, words):
     return {"name": f"medium/m{j}.git", "kind": "medium", "commits": commits}
 
 
+def make_bulk(out, seed, j, kib, words):
+    rng = random.Random(f"{seed}-bulk-{j}")
+    path = os.path.join(out, "bulk", f"b{j}.git")
+    new_bare(path)
+    stream = Stream(BASE_DATE + 8_000_000 + j * 10_000)
+    parts = 4
+    for c in range(parts):
+        changes = [
+            ("README.md", text(rng, words, 10 + c)),
+            (f"data/part-{c}.bin", rng.randbytes(kib * 1024 // parts)),
+        ]
+        stream.commit("refs/heads/main", f"b{j}: part {c}", changes, None)
+    import_stream(path, stream)
+    git("repack", "-a", "-d", "-q", "--write-bitmap-index", cwd=path)
+    git("pack-refs", "--all", cwd=path)
+    return {"name": f"bulk/b{j}.git", "kind": "bulk", "commits": parts}
+
+
 def make_refs(out, seed, refs, words):
     rng = random.Random(f"{seed}-refs")
     path = os.path.join(out, "refs", "many-refs.git")
@@ -218,6 +239,8 @@ def cmd_init(args):
         repos.append(make_small(out, args.seed, i, words))
     for j in range(args.medium):
         repos.append(make_medium(out, args.seed, j, args.medium_commits, words))
+    for j in range(args.bulk):
+        repos.append(make_bulk(out, args.seed, j, args.bulk_kib, words))
     repos.append(make_refs(out, args.seed, args.refs, words))
     repos.append(make_empty(out))
     repos.append(make_private(out, args.seed, words))
@@ -249,6 +272,8 @@ def main():
     init.add_argument("--medium", type=int, required=True)
     init.add_argument("--medium-commits", type=int, required=True)
     init.add_argument("--refs", type=int, required=True)
+    init.add_argument("--bulk", type=int, default=0)
+    init.add_argument("--bulk-kib", type=int, default=256)
     init.add_argument("--seed", default="gitfleet-bench")
     mutate = sub.add_parser("mutate")
     mutate.add_argument("dir")

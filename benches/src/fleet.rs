@@ -21,6 +21,9 @@ pub struct FleetSpec {
     pub medium: usize,
     pub medium_commits: usize,
     pub refs: usize,
+    /// Network-bound repositories (`bulk/bN.git`): seeds for the scaling rows' copies.
+    pub bulk: usize,
+    pub bulk_kib: usize,
 }
 
 impl FleetSpec {
@@ -30,6 +33,8 @@ impl FleetSpec {
             medium: 5,
             medium_commits: 300,
             refs: 20_000,
+            bulk: 4,
+            bulk_kib: BULK_KIB,
         }
     }
 
@@ -39,6 +44,8 @@ impl FleetSpec {
             medium: 2,
             medium_commits: 300,
             refs: 2_000,
+            bulk: 2,
+            bulk_kib: BULK_KIB,
         }
     }
 
@@ -48,6 +55,8 @@ impl FleetSpec {
             medium: 1,
             medium_commits: 60,
             refs: 200,
+            bulk: 1,
+            bulk_kib: BULK_KIB,
         }
     }
 
@@ -61,6 +70,10 @@ impl FleetSpec {
             self.medium_commits.to_string(),
             "--refs".into(),
             self.refs.to_string(),
+            "--bulk".into(),
+            self.bulk.to_string(),
+            "--bulk-kib".into(),
+            self.bulk_kib.to_string(),
             "--seed".into(),
             SEED.into(),
         ]
@@ -68,20 +81,24 @@ impl FleetSpec {
 
     pub fn describe(&self) -> String {
         format!(
-            "{} small, {} medium ({} commits each), 1 with {} refs, 1 empty",
-            self.small, self.medium, self.medium_commits, self.refs
+            "{} small, {} medium ({} commits each), {} bulk ({} KiB each), 1 with {} refs, 1 empty",
+            self.small, self.medium, self.medium_commits, self.bulk, self.bulk_kib, self.refs
         )
     }
 }
 
 const SEED: &str = "gitfleet-bench-1";
 
+/// Size of a bulk repository: a transfer of one takes about 0.1 s behind a 20 mbit/s link, its
+/// packing and indexing a few milliseconds of CPU.
+const BULK_KIB: usize = 256;
+
 /// One repository of the manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repo {
     /// Relative path below the fleet directory, e.g. `small/s001.git`.
     pub name: String,
-    /// small, medium, refs, empty, private
+    /// small, medium, bulk, refs, empty, private
     pub kind: String,
 }
 
@@ -94,26 +111,26 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// `n` repositories of their own URL, cheap at any number: `tracked/tNNNNN.git`, each a
-    /// symlink (on the server side) to one of the small repositories. Each is a separate mirror
-    /// for gitfleet and for git.
-    pub fn copies_of_small(&self, n: usize) -> anyhow::Result<Vec<String>> {
-        let small = self.of_kind(&["small"]);
-        if small.is_empty() {
-            anyhow::bail!("the fleet has no small repositories to copy");
+    /// `n` repositories of their own URL, cheap at any number: `copies/KIND/cNNNNN.git`, each a
+    /// symlink (on the server side) to one of the repositories of `kind`, in turn. Each is a
+    /// separate mirror for gitfleet and for git.
+    pub fn copies_of(&self, kind: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        let seeds = self.of_kind(&[kind]);
+        if seeds.is_empty() {
+            anyhow::bail!("the fleet has no {kind} repositories to copy");
         }
-        let dir = self.dir.join("tracked");
+        let dir = self.dir.join("copies").join(kind);
         std::fs::create_dir_all(&dir)?;
         let mut names = Vec::with_capacity(n);
         for i in 0..n {
-            let name = format!("t{i:05}.git");
+            let name = format!("c{i:05}.git");
             let link = dir.join(&name);
             if !link.exists() {
-                let target = std::path::Path::new("..").join(&small[i % small.len()].name);
+                let target = Path::new("../..").join(&seeds[i % seeds.len()].name);
                 std::os::unix::fs::symlink(&target, &link)
                     .map_err(|e| anyhow::anyhow!("linking {}: {e}", link.display()))?;
             }
-            names.push(format!("tracked/{name}"));
+            names.push(format!("copies/{kind}/{name}"));
         }
         Ok(names)
     }

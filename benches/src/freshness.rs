@@ -181,7 +181,7 @@ fn idle(
     git_url: &dyn Fn(&str) -> String,
     spec: FreshnessSpec,
 ) -> anyhow::Result<Value> {
-    let tracked = fleet.copies_of_small(spec.tracked)?;
+    let tracked = fleet.copies_of("small", spec.tracked)?;
     let serve = Serve::start(env, "fresh-idle", &[])?;
     let started = Instant::now();
     serve.mirror(env, &tracked, git_url)?;

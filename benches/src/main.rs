@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p gitfleet-benches -- [--quick] [--smoke] [--out DIR] [-j N]
-//!     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale|many]
+//!     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale|many|netns]
 //! ```
 
 mod control;
@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|--concurrency N] \
-                     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale|many]
+                     [--gitfleet PATH] [--skip-netns] [--only control|freshness|scale|many|netns]
 
   --quick        a few minutes: 20 small repositories, 2 medium, 2,000 refs (CI smoke run)
   --smoke        smaller still (5 small, 1 medium, 200 refs; no cluster-2/3, no namespaces)
@@ -39,7 +39,9 @@ const USAGE: &str = "usage: gitfleet-bench [--quick] [--smoke] [--out DIR] [-j|-
   --only scale   the cluster's control plane at 100,000 tasks (--quick 10,000, --smoke 1,000):
                  nats-server and one node with instant git work; its JSON to stdout
   --only many    10,000 small repositories (--quick 1,000, --smoke 30) mirrored and synced by
-                 one command: git, embedded and a 2-node cluster; the table to stdout";
+                 one command: git, embedded and a 2-node cluster; the table to stdout
+  --only netns   the network-namespace rows alone (root): 1, 2, 3 nodes (--quick 1, 2), each
+                 behind its own 20 mbit/s link, and the scaling target; the table to stdout";
 
 fn parse(args: &[String]) -> anyhow::Result<suite::Options> {
     let mut opts = suite::Options {
@@ -175,6 +177,7 @@ fn real_main() -> anyhow::Result<()> {
         Some(Only::Freshness) => suite::run_freshness(&opts, rt.handle()),
         Some(Only::Scale) => run_scale(&opts, rt.handle()),
         Some(Only::Many) => suite::run_many_only(&opts, rt.handle()),
+        Some(Only::Netns) => suite::run_netns_only(&opts, rt.handle()),
         None => suite::run(&opts, rt.handle()),
     }
 }
@@ -185,6 +188,7 @@ enum Only {
     Freshness,
     Scale,
     Many,
+    Netns,
 }
 
 /// Takes `--only PART` out of `args`.
@@ -199,8 +203,9 @@ fn only(args: &[String]) -> anyhow::Result<(Option<Only>, Vec<String>)> {
                 Some("freshness") => Some(Only::Freshness),
                 Some("scale") => Some(Only::Scale),
                 Some("many") => Some(Only::Many),
+                Some("netns") => Some(Only::Netns),
                 other => bail!(
-                    "--only needs a part: control, freshness, scale or many (got {})\n{USAGE}",
+                    "--only needs a part: control, freshness, scale, many or netns (got {})\n{USAGE}",
                     other.unwrap_or("nothing")
                 ),
             };

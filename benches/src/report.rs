@@ -31,6 +31,8 @@ pub struct Row {
     pub peak_mib: Option<f64>,
     pub nats_msgs: Option<u64>,
     pub nats_by_family: BTreeMap<String, u64>,
+    /// Repositories completed by each node (clusters; from the task records' `node`).
+    pub per_node: BTreeMap<String, usize>,
     pub timed_out: bool,
     /// Not run (the reason is in the notes).
     pub skipped: bool,
@@ -83,6 +85,7 @@ impl Row {
             "nats_msgs": self.nats_msgs,
             "nats_msgs_per_repo": self.msgs_per_repo(),
             "nats_by_family": self.nats_by_family,
+            "per_node": self.per_node,
             "timed_out": self.timed_out,
             "skipped": self.skipped,
             "notes": self.notes,
@@ -113,6 +116,14 @@ impl Row {
                 .map(|o| {
                     o.iter()
                         .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            per_node: v["per_node"]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0) as usize))
                         .collect()
                 })
                 .unwrap_or_default(),

@@ -258,6 +258,9 @@ fn evaluate(row: &mut Row, tasks: &[Value], launch: Timestamp, items: &[Item]) -
             (true, false) => {
                 row.ok += 1;
                 completed.push(item.name.clone());
+                if let Some(node) = task["node"].as_str() {
+                    *row.per_node.entry(node.to_string()).or_default() += 1;
+                }
                 let created = timestamp(&task["created_at"]).unwrap_or(launch).max(launch);
                 let span = finished.duration_since(created);
                 latencies.push(span.as_secs_f64());

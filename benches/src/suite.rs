@@ -50,6 +50,10 @@ struct Plan {
     netns_nodes: Vec<usize>,
     /// Fleet kinds mirrored in the namespace runs.
     netns_kinds: Vec<&'static str>,
+    /// Copies of the bulk repositories mirrored in the namespace runs (`netns-mirror-spread`):
+    /// enough that placement spreads them evenly over the nodes, each network-bound, so the rows
+    /// show what each node's own link adds.
+    netns_spread: usize,
     timeout: Duration,
     refs_timeout: Duration,
     /// Small repositories of their own URL mirrored by one command (section E).
@@ -77,6 +81,7 @@ fn plan(opts: &Options) -> Plan {
             clusters: vec![1],
             netns_nodes: Vec::new(),
             netns_kinds: Vec::new(),
+            netns_spread: 0,
             timeout: Duration::from_secs(60),
             refs_timeout: Duration::from_secs(60),
             many: 30,
@@ -100,6 +105,7 @@ fn plan(opts: &Options) -> Plan {
             clusters: vec![1, 2, 3],
             netns_nodes: vec![1, 2],
             netns_kinds: vec!["medium"],
+            netns_spread: 200,
             timeout: Duration::from_secs(180),
             refs_timeout: Duration::from_secs(120),
             many: 1_000,
@@ -123,6 +129,7 @@ fn plan(opts: &Options) -> Plan {
             clusters: vec![1, 2, 3],
             netns_nodes: vec![1, 2, 3],
             netns_kinds: vec!["small", "medium"],
+            netns_spread: 900,
             timeout: Duration::from_secs(900),
             refs_timeout: Duration::from_secs(180),
             many: 10_000,
@@ -313,7 +320,7 @@ fn run_many(
     plan: &Plan,
     runners: &[Runner],
 ) -> anyhow::Result<Vec<Row>> {
-    let names = fleet.copies_of_small(plan.many)?;
+    let names = fleet.copies_of("small", plan.many)?;
     let items: Vec<Item> = names
         .iter()
         .map(|name| Item {
@@ -377,6 +384,38 @@ pub fn run_many_only(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     )?)));
     let rows = run_many(&setup.env, &setup.fleet, &git_url, &plan, &runners)?;
     println!("{}", report::markdown_table(&rows));
+    Ok(())
+}
+
+/// The namespace rows alone (`--only netns`): the table and the scaling target on stdout.
+pub fn run_netns_only(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
+    let plan = plan(opts);
+    if plan.netns_nodes.is_empty() {
+        bail!("--smoke has no namespace runs: use the default size or --quick");
+    }
+    let setup = set_up(opts, &plan, rt)?;
+    let rows = run_netns(&setup.env, &setup.fleet, &plan, setup.work.path())?;
+    let target = scaling_target(&rows);
+    let out = setup.out_dir.join("netns.json");
+    std::fs::write(
+        &out,
+        serde_json::to_vec_pretty(&json!({
+            "rows": rows.iter().map(Row::to_json).collect::<Vec<_>>(),
+            "target": target.to_json(),
+        }))?,
+    )?;
+    eprintln!("bench: rows written to {}", out.display());
+    println!("{}", report::markdown_table(&rows));
+    println!(
+        "target {}: {} ({})",
+        target.name,
+        match target.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not judged",
+        },
+        target.detail
+    );
     Ok(())
 }
 
@@ -620,6 +659,7 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
     let mut targets = evaluate_targets(&rows, &control, opts.size() == "full");
     targets.extend(freshness::targets(&freshness));
     targets.push(crate::scale::target(&scale));
+    targets.push(scaling_target(&rows));
     let report = json!({
         "command": opts.command_line,
         "size": opts.size(),
@@ -663,6 +703,60 @@ pub fn run(opts: &Options, rt: &Handle) -> anyhow::Result<()> {
 
 const NETNS_RATE: &str = "20mbit";
 
+/// The namespace batch the scaling target is judged on.
+const SPREAD: &str = "netns-mirror-spread";
+
+/// Scaling out: with k nodes, each behind its own link, the spread batch's throughput is at
+/// least 0.9 x k times one node's.
+fn scaling_target(rows: &[Row]) -> Target {
+    let name = "netns: k nodes >= 0.9 x k x one node's throughput (copies of bulk repositories)";
+    let Some(one) = find(rows, SPREAD, "netns-cluster-1").filter(|r| r.repos_per_min() > 0.0)
+    else {
+        return Target {
+            name: name.into(),
+            met: None,
+            detail: "not run (needs root for network namespaces; not in --smoke)".into(),
+        };
+    };
+    let mut met = Some(true);
+    let mut details = vec![format!(
+        "1 node: {:.0} repos/min, {:.2} MB/s",
+        one.repos_per_min(),
+        one.mb_per_s()
+    )];
+    for row in rows.iter().filter(|r| r.scenario == SPREAD) {
+        let Some(k) = row
+            .mode
+            .strip_prefix("netns-cluster-")
+            .and_then(|k| k.parse::<usize>().ok())
+            .filter(|k| *k > 1)
+        else {
+            continue;
+        };
+        let efficiency = row.repos_per_min() / (k as f64 * one.repos_per_min());
+        let busiest = row.per_node.values().copied().max().unwrap_or(0);
+        details.push(format!(
+            "{k} nodes: {efficiency:.2} ({:.0} repos/min, {:.2} MB/s; busiest node held {busiest} \
+             of {}, an even share is {:.0})",
+            row.repos_per_min(),
+            row.mb_per_s(),
+            row.ok,
+            row.ok as f64 / k as f64
+        ));
+        if efficiency < 0.9 || row.failed_unexpected > 0 {
+            met = Some(false);
+        }
+    }
+    if details.len() == 1 {
+        met = None;
+    }
+    Target {
+        name: name.into(),
+        met,
+        detail: details.join("; "),
+    }
+}
+
 fn run_netns(
     env: &Env,
     fleet: &fleet::Fleet,
@@ -673,7 +767,7 @@ fn run_netns(
     let topo = Topology::create(max, NETNS_RATE)?;
     let netns_work = work.join("netns");
     std::fs::create_dir_all(&netns_work)?;
-    let batches = plan
+    let mut batches: Vec<(String, Vec<String>)> = plan
         .netns_kinds
         .iter()
         .map(|kind| {
@@ -687,6 +781,12 @@ fn run_netns(
             )
         })
         .collect();
+    if plan.netns_spread > 0 {
+        batches.push((
+            SPREAD.to_string(),
+            fleet.copies_of("bulk", plan.netns_spread)?,
+        ));
+    }
     let out = netns_work.join("rows.json");
     let config = ChildConfig {
         gitfleet: env.gitfleet.clone(),

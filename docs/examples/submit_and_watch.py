@@ -76,12 +76,15 @@ async def main():
             print(f"{task['status']['status_type']:9} {task['url']}")
 
     shown = {}  # task id -> when its progress was last printed
+    heard = {}  # task id -> when an event of it (or a read) last came
     next_poll = time.monotonic() + args.poll
     while pending:
         try:
             update = await asyncio.wait_for(updates.get(), timeout=0.5)
         except asyncio.TimeoutError:
             update = None
+        if update:
+            heard[update["task"]["id"] if update["kind"] == "state" else update["task_id"]] = time.monotonic()
         if update and update["kind"] == "state":
             finish(update["task"])
         elif update and update["kind"] == "progress" and update["task_id"] in pending:
@@ -91,8 +94,13 @@ async def main():
                       f"{update['phase']} {update['bytes_received'] >> 10} KiB "
                       f"({update['bytes_per_sec'] >> 10} KiB/s)")
         if time.monotonic() >= next_poll:
-            # Status events are best effort: the task bucket is the truth.
-            for task_id in list(pending):
+            # Status events are best effort: the task bucket is the truth. Read only the
+            # tasks quiet for a while, the quietest first and at most 64 a round: reading
+            # thousands every round would compete with the work.
+            now = time.monotonic()
+            quiet = [t for t in pending if now - heard.get(t, started) >= args.poll]
+            for task_id in sorted(quiet, key=lambda t: heard.get(t, started))[:64]:
+                heard[task_id] = now
                 finish(await call(nc, args.prefix, "get", {"task": task_id}))
             next_poll = time.monotonic() + args.poll
 

@@ -6,6 +6,7 @@ pub mod api;
 mod auth;
 pub mod client;
 mod commit_log;
+pub mod follow;
 mod freshness;
 mod infra;
 mod intake;
@@ -17,6 +18,7 @@ mod takeover;
 
 pub use auth::NatsAuth;
 pub use client::{Client, ClientError};
+pub use follow::Follow;
 pub use infra::{ClusterError, Durability, Nats};
 pub use kv_store::{KvStore, LINGER};
 pub use node::{NodeOptions, Watcher, run_node};

@@ -3,24 +3,38 @@
 //! secret is sent.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gitfleet_cluster::{Client, NatsAuth};
-use gitfleet_proto::SubmitRequest;
+use futures_util::StreamExt;
+use gitfleet_cluster::{Client, Follow, NatsAuth};
+use gitfleet_proto::{SubmitRequest, TaskUpdate};
 use pyo3::prelude::*;
 
 use crate::{failed, operation_of, seconds, submitted};
 
-/// How often a wait looks at its tasks again.
-const POLL: Duration = Duration::from_millis(100);
+/// How often a wait looks at what events and reads have told.
+const LOOK: Duration = Duration::from_millis(50);
+/// How often a wait reads the tasks no event has finished (a bounded number each time).
+const ROUND: Duration = Duration::from_secs(1);
 
 #[pyclass(frozen, module = "gitfleet._native")]
 pub(crate) struct ClusterSession {
     runtime: tokio::runtime::Runtime,
     client: Client,
+    /// The tasks waited for, told by the cluster's status events (a task of this session that
+    /// ends while nobody waits is known at once) and by sparse reads of the bucket.
+    follow: Arc<Mutex<Follow>>,
 }
 
 impl ClusterSession {
+    fn follow_mut(&self) -> std::sync::MutexGuard<'_, Follow> {
+        // A panic while holding it leaves nothing half-written that matters: go on.
+        self.follow
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Runs `f` on the client without the interpreter.
     fn call<T: Send>(
         &self,
@@ -54,10 +68,22 @@ impl ClusterSession {
             creds_file,
             ..NatsAuth::default()
         };
-        let client = py
-            .detach(|| runtime.block_on(Client::connect_with(&url, &prefix, &auth)))
+        let (client, events) = py
+            .detach(|| {
+                runtime.block_on(async {
+                    let client = Client::connect_with(&url, &prefix, &auth).await?;
+                    let events = client.watch().await?;
+                    Ok::<_, gitfleet_cluster::ClientError>((client, events))
+                })
+            })
             .map_err(failed)?;
-        Ok(ClusterSession { runtime, client })
+        let follow = Arc::new(Mutex::new(Follow::default()));
+        runtime.spawn(feed(events, Arc::clone(&follow)));
+        Ok(ClusterSession {
+            runtime,
+            client,
+            follow,
+        })
     }
 
     /// As `Session.submit`: one answer per input, in order.
@@ -73,6 +99,11 @@ impl ClusterSession {
                 })
                 .await
                 .map_err(failed)?;
+            let ids = reply.tasks.iter().filter_map(|t| t.task_id.clone());
+            self.follow_mut().restart(
+                ids,
+                tokio::time::Instant::now() + gitfleet_cluster::follow::QUIET,
+            );
             let answers: Vec<serde_json::Value> = reply
                 .tasks
                 .into_iter()
@@ -98,20 +129,36 @@ impl ClusterSession {
     }
 
     /// Waits until every task of `ids` has ended, or `timeout` seconds pass. True when they
-    /// have.
+    /// have. Events tell most; the bucket is read for the others, sparingly (a wait for
+    /// thousands of tasks must not become a storm of reads competing with the work).
     #[pyo3(signature = (ids, timeout = None))]
     fn wait_final(&self, py: Python<'_>, ids: Vec<String>, timeout: Option<f64>) -> PyResult<bool> {
         let deadline = seconds(timeout)?.map(|limit| tokio::time::Instant::now() + limit);
+        // Tasks this session did not submit (or submitted before it listened): read at once.
+        self.follow_mut()
+            .add(ids.iter().cloned(), tokio::time::Instant::now());
         self.call(py, async move |client| {
+            let mut next_round = tokio::time::Instant::now();
             loop {
-                let tasks = tasks_of(client, &ids).await?;
-                if tasks.iter().all(|t| t.status.status_type.is_final()) {
+                if !ids.iter().any(|id| self.follow_mut().is_pending(id)) {
                     return Ok(true);
                 }
-                if deadline.is_some_and(|at| tokio::time::Instant::now() + POLL > at) {
+                let now = tokio::time::Instant::now();
+                if deadline.is_some_and(|at| now >= at) {
                     return Ok(false);
                 }
-                tokio::time::sleep(POLL).await;
+                if now >= next_round {
+                    next_round = now + ROUND;
+                    let due = self.follow_mut().due(now);
+                    let read = gitfleet_cluster::follow::read(client, due).await;
+                    let mut follow = self.follow_mut();
+                    for task in &read {
+                        follow.read(task);
+                    }
+                    continue;
+                }
+                let wake = deadline.map_or(now + LOOK, |at| at.min(now + LOOK));
+                tokio::time::sleep_until(wake).await;
             }
         })
     }
@@ -126,6 +173,25 @@ impl ClusterSession {
 
     /// Nothing to stop: the cluster goes on. Present so that both sessions close alike.
     fn close(&self) {}
+}
+
+/// Hands the cluster's status events of the tasks waited for to `follow` (the others are told
+/// apart by their subject, `<prefix>.status.<task id>`, without parsing them).
+async fn feed(mut events: async_nats::Subscriber, follow: Arc<Mutex<Follow>>) {
+    while let Some(message) = events.next().await {
+        let id = message.subject.rsplit('.').next().unwrap_or_default();
+        let lock = || {
+            follow
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if !lock().is_pending(id) {
+            continue;
+        }
+        if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
+            lock().event(&update, tokio::time::Instant::now());
+        }
+    }
 }
 
 /// Requests in flight at once when reading many tasks.

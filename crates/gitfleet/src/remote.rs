@@ -1,24 +1,20 @@
 //! Cluster mode: `gitfleet node`, and the client side of mirror/clone/init/sync/status/cancel/
 //! nodes when `--nats` is given.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use gitfleet_cluster::{Client, Durability, Nats, NodeOptions, Subjects, run_node};
+use gitfleet_cluster::{Client, Durability, Follow, Nats, NodeOptions, Subjects, run_node};
 use gitfleet_proto::{
     ApiError, CloneTask, ErrorCode, Operation, SubmitReply, SubmitRequest, SyncRequest, TaskError,
-    TaskUpdate, WorkRequest,
+    WorkRequest,
 };
 
 use crate::cli::{NodeArgs, RunArgs};
 use crate::display::Display;
 use crate::report::{Summary, print_tasks};
 use gitfleet_actors::hostname;
-
-/// How often a waiting client reads the tasks no event has reported finished.
-const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub async fn node(
     cluster: &Cluster,
@@ -244,42 +240,18 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
         }
     }
     display.track(ids.iter().cloned());
-    let mut pending: HashSet<String> = ids.iter().cloned().collect();
-    // The final record of each task, from its event or a poll: no read per task at the end.
-    let mut finished: HashMap<String, CloneTask> = HashMap::new();
-    // Events are best effort (core NATS): the task bucket is the truth, read for the tasks no
-    // event has finished yet, first after one period (not at once: events are usually enough).
-    let mut poll =
-        tokio::time::interval_at(tokio::time::Instant::now() + POLL_INTERVAL, POLL_INTERVAL);
-    while !pending.is_empty() {
-        tokio::select! {
-            Some(message) = events.next() => {
-                if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
-                    if let TaskUpdate::State { task } = &update
-                        && task.status.status_type.is_final()
-                        && pending.remove(&task.id)
-                    {
-                        finished.insert(task.id.clone(), (**task).clone());
-                    }
-                    display.update(&update);
-                }
-            }
-            _ = poll.tick() => {
-                for id in pending.clone() {
-                    if let Ok(task) = client.get(&id).await
-                        && task.status.status_type.is_final()
-                    {
-                        pending.remove(&id);
-                        finished.insert(id, task.clone());
-                        display.update(&TaskUpdate::State { task: Box::new(task) });
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => {
-                display.finish();
-                eprintln!("gitfleet: stopped watching; the cluster keeps working");
-                return Ok(ExitCode::from(130));
-            }
+    // Events were subscribed to before the submit: the bucket is read only for the tasks no
+    // event has finished after a quiet spell, a bounded number at a time.
+    let mut follow = Follow::new(
+        ids.iter().cloned(),
+        tokio::time::Instant::now() + gitfleet_cluster::follow::QUIET,
+    );
+    tokio::select! {
+        followed = follow.run(&client, &mut events, |update| display.update(update)) => followed?,
+        _ = tokio::signal::ctrl_c() => {
+            display.finish();
+            eprintln!("gitfleet: stopped watching; the cluster keeps working");
+            return Ok(ExitCode::from(130));
         }
     }
     display.finish();
@@ -287,6 +259,7 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
         rejected: failed_inputs,
         ..Summary::default()
     };
+    let mut finished = follow.into_finished();
     for id in &ids {
         let task = match finished.remove(id) {
             Some(task) => task,
