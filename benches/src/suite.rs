@@ -718,13 +718,20 @@ fn scaling_target(rows: &[Row]) -> Target {
             detail: "not run (needs root for network namespaces; not in --smoke)".into(),
         };
     };
+    if one.timed_out || one.failed_unexpected > 0 {
+        return Target {
+            name: name.into(),
+            met: None,
+            detail: "the one-node row did not complete every repository: nothing to compare".into(),
+        };
+    }
     let mut met = Some(true);
     let mut details = vec![format!(
         "1 node: {:.0} repos/min, {:.2} MB/s",
         one.repos_per_min(),
         one.mb_per_s()
     )];
-    for row in rows.iter().filter(|r| r.scenario == SPREAD) {
+    for row in rows.iter().filter(|r| r.scenario == SPREAD && !r.skipped) {
         let Some(k) = row
             .mode
             .strip_prefix("netns-cluster-")
@@ -743,7 +750,7 @@ fn scaling_target(rows: &[Row]) -> Target {
             row.ok,
             row.ok as f64 / k as f64
         ));
-        if efficiency < 0.9 || row.failed_unexpected > 0 {
+        if efficiency < 0.9 || row.failed_unexpected > 0 || row.timed_out {
             met = Some(false);
         }
     }

@@ -83,8 +83,10 @@ async def main():
             update = await asyncio.wait_for(updates.get(), timeout=0.5)
         except asyncio.TimeoutError:
             update = None
-        if update:
-            heard[update["task"]["id"] if update["kind"] == "state" else update["task_id"]] = time.monotonic()
+        if update and update["kind"] in ("state", "progress"):
+            task_id = update["task"]["id"] if update["kind"] == "state" else update["task_id"]
+            if task_id in pending:
+                heard[task_id] = time.monotonic()
         if update and update["kind"] == "state":
             finish(update["task"])
         elif update and update["kind"] == "progress" and update["task_id"] in pending:

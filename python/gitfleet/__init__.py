@@ -15,7 +15,15 @@ from .cache import (
     GitCacheError,
     GitCacheManager,
 )
-from .manager import CloneStatus, CloneTask, RepoManager, RustCloneStatus, RustCloneTask
+from .manager import (
+    CloneStatus,
+    CloneTask,
+    Commit,
+    RepoManager,
+    RustCloneStatus,
+    RustCloneTask,
+    SyncRun,
+)
 from .models import (
     PydanticCloneStatus,
     PydanticCloneTask,
@@ -28,6 +36,7 @@ __all__ = [
     "CacheType",
     "CloneStatus",
     "CloneTask",
+    "Commit",
     "GitCacheConfig",
     "GitCacheEntry",
     "GitCacheError",
@@ -38,6 +47,7 @@ __all__ = [
     "RepoManager",
     "RustCloneStatus",
     "RustCloneTask",
+    "SyncRun",
     "__version__",
     "to_pydantic_status",
     "to_pydantic_task",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from . import _native
+from ._native import GitfleetError
 
 #: How long one wait for the actors lasts before the asyncio task looks again (and can be
 #: cancelled): the executor thread it runs on is busy at most this long after a cancel.
@@ -60,6 +61,44 @@ class CloneTask:
     temp_dir: Optional[str] = None
     id: Optional[str] = None
     node: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """One finished run of a repository's clone or sync (``RepoManager.history``): when it
+    ended (RFC 3339, UTC), ``operation`` (``mirror``, ``checkout``, ``sync``, ...), ``status``
+    (``completed`` or ``failed``, then ``error_code`` and ``error`` say why), the refs it
+    created, updated and deleted, the commits it brought (``new_commits``), the bytes it
+    received and how long it took."""
+
+    finished_at: str
+    operation: str
+    status: str
+    error_code: Optional[str] = None
+    error: Optional[str] = None
+    refs_created: int = 0
+    refs_updated: int = 0
+    refs_deleted: int = 0
+    new_commits: int = 0
+    bytes_received: int = 0
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A commit a repository holds (``RepoManager.log``): its id, author and email (as the
+    commit names them, cut at 256 characters), when it was authored (RFC 3339) and the first
+    line of its message."""
+
+    id: str
+    author: str
+    email: str
+    time: str
+    subject: str
+
+
+_RUN_FIELDS = tuple(SyncRun.__dataclass_fields__)
+_COMMIT_FIELDS = tuple(Commit.__dataclass_fields__)
 
 
 #: The names the product documents use for the classes ``fetch_clone_tasks`` returns.
@@ -181,6 +220,8 @@ class RepoManager:
         # url -> task id, or (code, message) for a URL refused before any transfer.
         self._ids: Dict[str, str] = {}
         self._refused: Dict[str, Tuple[str, str]] = {}
+        # task id -> its record once final, until submitted again.
+        self._final: Dict[str, Dict[str, Any]] = {}
         # task id -> highest progress seen while the task is unfinished.
         self._progress: Dict[str, int] = {}
         # Task ids cancelled and maybe still stopping.
@@ -231,6 +272,7 @@ class RepoManager:
             url = answer["input"]
             if "id" in answer:
                 self._ids[url] = answer["id"]
+                self._final.pop(answer["id"], None)
                 self._refused.pop(url, None)
             else:
                 error = answer["error"]
@@ -289,6 +331,17 @@ class RepoManager:
         return out
 
     def _records(self, ids: List[str]) -> Dict[str, Dict[str, Any]]:
+        """The records of ``ids``: a final one is kept and not read again until its URL is
+        submitted again (with a cluster every read is a request: polling thousands of
+        finished tasks would compete with the work)."""
+        wanted = [i for i in ids if i not in self._final]
+        fresh = self._read(wanted) if wanted else {}
+        for task_id, record in fresh.items():
+            if record["status"]["status_type"] in _FINAL:
+                self._final[task_id] = record
+        return {i: self._final.get(i) or fresh[i] for i in ids if i in self._final or i in fresh}
+
+    def _read(self, ids: List[str]) -> Dict[str, Dict[str, Any]]:
         return {t["id"]: t for t in json.loads(self._session.tasks_of(ids))}
 
     def _task_of(self, shown_url: str, record: Dict[str, Any]) -> CloneTask:
@@ -316,6 +369,47 @@ class RepoManager:
             record["id"],
             record.get("node") if self._root is None else None,
         )
+
+    def history(self, url: str) -> List[SyncRun]:
+        """The last runs (at most ten) of ``url``'s clone and the syncs after it, newest first:
+        what each brought or why it failed. Empty before the first run has ended, and for a
+        URL refused before any transfer or before ``clone_all()``. ``url`` is one of
+        ``urls``, as given."""
+        task_id = self._id_of(url)
+        if task_id is None:
+            return []
+        record = self._read([task_id]).get(task_id) or {}
+        return [
+            SyncRun(**{k: v for k, v in run.items() if k in _RUN_FIELDS})
+            for run in record.get("history") or []
+        ]
+
+    def log(
+        self, url: str, *, since: Optional[str] = None, max_count: int = 20
+    ) -> List[Commit]:
+        """The commits ``url``'s repository holds, newest first (every branch; at most
+        ``max_count``, 1 to 1,000; only those authored since ``since``, an RFC 3339 time such
+        as ``"2026-01-31T00:00:00Z"``): what the last syncs brought. Read from the repository
+        itself (with a cluster, by the node that holds it). Raises ``GitfleetError`` when
+        there is no repository yet (before ``clone_all()``, refused, or not cloned)."""
+        task_id = self._id_of(url)
+        if task_id is None:
+            why = "it was refused" if url in self._refused else "clone_all() has not run"
+            raise GitfleetError(f"{_native.scrub_userinfo(url)} has no repository: {why}")
+        if not isinstance(max_count, int) or isinstance(max_count, bool):
+            raise TypeError(f"max_count must be an int, not {type(max_count).__name__}")
+        since = _optional_str("since", since)
+        commits = json.loads(self._session.log(task_id, since, max_count))
+        return [Commit(**{k: v for k, v in c.items() if k in _COMMIT_FIELDS}) for c in commits]
+
+    def _id_of(self, url: str) -> Optional[str]:
+        """The task id of one of this manager's URLs; None before ``clone_all()`` and for a URL
+        refused before any transfer."""
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
+        if url not in self._urls:
+            raise ValueError(f"{_native.scrub_userinfo(url)!r} is not one of this manager's urls")
+        return self._ids.get(url)
 
     def cancel(self) -> int:
         """Cancels every clone of this manager still queued or running; returns how many."""

@@ -79,6 +79,36 @@ def test_a_cluster_clones_what_repo_manager_asks(servers: Servers, node: pathlib
     assert tasks[""].status.error_code == "invalid_url", tasks[""]
 
 
+def test_history_and_log_come_from_the_cluster(servers: Servers, node: pathlib.Path) -> None:
+    url = servers.git("alpha.git")
+
+    async def main():
+        manager = RepoManager([url], nats=servers.info["nats"], mirror=True)
+        await asyncio.wait_for(manager.clone_all(), timeout=120)
+        task = (await manager.fetch_clone_tasks())[url]
+        return task, manager.history(url), manager.log(url, max_count=3)
+
+    task, runs, commits = asyncio.run(main())
+    # Other tests of this module may have mirrored it too: the newest run is first.
+    assert runs and runs[0].status == "completed", runs
+    assert runs[0].operation in ("mirror", "sync")
+    repo = str(node / task.temp_dir)
+    shown = git("-C", repo, "log", "--branches", "-n", "3", "--format=%H %s").splitlines()
+    assert [f"{c.id} {c.subject}" for c in commits] == shown
+
+
+def test_a_wait_for_a_task_the_cluster_does_not_know_ends(servers: Servers, node: pathlib.Path) -> None:
+    from gitfleet import _native
+
+    session = _native.ClusterSession(servers.info["nats"])
+    try:
+        started = time.monotonic()
+        assert session.wait_final(["ffffffffffffffff"], timeout=30) is True
+        assert time.monotonic() - started < 10
+    finally:
+        session.close()
+
+
 def test_a_cluster_takes_no_token_and_no_root(servers: Servers) -> None:
     nats = servers.info["nats"]
     with pytest.raises(ValueError, match="never sent over NATS"):

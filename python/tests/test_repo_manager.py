@@ -197,6 +197,65 @@ def test_wait_for_with_a_timeout_leaves_the_manager_usable(servers: Servers, tmp
     assert final.status.status_type == "completed", final
 
 
+def test_history_and_log_tell_what_the_clone_brought(servers: Servers, tmp_path: pathlib.Path) -> None:
+    url = servers.git("alpha.git")
+    missing = servers.git("absent.git")
+
+    async def main():
+        with RepoManager([url, missing], root=tmp_path, mirror=True, retries=0) as manager:
+            # Nothing submitted yet: no runs, no repository.
+            assert manager.history(url) == []
+            with pytest.raises(GitfleetError, match="clone_all"):
+                manager.log(url)
+            await manager.clone_all()
+            path = (await manager.fetch_clone_tasks())[url].temp_dir
+            return (
+                path,
+                manager.history(url),
+                manager.history(missing),
+                manager.log(url),
+                manager.log(url, max_count=2),
+                manager.log(url, since="2100-01-01T00:00:00Z"),
+            )
+
+    path, runs, failed_runs, commits, two, none = run(main())
+    (ran,) = runs
+    assert isinstance(ran, gitfleet.SyncRun)
+    assert (ran.status, ran.operation, ran.error_code) == ("completed", "mirror", None)
+    refs = git("-C", path, "for-each-ref", "--format=%(refname)").splitlines()
+    assert ran.refs_created == len(refs) and (ran.refs_updated, ran.refs_deleted) == (0, 0)
+    assert ran.new_commits == int(git("-C", path, "rev-list", "--all", "--count"))
+    assert ran.bytes_received > 0 and ran.finished_at.endswith("Z")
+    (failure,) = failed_runs
+    assert (failure.status, failure.error_code) == ("failed", "not_found"), failure
+    assert failure.error and "absent.git" in failure.error
+
+    shown = git("-C", path, "log", "--branches", "--format=%H %an %ae %s").splitlines()
+    assert [f"{c.id} {c.author} {c.email} {c.subject}" for c in commits] == shown[:20]
+    assert all(isinstance(c, gitfleet.Commit) for c in commits)
+    assert [c.id for c in two] == [c.id for c in commits[:2]]
+    assert none == []
+
+
+def test_history_and_log_refuse_bad_arguments(servers: Servers, tmp_path: pathlib.Path) -> None:
+    url = servers.git("beta.git")
+
+    async def main():
+        with RepoManager([url], root=tmp_path, mirror=True) as manager:
+            await manager.clone_all()
+            with pytest.raises(ValueError, match="not one of this manager's urls"):
+                manager.history(servers.git("alpha.git"))
+            with pytest.raises(ValueError, match="max_count must be between 1 and 1000"):
+                manager.log(url, max_count=0)
+            with pytest.raises(ValueError, match="since must be an RFC 3339 time"):
+                manager.log(url, since="yesterday")
+            with pytest.raises(TypeError, match="max_count must be an int"):
+                manager.log(url, max_count="5")  # type: ignore[arg-type]
+            return len(manager.log(url, max_count=1000))
+
+    assert run(main()) == 2
+
+
 def test_fetch_before_clone_all_shows_every_url_queued(servers: Servers, tmp_path: pathlib.Path) -> None:
     urls = [servers.git("alpha.git"), servers.git("beta.git")]
 

@@ -289,6 +289,7 @@ pub(crate) async fn enqueue(
         input: scrub_userinfo(input),
         task_id: Some(target.id().to_string()),
         duplicate: false,
+        generation: None,
         error: None,
     };
     let Some(owner) = placement::owner(target.id(), nodes) else {
@@ -331,6 +332,7 @@ pub(crate) async fn enqueue(
                         && task.idempotency_key.as_deref() == idempotency_key) =>
             {
                 out.duplicate = true;
+                out.generation = Some(task.generation);
                 return out;
             }
             Some((task, rev)) => (task, rev),
@@ -366,6 +368,7 @@ pub(crate) async fn enqueue(
             Ok(Some(written)) => {
                 revision = Some(written);
                 generation = task.generation;
+                out.generation = Some(generation);
                 publish_state(&ctx.nats, &task).await;
                 break;
             }
@@ -678,6 +681,7 @@ fn not_enqueued(input: String, error: ApiError) -> Submitted {
         input: scrub_userinfo(&input),
         task_id: None,
         duplicate: false,
+        generation: None,
         error: Some(error),
     }
 }

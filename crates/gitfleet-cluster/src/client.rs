@@ -30,6 +30,9 @@ fn code_str(code: ApiErrorCode) -> String {
         .unwrap_or_default()
 }
 
+/// Requests in flight at once when reading many tasks.
+const CONCURRENT_GETS: usize = 16;
+
 #[derive(Debug, Clone)]
 pub struct Client {
     nats: Nats,
@@ -158,6 +161,23 @@ impl Client {
             },
         )
         .await
+    }
+
+    /// Reads many tasks, [`CONCURRENT_GETS`] requests at a time: each id with its answer, in
+    /// the order the answers came.
+    pub async fn get_many(
+        &self,
+        ids: Vec<String>,
+    ) -> Vec<(String, Result<CloneTask, ClientError>)> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let answer = self.get(&id).await;
+                (id, answer)
+            })
+            .buffer_unordered(CONCURRENT_GETS)
+            .collect()
+            .await
     }
 
     /// The commits of a repository, newest first, read by the node that holds it.

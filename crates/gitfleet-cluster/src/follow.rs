@@ -4,12 +4,16 @@
 //! thousands of tasks (requests that compete with the work for the nodes' links). So a task is
 //! read only after it has been quiet (no event of it) for a while, then at doubling gaps, and a
 //! round reads at most [`READS_PER_ROUND`] tasks, whatever the number waited for.
+//!
+//! A wait is for a generation of a task's record (what the submit reply names): a final state
+//! of an earlier generation, a late event of the run before, does not end it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use gitfleet_proto::{CloneTask, TaskUpdate};
+use gitfleet_proto::{ApiErrorCode, CloneTask, SubmitReply, TaskUpdate};
 use tokio::time::Instant;
 
 use crate::client::{Client, ClientError};
@@ -20,58 +24,100 @@ pub const QUIET: Duration = Duration::from_secs(2);
 const MAX_GAP: Duration = Duration::from_secs(30);
 /// How often due tasks are read.
 const ROUND: Duration = Duration::from_secs(1);
-/// At most this many reads per round, [`CONCURRENT_READS`] at a time.
+/// At most this many reads per round.
 pub const READS_PER_ROUND: usize = 64;
-const CONCURRENT_READS: usize = 16;
 
-/// When a waiting task is read next.
+/// A waiting task: the generation whose end is waited for (0: any), and when it is read next.
 #[derive(Debug, Clone, Copy)]
-struct Due {
+struct Waiting {
+    generation: u64,
     at: Instant,
     gap: Duration,
 }
 
-/// The tasks waited for: pending ones with when each is read next, and the final records of
-/// those that ended.
+/// A task whose wait ended: the generation it ended with, and its final record (none when it
+/// ended before anyone waited: only that it ended is known).
+#[derive(Debug)]
+struct Ended {
+    generation: u64,
+    record: Option<CloneTask>,
+}
+
+/// The tasks waited for: pending ones with when each is read next, those that ended, and those
+/// that are gone (removed while waited for).
 #[derive(Debug, Default)]
 pub struct Follow {
-    pending: HashMap<String, Due>,
-    finished: HashMap<String, CloneTask>,
+    pending: HashMap<String, Waiting>,
+    finished: HashMap<String, Ended>,
+    gone: HashSet<String>,
+}
+
+/// What a round of reads found.
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Tasks found final: their wait ended.
+    pub ended: Vec<CloneTask>,
+    /// Set when every read of the round failed (and not because a task is gone): the cluster
+    /// did not answer.
+    pub failed: Option<ClientError>,
 }
 
 impl Follow {
-    /// Waits for `ids`; the first read of each is at `first_read` (now, when the tasks may
-    /// have ended before anyone listened; later when events were subscribed to in time).
-    pub fn new(ids: impl IntoIterator<Item = String>, first_read: Instant) -> Follow {
+    /// Waits for `tasks` (id and generation; 0 for any); the first read of each is at
+    /// `first_read` (now, when the tasks may have ended before anyone listened; later when
+    /// events were subscribed to in time).
+    pub fn new(tasks: impl IntoIterator<Item = (String, u64)>, first_read: Instant) -> Follow {
         let mut follow = Follow::default();
-        follow.add(ids, first_read);
+        follow.add(tasks, first_read);
         follow
     }
 
-    /// Waits for `ids` too (those already waited for or finished are left as they are).
-    pub fn add(&mut self, ids: impl IntoIterator<Item = String>, first_read: Instant) {
-        for id in ids {
-            if !self.finished.contains_key(&id) {
-                self.pending.entry(id).or_insert(Due {
+    /// The tasks a submit reply accepted, with their generations.
+    pub fn accepted(reply: &SubmitReply) -> impl Iterator<Item = (String, u64)> + '_ {
+        reply
+            .tasks
+            .iter()
+            .filter_map(|t| match (&t.task_id, &t.error) {
+                (Some(id), None) => Some((id.clone(), t.generation.unwrap_or(0))),
+                _ => None,
+            })
+    }
+
+    /// Waits for `tasks` too. A task already waited for keeps its place; one that ended or
+    /// went is left as it is unless a later generation is asked for.
+    pub fn add(&mut self, tasks: impl IntoIterator<Item = (String, u64)>, first_read: Instant) {
+        for (id, generation) in tasks {
+            if let Some(waiting) = self.pending.get_mut(&id) {
+                waiting.generation = waiting.generation.max(generation);
+                continue;
+            }
+            let ended = self
+                .finished
+                .get(&id)
+                .is_some_and(|ended| ended.generation >= generation)
+                || (generation == 0 && self.gone.contains(&id));
+            if ended {
+                continue;
+            }
+            self.finished.remove(&id);
+            self.gone.remove(&id);
+            self.pending.insert(
+                id,
+                Waiting {
+                    generation,
                     at: first_read,
                     gap: QUIET,
-                });
-            }
+                },
+            );
         }
     }
 
-    /// Waits for `ids` again (submitted again: what they ended with before is forgotten).
-    pub fn restart(&mut self, ids: impl IntoIterator<Item = String>, first_read: Instant) {
-        let ids: Vec<String> = ids.into_iter().collect();
-        self.forget(&ids);
-        self.add(ids, first_read);
-    }
-
     /// No longer waits for `ids`, nor keeps what they ended with.
-    pub fn forget(&mut self, ids: &[String]) {
+    pub fn forget<'a>(&mut self, ids: impl IntoIterator<Item = &'a String>) {
         for id in ids {
             self.pending.remove(id);
             self.finished.remove(id);
+            self.gone.remove(id);
         }
     }
 
@@ -80,29 +126,34 @@ impl Follow {
         self.pending.contains_key(id)
     }
 
-    /// An event: a final state ends its task's wait; any other event of a waiting task says it
-    /// is alive, so its next read waits for a quiet spell again. True when it ended a wait.
+    /// Whether every task waited for has ended.
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// An event: a final state of the generation waited for (or a later one) ends its task's
+    /// wait; any other event of a waiting task says it is alive, so its next read waits for a
+    /// quiet spell again. True when it ended a wait.
     pub fn event(&mut self, update: &TaskUpdate, now: Instant) -> bool {
         let id = match update {
             TaskUpdate::State { task } => &task.id,
             TaskUpdate::Progress(progress) => &progress.task_id,
         };
-        if !self.pending.contains_key(id) {
+        let Some(waiting) = self.pending.get_mut(id) else {
             return false;
+        };
+        if let TaskUpdate::State { task } = update {
+            if task.generation < waiting.generation {
+                // The run before: says nothing of this one.
+                return false;
+            }
+            if task.status.status_type.is_final() {
+                self.finish((**task).clone());
+                return true;
+            }
         }
-        if let TaskUpdate::State { task } = update
-            && task.status.status_type.is_final()
-        {
-            self.finish((**task).clone());
-            return true;
-        }
-        self.pending.insert(
-            id.clone(),
-            Due {
-                at: now + QUIET,
-                gap: QUIET,
-            },
-        );
+        waiting.at = now + QUIET;
+        waiting.gap = QUIET;
         false
     }
 
@@ -110,16 +161,40 @@ impl Follow {
     fn finish(&mut self, mut task: CloneTask) {
         self.pending.remove(&task.id);
         task.history.clear();
-        self.finished.insert(task.id.clone(), task);
+        let id = task.id.clone();
+        let generation = task.generation;
+        self.finished.insert(
+            id,
+            Ended {
+                generation,
+                record: Some(task),
+            },
+        );
     }
 
-    /// A task read from the bucket: a final one ends its wait (true).
-    pub fn read(&mut self, task: &CloneTask) -> bool {
-        if task.status.status_type.is_final() && self.pending.contains_key(&task.id) {
+    /// `id` ended with `generation` before anyone waited for it (no record).
+    fn ended_unseen(&mut self, id: &str, generation: u64) {
+        self.pending.remove(id);
+        self.gone.remove(id);
+        self.finished.insert(
+            id.to_string(),
+            Ended {
+                generation,
+                record: None,
+            },
+        );
+    }
+
+    /// A task read from the bucket: a final one of the generation waited for ends its wait
+    /// (true).
+    fn read(&mut self, task: &CloneTask) -> bool {
+        let ends = self.pending.get(&task.id).is_some_and(|waiting| {
+            task.status.status_type.is_final() && task.generation >= waiting.generation
+        });
+        if ends {
             self.finish(task.clone());
-            return true;
         }
-        false
+        ends
     }
 
     /// The pending tasks due for a read at `now`, the longest due first, at most
@@ -128,8 +203,8 @@ impl Follow {
         let mut due: Vec<(Instant, &String)> = self
             .pending
             .iter()
-            .filter(|(_, d)| d.at <= now)
-            .map(|(id, d)| (d.at, id))
+            .filter(|(_, w)| w.at <= now)
+            .map(|(id, w)| (w.at, id))
             .collect();
         due.sort_unstable();
         let ids: Vec<String> = due
@@ -138,89 +213,259 @@ impl Follow {
             .map(|(_, id)| id.clone())
             .collect();
         for id in &ids {
-            if let Some(d) = self.pending.get_mut(id) {
-                d.at = now + d.gap;
-                d.gap = (d.gap * 2).min(MAX_GAP);
+            if let Some(w) = self.pending.get_mut(id) {
+                w.at = now + w.gap;
+                w.gap = (w.gap * 2).min(MAX_GAP);
             }
         }
         ids
     }
 
-    /// Reads the tasks due at `now` from the bucket; those found final end their wait and are
-    /// returned (for a display). A task that cannot be read is read again later.
-    pub async fn read_due(&mut self, client: &Client, now: Instant) -> Vec<CloneTask> {
-        let mut ended = read(client, self.due(now)).await;
+    /// Takes what a round of reads found.
+    fn apply(&mut self, reads: Reads) -> Round {
+        for id in &reads.gone {
+            if self.pending.remove(id).is_some() {
+                self.gone.insert(id.clone());
+            }
+        }
+        let mut ended = reads.found;
         ended.retain(|task| self.read(task));
-        ended
+        Round {
+            ended,
+            failed: reads.failed,
+        }
     }
 
-    /// Follows the tasks until none is pending: `events` (subscribed with [`Client::watch`])
-    /// as they come, each handed to `seen` (and the final records read from the bucket, as
-    /// state events); due reads every round. Dropped half-way (a deadline, Ctrl-C), it loses
-    /// nothing already learned.
+    /// Reads the tasks due at `now` from the bucket.
+    pub async fn read_due(&mut self, client: &Client, now: Instant) -> Round {
+        let reads = read(client, self.due(now)).await;
+        self.apply(reads)
+    }
+
+    /// Follows the tasks until none is pending: `events` (subscribed with [`Client::watch`]
+    /// before the submit) as they come, each handed to `seen`, as are the final records read
+    /// from the bucket (as state events); due reads every round. A cluster that does not
+    /// answer is waited for. Dropped half-way (a deadline, Ctrl-C), it loses nothing already
+    /// learned.
     pub async fn run(
         &mut self,
         client: &Client,
         events: &mut async_nats::Subscriber,
         mut seen: impl FnMut(&TaskUpdate),
-    ) -> Result<(), ClientError> {
+    ) {
         let mut round = tokio::time::interval(ROUND);
         round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut listening = true;
         while !self.pending.is_empty() {
             tokio::select! {
-                message = events.next() => {
-                    let Some(message) = message else {
-                        // No events any more (the connection is closing): reads alone.
-                        while !self.pending.is_empty() {
-                            round.tick().await;
-                            self.read_into(client, &mut seen).await;
+                message = events.next(), if listening => match message {
+                    Some(message) => {
+                        if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
+                            self.event(&update, Instant::now());
+                            seen(&update);
                         }
-                        break;
-                    };
-                    if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
-                        self.event(&update, Instant::now());
-                        seen(&update);
+                    }
+                    // No events any more (the connection is closing): reads alone.
+                    None => listening = false,
+                },
+                _ = round.tick() => {
+                    for task in self.read_due(client, Instant::now()).await.ended {
+                        seen(&TaskUpdate::State { task: Box::new(task) });
                     }
                 }
-                _ = round.tick() => self.read_into(client, &mut seen).await,
             }
         }
-        Ok(())
     }
 
-    async fn read_into(&mut self, client: &Client, seen: &mut impl FnMut(&TaskUpdate)) {
-        for task in self.read_due(client, Instant::now()).await {
-            seen(&TaskUpdate::State {
-                task: Box::new(task),
-            });
-        }
-    }
-
-    /// Whether every task waited for has ended.
-    pub fn is_done(&self) -> bool {
-        self.pending.is_empty()
-    }
-
-    /// The final record of a task that ended.
-    pub fn finished(&self, id: &str) -> Option<&CloneTask> {
-        self.finished.get(id)
+    /// Whether the task `id` was gone (removed) when it was read.
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.gone.contains(id)
     }
 
     /// The final records of the tasks that ended, by id.
     pub fn into_finished(self) -> HashMap<String, CloneTask> {
         self.finished
+            .into_iter()
+            .filter_map(|(id, ended)| ended.record.map(|task| (id, task)))
+            .collect()
     }
 }
 
-/// Reads `ids` from the bucket, [`CONCURRENT_READS`] at a time; those that cannot be read
-/// (gone, or no answer) are left out.
-pub async fn read(client: &Client, ids: Vec<String>) -> Vec<CloneTask> {
-    futures_util::stream::iter(ids)
-        .map(|id| async move { client.get(&id).await })
-        .buffer_unordered(CONCURRENT_READS)
-        .filter_map(|read| async move { read.ok() })
-        .collect()
-        .await
+/// What reading some tasks found.
+#[derive(Debug, Default)]
+struct Reads {
+    found: Vec<CloneTask>,
+    gone: Vec<String>,
+    failed: Option<ClientError>,
+}
+
+/// Reads `ids` from the bucket.
+async fn read(client: &Client, ids: Vec<String>) -> Reads {
+    let asked = ids.len();
+    let mut reads = Reads::default();
+    let mut errors = 0;
+    for (id, answer) in client.get_many(ids).await {
+        match answer {
+            Ok(task) => reads.found.push(task),
+            Err(ClientError::Api(e)) if e.code == ApiErrorCode::NotFound => reads.gone.push(id),
+            Err(e) => {
+                errors += 1;
+                reads.failed = Some(e);
+            }
+        }
+    }
+    if errors < asked {
+        reads.failed = None;
+    }
+    reads
+}
+
+/// How many final generations of tasks nobody waited for yet [`SharedFollow`] remembers.
+const RECENT_FINALS: usize = 100_000;
+
+/// A [`Follow`] shared between a task that feeds it the cluster's status events and waits on
+/// other threads (Python's `ClusterSession`, whose waits come in short slices): the rounds of
+/// reads are the follow's, at most one a second whatever the number of waits; and the final
+/// states of tasks not yet waited for are remembered while a submit is under way (a task can
+/// end before its submit's reply comes back).
+#[derive(Debug, Default)]
+pub struct SharedFollow {
+    state: Mutex<Shared>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    follow: Follow,
+    next_round: Option<Instant>,
+    /// Submits under way.
+    submitting: usize,
+    /// Final generations seen of tasks nobody waited for (while submitting), oldest first.
+    recent: HashMap<String, u64>,
+    recent_order: VecDeque<String>,
+}
+
+impl SharedFollow {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // Nothing is left half-written by a panic that matters here: go on.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A status event from `<prefix>.status.<task_id>`: parsed only when it may matter (its
+    /// task is waited for, or a submit is under way).
+    pub fn event(&self, task_id: &str, payload: &[u8]) {
+        {
+            let shared = self.lock();
+            if shared.submitting == 0 && !shared.follow.is_pending(task_id) {
+                return;
+            }
+        }
+        let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(payload) else {
+            return;
+        };
+        let mut shared = self.lock();
+        if shared.follow.is_pending(task_id) {
+            shared.follow.event(&update, Instant::now());
+        } else if let TaskUpdate::State { task } = &update
+            && task.status.status_type.is_final()
+        {
+            shared.remember(&task.id, task.generation);
+        }
+    }
+
+    /// Submits `submit` and waits for what it accepted from then on.
+    pub async fn submit<F>(&self, submit: F) -> Result<SubmitReply, ClientError>
+    where
+        F: Future<Output = Result<SubmitReply, ClientError>>,
+    {
+        self.lock().submitting += 1;
+        let reply = submit.await;
+        let mut shared = self.lock();
+        shared.submitting -= 1;
+        if let Ok(reply) = &reply {
+            let accepted: Vec<(String, u64)> = Follow::accepted(reply).collect();
+            let first_read = Instant::now() + QUIET;
+            shared.follow.forget(accepted.iter().map(|(id, _)| id));
+            shared.follow.add(accepted.iter().cloned(), first_read);
+            // Ended before the reply came: not waited for.
+            for (id, generation) in &accepted {
+                // (An unknown generation, from an older node, cannot be told from the run
+                // before: waited for.)
+                if let Some(seen) = shared.recent.get(id).copied()
+                    && *generation > 0
+                    && seen >= *generation
+                {
+                    shared.follow.ended_unseen(id, seen);
+                }
+            }
+        }
+        if shared.submitting == 0 {
+            shared.recent.clear();
+            shared.recent_order.clear();
+        }
+        reply
+    }
+
+    /// Waits until every task of `ids` has ended (or is gone), or `deadline` passes: true when
+    /// they have. Ids it does not wait for yet are read at once. An error when the cluster
+    /// answered none of a round's reads.
+    pub async fn wait(
+        &self,
+        client: &Client,
+        ids: &[String],
+        deadline: Option<Instant>,
+    ) -> Result<bool, ClientError> {
+        const LOOK: Duration = Duration::from_millis(50);
+        self.lock()
+            .follow
+            .add(ids.iter().map(|id| (id.clone(), 0)), Instant::now());
+        loop {
+            let now = Instant::now();
+            let due = {
+                let mut shared = self.lock();
+                if !ids.iter().any(|id| shared.follow.is_pending(id)) {
+                    shared.follow.forget(ids);
+                    return Ok(true);
+                }
+                if shared.next_round.is_none_or(|at| at <= now) {
+                    shared.next_round = Some(now + ROUND);
+                    shared.follow.due(now)
+                } else {
+                    Vec::new()
+                }
+            };
+            if !due.is_empty() {
+                let reads = match deadline {
+                    Some(at) => match tokio::time::timeout_at(at, read(client, due)).await {
+                        Ok(reads) => reads,
+                        Err(_) => return Ok(false),
+                    },
+                    None => read(client, due).await,
+                };
+                if let Some(e) = self.lock().follow.apply(reads).failed {
+                    return Err(e);
+                }
+                continue;
+            }
+            if deadline.is_some_and(|at| now >= at) {
+                return Ok(false);
+            }
+            let wake = deadline.map_or(now + LOOK, |at| at.min(now + LOOK));
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+impl Shared {
+    fn remember(&mut self, id: &str, generation: u64) {
+        if self.recent.insert(id.to_string(), generation).is_none() {
+            self.recent_order.push_back(id.to_string());
+            if self.recent_order.len() > RECENT_FINALS
+                && let Some(oldest) = self.recent_order.pop_front()
+            {
+                self.recent.remove(&oldest);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -228,7 +473,7 @@ mod tests {
     use super::*;
     use gitfleet_proto::{CloneStatus, Operation, Phase, ProgressEvent};
 
-    fn task(id: &str, status: CloneStatus) -> CloneTask {
+    fn task(id: &str, status: CloneStatus, generation: u64) -> CloneTask {
         let mut task = CloneTask::new(
             id.to_string(),
             format!("https://example.com/{id}.git"),
@@ -237,11 +482,18 @@ mod tests {
             jiff::Timestamp::now(),
         );
         task.status = status;
+        task.generation = generation;
         task
     }
 
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("t{i:05}")).collect()
+    fn state(task: CloneTask) -> TaskUpdate {
+        TaskUpdate::State {
+            task: Box::new(task),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<(String, u64)> {
+        (0..n).map(|i| (format!("t{i:05}"), 1)).collect()
     }
 
     #[test]
@@ -291,30 +543,43 @@ mod tests {
         assert_eq!(follow.due(later), vec!["t00001".to_string()]);
         assert_eq!(follow.due(later + QUIET), vec!["t00000".to_string()]);
 
-        let done = task("t00000", CloneStatus::completed());
-        assert!(follow.event(
-            &TaskUpdate::State {
-                task: Box::new(done)
-            },
-            later
-        ));
-        assert!(follow.finished("t00000").is_some());
+        assert!(follow.event(&state(task("t00000", CloneStatus::completed(), 1)), later));
         // A running state keeps it waiting; events of other tasks change nothing.
-        let running = task("t00001", CloneStatus::cloning(10));
-        assert!(!follow.event(
-            &TaskUpdate::State {
-                task: Box::new(running)
-            },
-            later
-        ));
-        let other = task("x", CloneStatus::completed());
-        assert!(!follow.event(
-            &TaskUpdate::State {
-                task: Box::new(other)
-            },
-            later
-        ));
+        let running = task("t00001", CloneStatus::cloning(10), 1);
+        assert!(!follow.event(&state(running), later));
+        assert!(!follow.event(&state(task("x", CloneStatus::completed(), 1)), later));
         assert!(!follow.is_done());
-        assert!(follow.finished("x").is_none());
+        let finished = follow.into_finished();
+        assert!(finished.contains_key("t00000") && !finished.contains_key("x"));
+    }
+
+    #[test]
+    fn the_end_of_the_run_before_does_not_end_a_wait() {
+        let now = Instant::now();
+        let mut follow = Follow::new([("t".to_string(), 3)], now);
+        // A late event and a read of generation 2: still waiting.
+        assert!(!follow.event(&state(task("t", CloneStatus::completed(), 2)), now));
+        assert!(!follow.read(&task("t", CloneStatus::completed(), 2)));
+        assert!(follow.is_pending("t"));
+        assert!(follow.event(&state(task("t", CloneStatus::completed(), 3)), now));
+        // Waiting again for a later generation forgets the end of this one.
+        follow.add([("t".to_string(), 4)], now);
+        assert!(follow.is_pending("t"));
+        // Waiting for "any" generation of what ended is no wait.
+        assert!(follow.event(&state(task("t", CloneStatus::completed(), 4)), now));
+        follow.add([("t".to_string(), 0)], now);
+        assert!(follow.is_done());
+    }
+
+    #[test]
+    fn a_gone_task_ends_its_wait() {
+        let now = Instant::now();
+        let mut follow = Follow::new([("t".to_string(), 1), ("u".to_string(), 1)], now);
+        let round = follow.apply(Reads {
+            gone: vec!["t".to_string()],
+            ..Reads::default()
+        });
+        assert!(round.ended.is_empty() && round.failed.is_none());
+        assert!(follow.is_gone("t") && !follow.is_pending("t") && follow.is_pending("u"));
     }
 }

@@ -40,6 +40,10 @@ pub struct Submitted {
     /// True when the task was already pending and this request joined it.
     #[serde(default)]
     pub duplicate: bool,
+    /// The generation of the task's record this request queued or joined: a final state of
+    /// an earlier generation (a status event of the run before) is not this request's end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
     /// Why the input was refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ApiError>,

@@ -3,38 +3,28 @@
 //! secret is sent.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
-use gitfleet_cluster::{Client, Follow, NatsAuth};
-use gitfleet_proto::{SubmitRequest, TaskUpdate};
+use gitfleet_cluster::follow::SharedFollow;
+use gitfleet_cluster::{Client, NatsAuth};
+use gitfleet_proto::SubmitRequest;
 use pyo3::prelude::*;
 
-use crate::{failed, operation_of, seconds, submitted};
-
-/// How often a wait looks at what events and reads have told.
-const LOOK: Duration = Duration::from_millis(50);
-/// How often a wait reads the tasks no event has finished (a bounded number each time).
-const ROUND: Duration = Duration::from_secs(1);
+use crate::{failed, log_request, operation_of, seconds, submitted};
 
 #[pyclass(frozen, module = "gitfleet._native")]
 pub(crate) struct ClusterSession {
     runtime: tokio::runtime::Runtime,
     client: Client,
-    /// The tasks waited for, told by the cluster's status events (a task of this session that
-    /// ends while nobody waits is known at once) and by sparse reads of the bucket.
-    follow: Arc<Mutex<Follow>>,
+    /// The tasks waited for, told by the cluster's status events and by sparse reads of the
+    /// bucket (`SharedFollow`: at most one round of reads a second, however many waits).
+    follow: Arc<SharedFollow>,
+    /// The task that feeds `follow` the status events: stopped by `close`.
+    feeding: tokio::task::AbortHandle,
 }
 
 impl ClusterSession {
-    fn follow_mut(&self) -> std::sync::MutexGuard<'_, Follow> {
-        // A panic while holding it leaves nothing half-written that matters: go on.
-        self.follow
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Runs `f` on the client without the interpreter.
     fn call<T: Send>(
         &self,
@@ -77,12 +67,15 @@ impl ClusterSession {
                 })
             })
             .map_err(failed)?;
-        let follow = Arc::new(Mutex::new(Follow::default()));
-        runtime.spawn(feed(events, Arc::clone(&follow)));
+        let follow = Arc::new(SharedFollow::default());
+        let feeding = runtime
+            .spawn(feed(events, Arc::clone(&follow)))
+            .abort_handle();
         Ok(ClusterSession {
             runtime,
             client,
             follow,
+            feeding,
         })
     }
 
@@ -90,20 +83,17 @@ impl ClusterSession {
     fn submit(&self, py: Python<'_>, inputs: Vec<String>, operation: &str) -> PyResult<String> {
         let operation = operation_of(operation)?;
         self.call(py, async move |client| {
-            let reply = client
-                .submit(&SubmitRequest {
-                    repositories: inputs,
-                    operation,
-                    worktree: false,
-                    idempotency_key: None,
-                })
+            let request = SubmitRequest {
+                repositories: inputs,
+                operation,
+                worktree: false,
+                idempotency_key: None,
+            };
+            let reply = self
+                .follow
+                .submit(client.submit(&request))
                 .await
                 .map_err(failed)?;
-            let ids = reply.tasks.iter().filter_map(|t| t.task_id.clone());
-            self.follow_mut().restart(
-                ids,
-                tokio::time::Instant::now() + gitfleet_cluster::follow::QUIET,
-            );
             let answers: Vec<serde_json::Value> = reply
                 .tasks
                 .into_iter()
@@ -128,38 +118,33 @@ impl ClusterSession {
         })
     }
 
+    /// As `Session.log`, read by the node that holds the repository.
+    #[pyo3(signature = (id, since = None, max_count = 20))]
+    fn log(
+        &self,
+        py: Python<'_>,
+        id: String,
+        since: Option<String>,
+        max_count: usize,
+    ) -> PyResult<String> {
+        let request = log_request(id, since, max_count)?;
+        self.call(py, async move |client| {
+            let reply = client.log(&request).await.map_err(failed)?;
+            serde_json::to_string(&reply.commits).map_err(failed)
+        })
+    }
+
     /// Waits until every task of `ids` has ended, or `timeout` seconds pass. True when they
     /// have. Events tell most; the bucket is read for the others, sparingly (a wait for
     /// thousands of tasks must not become a storm of reads competing with the work).
     #[pyo3(signature = (ids, timeout = None))]
     fn wait_final(&self, py: Python<'_>, ids: Vec<String>, timeout: Option<f64>) -> PyResult<bool> {
         let deadline = seconds(timeout)?.map(|limit| tokio::time::Instant::now() + limit);
-        // Tasks this session did not submit (or submitted before it listened): read at once.
-        self.follow_mut()
-            .add(ids.iter().cloned(), tokio::time::Instant::now());
         self.call(py, async move |client| {
-            let mut next_round = tokio::time::Instant::now();
-            loop {
-                if !ids.iter().any(|id| self.follow_mut().is_pending(id)) {
-                    return Ok(true);
-                }
-                let now = tokio::time::Instant::now();
-                if deadline.is_some_and(|at| now >= at) {
-                    return Ok(false);
-                }
-                if now >= next_round {
-                    next_round = now + ROUND;
-                    let due = self.follow_mut().due(now);
-                    let read = gitfleet_cluster::follow::read(client, due).await;
-                    let mut follow = self.follow_mut();
-                    for task in &read {
-                        follow.read(task);
-                    }
-                    continue;
-                }
-                let wake = deadline.map_or(now + LOOK, |at| at.min(now + LOOK));
-                tokio::time::sleep_until(wake).await;
-            }
+            self.follow
+                .wait(client, &ids, deadline)
+                .await
+                .map_err(failed)
         })
     }
 
@@ -171,41 +156,25 @@ impl ClusterSession {
         })
     }
 
-    /// Nothing to stop: the cluster goes on. Present so that both sessions close alike.
-    fn close(&self) {}
-}
-
-/// Hands the cluster's status events of the tasks waited for to `follow` (the others are told
-/// apart by their subject, `<prefix>.status.<task id>`, without parsing them).
-async fn feed(mut events: async_nats::Subscriber, follow: Arc<Mutex<Follow>>) {
-    while let Some(message) = events.next().await {
-        let id = message.subject.rsplit('.').next().unwrap_or_default();
-        let lock = || {
-            follow
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-        };
-        if !lock().is_pending(id) {
-            continue;
-        }
-        if let Ok(update) = gitfleet_proto::from_json::<TaskUpdate>(&message.payload) {
-            lock().event(&update, tokio::time::Instant::now());
-        }
+    /// Stops listening to the cluster's events; the cluster goes on.
+    fn close(&self) {
+        self.feeding.abort();
     }
 }
 
-/// Requests in flight at once when reading many tasks.
-const CONCURRENT_GETS: usize = 32;
+/// Hands the cluster's status events to `follow` (each named by its subject,
+/// `<prefix>.status.<task id>`, so that most are passed by unparsed).
+async fn feed(mut events: async_nats::Subscriber, follow: Arc<SharedFollow>) {
+    while let Some(message) = events.next().await {
+        let id = message.subject.rsplit('.').next().unwrap_or_default();
+        follow.event(id, &message.payload);
+    }
+}
 
+/// The records of `ids` the cluster knows.
 async fn tasks_of(client: &Client, ids: &[String]) -> PyResult<Vec<gitfleet_proto::CloneTask>> {
-    use futures_util::StreamExt;
-    let answers: Vec<_> = futures_util::stream::iter(ids)
-        .map(|id| client.get(id))
-        .buffered(CONCURRENT_GETS)
-        .collect()
-        .await;
     let mut tasks = Vec::with_capacity(ids.len());
-    for answer in answers {
+    for (_, answer) in client.get_many(ids.to_vec()).await {
         match answer {
             Ok(task) => tasks.push(task),
             Err(gitfleet_cluster::ClientError::Api(e))

@@ -49,6 +49,37 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
+/// The commits a log asks for: at most `max_count` (1 to [`MAX_LOG`]), authored since `since`
+/// (an RFC 3339 time) when given.
+fn log_request(
+    id: String,
+    since: Option<String>,
+    max_count: usize,
+) -> PyResult<gitfleet_proto::LogRequest> {
+    if !(1..=MAX_LOG).contains(&max_count) {
+        return Err(PyValueError::new_err(format!(
+            "max_count must be between 1 and {MAX_LOG}, not {max_count}"
+        )));
+    }
+    let since = since
+        .map(|text| {
+            text.parse::<jiff::Timestamp>().map_err(|e| {
+                PyValueError::new_err(format!(
+                    "since must be an RFC 3339 time such as 2026-01-31T12:00:00Z, not {text:?}: {e}"
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(gitfleet_proto::LogRequest {
+        task: id,
+        since,
+        max_count: Some(max_count),
+    })
+}
+
+/// The most commits one log answers (a cluster's limit too).
+const MAX_LOG: usize = gitfleet_cluster::api::MAX_LOG;
+
 /// One answer per input of a submit, as JSON: `{"input", "id"}` or `{"input", "error":
 /// {"code", "message"}}`, the same from the embedded actors and from a cluster.
 fn submitted(input: &str, outcome: Result<String, (String, String)>) -> serde_json::Value {

@@ -14,7 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::{failed, operation_of, seconds, submitted};
+use crate::{failed, log_request, operation_of, seconds, submitted};
 
 /// How long closing waits for other threads' calls to end, and then for the runtime to stop.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
@@ -137,6 +137,33 @@ impl Session {
                 }
                 serde_json::to_string(&tasks).map_err(failed)
             })
+        })
+    }
+
+    /// JSON: the commits of task `id`'s repository, newest first (what `gitfleet log` shows).
+    #[pyo3(signature = (id, since = None, max_count = 20))]
+    fn log(
+        &self,
+        py: Python<'_>,
+        id: String,
+        since: Option<String>,
+        max_count: usize,
+    ) -> PyResult<String> {
+        let request = log_request(id, since, max_count)?;
+        self.with(py, |running| {
+            let task = running
+                .runtime
+                .block_on(running.fleet.get(&request.task))
+                .map_err(failed)?
+                .ok_or_else(|| failed(format!("no task {}", request.task)))?;
+            let commits = gitfleet_git::recent_commits(
+                &running.open.layout,
+                std::path::Path::new(&task.path),
+                request.since,
+                max_count,
+            )
+            .map_err(|e| failed(e.message))?;
+            serde_json::to_string(&commits).map_err(failed)
         })
     }
 

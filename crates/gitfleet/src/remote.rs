@@ -243,11 +243,11 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
     // Events were subscribed to before the submit: the bucket is read only for the tasks no
     // event has finished after a quiet spell, a bounded number at a time.
     let mut follow = Follow::new(
-        ids.iter().cloned(),
+        Follow::accepted(&reply),
         tokio::time::Instant::now() + gitfleet_cluster::follow::QUIET,
     );
     tokio::select! {
-        followed = follow.run(&client, &mut events, |update| display.update(update)) => followed?,
+        () = follow.run(&client, &mut events, |update| display.update(update)) => {}
         _ = tokio::signal::ctrl_c() => {
             display.finish();
             eprintln!("gitfleet: stopped watching; the cluster keeps working");
@@ -259,8 +259,12 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
         rejected: failed_inputs,
         ..Summary::default()
     };
+    let gone: Vec<&String> = ids.iter().filter(|id| follow.is_gone(id)).collect();
+    for id in &gone {
+        eprintln!("gitfleet: task {id} was removed while it was waited for");
+    }
     let mut finished = follow.into_finished();
-    for id in &ids {
+    for id in ids.iter().filter(|id| !gone.contains(id)) {
         let task = match finished.remove(id) {
             Some(task) => task,
             None => client.get(id).await?,

@@ -1464,3 +1464,114 @@ async fn a_host_that_slows_one_node_down_pauses_every_node() {
         );
     }
 }
+
+/// A command line waiting for hundreds of tasks that nothing reports on for a while (their host
+/// is paused) reads them from the bucket sparingly: a bounded number of `get`s a second, not
+/// every waiting task every round, and each task less often the longer it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_command_line_reads_a_bounded_number_of_tasks_a_second() {
+    const TASKS: usize = 300;
+    const PAUSE_S: u64 = 8;
+    let fixtures = Fixtures::new();
+    // Repositories of their own URL: symlinks to alpha.git.
+    let copies = fixtures.root.join("copies");
+    std::fs::create_dir_all(&copies).expect("copies directory");
+    let mut list = String::new();
+    let daemon = GitDaemon::start(&fixtures.root);
+    for i in 0..TASKS {
+        std::os::unix::fs::symlink("../alpha.git", copies.join(format!("c{i:03}.git")))
+            .expect("symlink");
+        list.push_str(&daemon.url(&format!("copies/c{i:03}.git")));
+        list.push('\n');
+    }
+    let file = fixtures.root.join("list.txt");
+    std::fs::write(&file, list).expect("list");
+    let nats = NatsServer::start();
+    let sandbox = sandbox(&nats);
+    let _node = sandbox.start_node("node-a");
+    let client = Client::connect(&nats.url(), "gitfleet")
+        .await
+        .expect("client");
+    wait_for_nodes(&client, 1).await;
+
+    // Every read a client makes, with when it came.
+    let raw = async_nats::connect(nats.url()).await.expect("raw client");
+    let mut gets = raw.subscribe("gitfleet.api.get").await.expect("subscribe");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let counter = {
+        let seen = std::sync::Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Some(_get) = gets.next().await {
+                seen.lock().expect("reads").push(std::time::Instant::now());
+            }
+        })
+    };
+    // The host is paused: the tasks wait queued, nothing is said of them meanwhile.
+    let pause = HostPauseNotice {
+        host: "127.0.0.1".into(),
+        pause_secs: PAUSE_S,
+        node: "node-elsewhere".into(),
+    };
+    raw.publish(
+        "gitfleet.control.pause",
+        gitfleet_proto::to_json(&pause).into(),
+    )
+    .await
+    .expect("publish");
+    raw.flush().await.expect("flush");
+
+    let started = std::time::Instant::now();
+    let list = file.to_str().expect("utf-8").to_string();
+    let (code, out, err) = {
+        let sandbox_bin = Path::new(env!("CARGO_BIN_EXE_gitfleet")).to_path_buf();
+        let url = nats.url();
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(sandbox_bin)
+                .args(["--nats", &url, "mirror", "--file", &list])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("run gitfleet");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .expect("the command line")
+    };
+    let waited = started.elapsed();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains(&format!("{TASKS} completed, 0 failed")),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_secs(PAUSE_S),
+        "the pause held: {waited:?}"
+    );
+    counter.abort();
+    let at = seen.lock().expect("reads").clone();
+
+    // At most a round of 64 a second (two rounds may fall in one window); the old client read
+    // all 300 every two seconds.
+    let busiest = at
+        .iter()
+        .map(|from| {
+            at.iter()
+                .filter(|t| **t >= *from && **t < *from + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    let bound = 2 * gitfleet_cluster::follow::READS_PER_ROUND;
+    assert!(
+        busiest <= bound,
+        "{busiest} reads within one second (at most {bound}); {} in all",
+        at.len()
+    );
+    // Each waiting task read a few times at most in the pause (2, 4, 8 s gaps), not every
+    // round: fewer reads in all than tasks x seconds waited / 2.
+    let every_round = TASKS * waited.as_secs() as usize / 2;
+    assert!(at.len() < every_round, "{} reads in all", at.len());
+}
