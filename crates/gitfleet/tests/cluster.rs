@@ -1373,6 +1373,22 @@ async fn an_operator_sets_an_interval_and_resumes_through_the_api() {
     assert_eq!(code, Some(1));
 }
 
+/// What a node that met a refusal of 127.0.0.1 tells the others: pause it for `secs`.
+async fn pause_loopback_from_elsewhere(raw: &async_nats::Client, secs: u64) {
+    let pause = HostPauseNotice {
+        host: "127.0.0.1".into(),
+        pause_secs: secs,
+        node: "node-elsewhere".into(),
+    };
+    raw.publish(
+        "gitfleet.control.pause",
+        gitfleet_proto::to_json(&pause).into(),
+    )
+    .await
+    .expect("publish");
+    raw.flush().await.expect("flush");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_that_slows_one_node_down_pauses_every_node() {
     let fixtures = Fixtures::new();
@@ -1432,18 +1448,7 @@ async fn a_host_that_slows_one_node_down_pauses_every_node() {
     // nothing reaches the host for its time.
     let before = server.request_log().len();
     let announced = std::time::Instant::now();
-    let pause = HostPauseNotice {
-        host: "127.0.0.1".into(),
-        pause_secs: 3,
-        node: "node-elsewhere".into(),
-    };
-    raw.publish(
-        "gitfleet.control.pause",
-        gitfleet_proto::to_json(&pause).into(),
-    )
-    .await
-    .expect("publish");
-    raw.flush().await.expect("flush");
+    pause_loopback_from_elsewhere(&raw, 3).await;
     let urls = [
         "beta.git",
         "empty.git",
@@ -1507,18 +1512,7 @@ async fn a_waiting_command_line_reads_a_bounded_number_of_tasks_a_second() {
         })
     };
     // The host is paused: the tasks wait queued, nothing is said of them meanwhile.
-    let pause = HostPauseNotice {
-        host: "127.0.0.1".into(),
-        pause_secs: PAUSE_S,
-        node: "node-elsewhere".into(),
-    };
-    raw.publish(
-        "gitfleet.control.pause",
-        gitfleet_proto::to_json(&pause).into(),
-    )
-    .await
-    .expect("publish");
-    raw.flush().await.expect("flush");
+    pause_loopback_from_elsewhere(&raw, PAUSE_S).await;
 
     let started = std::time::Instant::now();
     let list = file.to_str().expect("utf-8").to_string();
