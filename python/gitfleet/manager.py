@@ -14,6 +14,7 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 from . import _native
@@ -104,6 +105,17 @@ _COMMIT_FIELDS = tuple(Commit.__dataclass_fields__)
 #: The names the product documents use for the classes ``fetch_clone_tasks`` returns.
 RustCloneStatus = CloneStatus
 RustCloneTask = CloneTask
+
+
+def _until(record: Dict[str, Any]) -> float:
+    """Until when a final record stays true: its next scheduled sync (forever without one)."""
+    at = record.get("next_sync_at")
+    if not at:
+        return float("inf")
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def _url_list(urls: Any) -> List[str]:
@@ -220,8 +232,11 @@ class RepoManager:
         # url -> task id, or (code, message) for a URL refused before any transfer.
         self._ids: Dict[str, str] = {}
         self._refused: Dict[str, Tuple[str, str]] = {}
-        # task id -> its record once final, until submitted again.
-        self._final: Dict[str, Dict[str, Any]] = {}
+        # task id -> its record once final, until submitted again or due for a sync (a
+        # cluster's nodes sync what they hold on a schedule), with that time.
+        self._final: Dict[str, Tuple[Dict[str, Any], float]] = {}
+        # Submits so far: a record read while a submit was under way is not kept.
+        self._submits = 0
         # task id -> highest progress seen while the task is unfinished.
         self._progress: Dict[str, int] = {}
         # Task ids cancelled and maybe still stopping.
@@ -267,9 +282,10 @@ class RepoManager:
         return task
 
     def _submit(self) -> None:
+        self._submits += 1
         answers = json.loads(self._session.submit(self._urls, self._operation))
-        for answer in answers:
-            url = answer["input"]
+        # One answer per URL, in order (a cluster's answer names the URL masked).
+        for url, answer in zip(self._urls, answers):
             if "id" in answer:
                 self._ids[url] = answer["id"]
                 self._final.pop(answer["id"], None)
@@ -294,6 +310,7 @@ class RepoManager:
         """Waits (briefly) until the clones cancelled earlier have stopped: submitted again while
         still stopping, they would only finish as cancelled."""
         deadline = time.monotonic() + _SETTLE_S
+        pause = 0.01
         while self._cancelling and time.monotonic() < deadline:
             records = self._records(sorted(self._cancelling))
             self._cancelling = {
@@ -302,7 +319,9 @@ class RepoManager:
                 if i in records and records[i]["status"]["status_type"] not in _FINAL
             }
             if self._cancelling:
-                time.sleep(0.01)
+                time.sleep(pause)
+                # Growing: with a cluster each look is a request per task.
+                pause = min(pause * 2, 0.5)
         self._cancelling.clear()
 
     async def fetch_clone_tasks(self) -> Dict[str, CloneTask]:
@@ -334,12 +353,15 @@ class RepoManager:
         """The records of ``ids``: a final one is kept and not read again until its URL is
         submitted again (with a cluster every read is a request: polling thousands of
         finished tasks would compete with the work)."""
-        wanted = [i for i in ids if i not in self._final]
+        now = time.time()
+        kept = {i: r for i, (r, until) in self._final.items() if until > now}
+        wanted = [i for i in ids if i not in kept]
+        submits = self._submits
         fresh = self._read(wanted) if wanted else {}
         for task_id, record in fresh.items():
-            if record["status"]["status_type"] in _FINAL:
-                self._final[task_id] = record
-        return {i: self._final.get(i) or fresh[i] for i in ids if i in self._final or i in fresh}
+            if record["status"]["status_type"] in _FINAL and submits == self._submits:
+                self._final[task_id] = (record, _until(record))
+        return {i: kept.get(i) or fresh[i] for i in ids if i in kept or i in fresh}
 
     def _read(self, ids: List[str]) -> Dict[str, Dict[str, Any]]:
         return {t["id"]: t for t in json.loads(self._session.tasks_of(ids))}
@@ -388,7 +410,7 @@ class RepoManager:
         self, url: str, *, since: Optional[str] = None, max_count: int = 20
     ) -> List[Commit]:
         """The commits ``url``'s repository holds, newest first (every branch; at most
-        ``max_count``, 1 to 1,000; only those authored since ``since``, an RFC 3339 time such
+        ``max_count``, 1 to 1,000; only those committed since ``since``, an RFC 3339 time such
         as ``"2026-01-31T00:00:00Z"``): what the last syncs brought. Read from the repository
         itself (with a cluster, by the node that holds it). Raises ``GitfleetError`` when
         there is no repository yet (before ``clone_all()``, refused, or not cloned)."""
@@ -398,6 +420,8 @@ class RepoManager:
             raise GitfleetError(f"{_native.scrub_userinfo(url)} has no repository: {why}")
         if not isinstance(max_count, int) or isinstance(max_count, bool):
             raise TypeError(f"max_count must be an int, not {type(max_count).__name__}")
+        if not 1 <= max_count <= 1000:
+            raise ValueError(f"max_count must be between 1 and 1000, not {max_count}")
         since = _optional_str("since", since)
         commits = json.loads(self._session.log(task_id, since, max_count))
         return [Commit(**{k: v for k, v in c.items() if k in _COMMIT_FIELDS}) for c in commits]

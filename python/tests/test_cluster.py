@@ -109,6 +109,59 @@ def test_a_wait_for_a_task_the_cluster_does_not_know_ends(servers: Servers, node
         session.close()
 
 
+def test_a_cluster_wait_reads_a_bounded_number_of_tasks_a_second(
+    servers: Servers, node: pathlib.Path
+) -> None:
+    """clone_all() waits in short slices; whatever their number, the tasks nothing reports on
+    (their host is paused) are read at most a round of 64 a second, not all of them each time."""
+    import nats
+
+    tasks_n, pause_s = 200, 6
+    repos = pathlib.Path(servers.info["repos"])
+    (repos / "py-copies").mkdir(exist_ok=True)
+    urls = []
+    for i in range(tasks_n):
+        link = repos / "py-copies" / f"c{i:03}.git"
+        if not link.exists():
+            link.symlink_to(repos / "alpha.git")
+        urls.append(servers.git(f"py-copies/c{i:03}.git"))
+
+    async def main():
+        nc = await nats.connect(servers.info["nats"])
+        stamps = []
+
+        async def on_get(msg):
+            stamps.append(time.monotonic())
+
+        await nc.subscribe("gitfleet.api.get", cb=on_get)
+        pause = {"host": "127.0.0.1", "pause_secs": pause_s, "node": "node-elsewhere"}
+        await nc.publish("gitfleet.control.pause", json.dumps(pause).encode())
+        await nc.flush()
+        manager = RepoManager(urls, nats=servers.info["nats"], mirror=True)
+        started = time.monotonic()
+        await asyncio.wait_for(manager.clone_all(), timeout=180)
+        waited = time.monotonic() - started
+        await nc.flush()
+        seen = list(stamps)
+        tasks = await manager.fetch_clone_tasks()
+        await nc.close()
+        return waited, seen, tasks
+
+    waited, seen, tasks = asyncio.run(main())
+    # The module's other tests share this node: the copies go again.
+    removed = subprocess.run(
+        [gitfleet_bin(), "--nats", servers.info["nats"], "remove", *urls],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert all(t.status.status_type == "completed" for t in tasks.values()), tasks
+    assert waited >= pause_s, waited
+    assert seen, "no task was read while nothing reported on them"
+    busiest = max(sum(1 for t in seen if s <= t < s + 1) for s in seen)
+    assert busiest <= 3 * 64 and busiest < tasks_n, (busiest, len(seen))
+    assert len(seen) <= 64 * (int(waited) + 2), len(seen)
+
+
 def test_a_cluster_takes_no_token_and_no_root(servers: Servers) -> None:
     nats = servers.info["nats"]
     with pytest.raises(ValueError, match="never sent over NATS"):

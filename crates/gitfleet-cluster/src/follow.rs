@@ -9,7 +9,7 @@
 //! of an earlier generation, a late event of the run before, does not end it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -50,6 +50,9 @@ pub struct Follow {
     pending: HashMap<String, Waiting>,
     finished: HashMap<String, Ended>,
     gone: HashSet<String>,
+    /// Whether the final records are kept (a wait that only asks whether tasks ended keeps
+    /// none: a long-lived session would otherwise hold a record of every task it ever ran).
+    keep_records: bool,
 }
 
 /// What a round of reads found.
@@ -67,7 +70,10 @@ impl Follow {
     /// `first_read` (now, when the tasks may have ended before anyone listened; later when
     /// events were subscribed to in time).
     pub fn new(tasks: impl IntoIterator<Item = (String, u64)>, first_read: Instant) -> Follow {
-        let mut follow = Follow::default();
+        let mut follow = Follow {
+            keep_records: true,
+            ..Follow::default()
+        };
         follow.add(tasks, first_read);
         follow
     }
@@ -163,13 +169,8 @@ impl Follow {
         task.history.clear();
         let id = task.id.clone();
         let generation = task.generation;
-        self.finished.insert(
-            id,
-            Ended {
-                generation,
-                record: Some(task),
-            },
-        );
+        let record = self.keep_records.then_some(task);
+        self.finished.insert(id, Ended { generation, record });
     }
 
     /// `id` ended with `generation` before anyone waited for it (no record).
@@ -186,11 +187,18 @@ impl Follow {
     }
 
     /// A task read from the bucket: a final one of the generation waited for ends its wait
-    /// (true).
+    /// (true). A record older than the generation waited for was removed and created anew
+    /// since: the task waited for is gone.
     fn read(&mut self, task: &CloneTask) -> bool {
-        let ends = self.pending.get(&task.id).is_some_and(|waiting| {
-            task.status.status_type.is_final() && task.generation >= waiting.generation
-        });
+        let Some(waiting) = self.pending.get(&task.id) else {
+            return false;
+        };
+        if task.generation < waiting.generation {
+            self.pending.remove(&task.id);
+            self.gone.insert(task.id.clone());
+            return false;
+        }
+        let ends = task.status.status_type.is_final();
         if ends {
             self.finish(task.clone());
         }
@@ -324,19 +332,32 @@ async fn read(client: &Client, ids: Vec<String>) -> Reads {
 const RECENT_FINALS: usize = 100_000;
 
 /// A [`Follow`] shared between a task that feeds it the cluster's status events and waits on
-/// other threads (Python's `ClusterSession`, whose waits come in short slices): the rounds of
-/// reads are the follow's, at most one a second whatever the number of waits; and the final
-/// states of tasks not yet waited for are remembered while a submit is under way (a task can
-/// end before its submit's reply comes back).
-#[derive(Debug, Default)]
+/// other threads (Python's `ClusterSession`, whose waits come in short slices). The rounds of
+/// reads are the follow's, not the waits': at most one a second, each run to its end in a task
+/// of its own whatever deadline the wait that started it had, its error kept for the next wait.
+/// The final states of tasks not yet waited for are remembered while a submit is under way (a
+/// task can end before its submit's reply comes back).
+#[derive(Debug)]
 pub struct SharedFollow {
     state: Mutex<Shared>,
+}
+
+impl Default for SharedFollow {
+    fn default() -> Self {
+        SharedFollow {
+            state: Mutex::new(Shared::default()),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     follow: Follow,
     next_round: Option<Instant>,
+    /// A round of reads is under way.
+    reading: bool,
+    /// Why the last round read nothing (the cluster did not answer), for the next wait.
+    failed: Option<ClientError>,
     /// Submits under way.
     submitting: usize,
     /// Final generations seen of tasks nobody waited for (while submitting), oldest first.
@@ -382,19 +403,20 @@ impl SharedFollow {
         let mut shared = self.lock();
         shared.submitting -= 1;
         if let Ok(reply) = &reply {
-            let accepted: Vec<(String, u64)> = Follow::accepted(reply).collect();
             let first_read = Instant::now() + QUIET;
-            shared.follow.forget(accepted.iter().map(|(id, _)| id));
-            shared.follow.add(accepted.iter().cloned(), first_read);
-            // Ended before the reply came: not waited for.
-            for (id, generation) in &accepted {
+            for (id, generation) in Follow::accepted(reply) {
                 // (An unknown generation, from an older node, cannot be told from the run
-                // before: waited for.)
-                if let Some(seen) = shared.recent.get(id).copied()
-                    && *generation > 0
-                    && seen >= *generation
-                {
-                    shared.follow.ended_unseen(id, seen);
+                // before: waited for anew.)
+                if generation == 0 {
+                    shared.follow.forget([&id]);
+                }
+                match shared.recent.get(&id).copied() {
+                    // Ended before the reply came.
+                    Some(seen) if generation > 0 && seen >= generation => {
+                        shared.follow.ended_unseen(&id, seen);
+                    }
+                    // (An end of this generation or a later one already known stays.)
+                    _ => shared.follow.add([(id, generation)], first_read),
                 }
             }
         }
@@ -407,9 +429,9 @@ impl SharedFollow {
 
     /// Waits until every task of `ids` has ended (or is gone), or `deadline` passes: true when
     /// they have. Ids it does not wait for yet are read at once. An error when the cluster
-    /// answered none of a round's reads.
+    /// answered none of the last round's reads.
     pub async fn wait(
-        &self,
+        self: &Arc<Self>,
         client: &Client,
         ids: &[String],
         deadline: Option<Instant>,
@@ -420,37 +442,38 @@ impl SharedFollow {
             .add(ids.iter().map(|id| (id.clone(), 0)), Instant::now());
         loop {
             let now = Instant::now();
-            let due = {
+            {
                 let mut shared = self.lock();
-                if !ids.iter().any(|id| shared.follow.is_pending(id)) {
-                    shared.follow.forget(ids);
-                    return Ok(true);
-                }
-                if shared.next_round.is_none_or(|at| at <= now) {
-                    shared.next_round = Some(now + ROUND);
-                    shared.follow.due(now)
-                } else {
-                    Vec::new()
-                }
-            };
-            if !due.is_empty() {
-                let reads = match deadline {
-                    Some(at) => match tokio::time::timeout_at(at, read(client, due)).await {
-                        Ok(reads) => reads,
-                        Err(_) => return Ok(false),
-                    },
-                    None => read(client, due).await,
-                };
-                if let Some(e) = self.lock().follow.apply(reads).failed {
+                if let Some(e) = shared.failed.take() {
                     return Err(e);
                 }
-                continue;
+                if !ids.iter().any(|id| shared.follow.is_pending(id)) {
+                    return Ok(true);
+                }
+                if !shared.reading && shared.next_round.is_none_or(|at| at <= now) {
+                    shared.next_round = Some(now + ROUND);
+                    let due = shared.follow.due(now);
+                    if !due.is_empty() {
+                        shared.reading = true;
+                        tokio::spawn(Arc::clone(self).round(client.clone(), due));
+                    }
+                }
             }
             if deadline.is_some_and(|at| now >= at) {
                 return Ok(false);
             }
             let wake = deadline.map_or(now + LOOK, |at| at.min(now + LOOK));
             tokio::time::sleep_until(wake).await;
+        }
+    }
+
+    /// One round of reads, to its end.
+    async fn round(self: Arc<Self>, client: Client, due: Vec<String>) {
+        let reads = read(&client, due).await;
+        let mut shared = self.lock();
+        shared.reading = false;
+        if let Some(e) = shared.follow.apply(reads).failed {
+            shared.failed = Some(e);
         }
     }
 }
@@ -557,9 +580,8 @@ mod tests {
     fn the_end_of_the_run_before_does_not_end_a_wait() {
         let now = Instant::now();
         let mut follow = Follow::new([("t".to_string(), 3)], now);
-        // A late event and a read of generation 2: still waiting.
+        // A late event of generation 2: still waiting.
         assert!(!follow.event(&state(task("t", CloneStatus::completed(), 2)), now));
-        assert!(!follow.read(&task("t", CloneStatus::completed(), 2)));
         assert!(follow.is_pending("t"));
         assert!(follow.event(&state(task("t", CloneStatus::completed(), 3)), now));
         // Waiting again for a later generation forgets the end of this one.
@@ -569,6 +591,11 @@ mod tests {
         assert!(follow.event(&state(task("t", CloneStatus::completed(), 4)), now));
         follow.add([("t".to_string(), 0)], now);
         assert!(follow.is_done());
+
+        // A record read older than the generation waited for: removed and created anew since.
+        let mut follow = Follow::new([("u".to_string(), 5)], now);
+        assert!(!follow.read(&task("u", CloneStatus::completed(), 1)));
+        assert!(follow.is_gone("u") && follow.is_done());
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub struct ListReply {
 pub struct LogRequest {
     /// A task id or URL.
     pub task: String,
-    /// Only commits authored since then.
+    /// Only commits made since then (by commit time; a reply's `time` is the author's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub since: Option<Timestamp>,

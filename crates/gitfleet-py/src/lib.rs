@@ -49,7 +49,7 @@ fn seconds(timeout: Option<f64>) -> PyResult<Option<Duration>> {
     }
 }
 
-/// The commits a log asks for: at most `max_count` (1 to [`MAX_LOG`]), authored since `since`
+/// The commits a log asks for: at most `max_count` (1 to [`MAX_LOG`]), committed since `since`
 /// (an RFC 3339 time) when given.
 fn log_request(
     id: String,

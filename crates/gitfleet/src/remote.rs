@@ -259,12 +259,11 @@ pub async fn work(cluster: &Cluster, work: WorkRequest, run: &RunArgs) -> anyhow
         rejected: failed_inputs,
         ..Summary::default()
     };
-    let gone: Vec<&String> = ids.iter().filter(|id| follow.is_gone(id)).collect();
-    for id in &gone {
-        eprintln!("gitfleet: task {id} was removed while it was waited for");
-    }
+    let (removed, waited): (Vec<&String>, Vec<&String>) =
+        ids.iter().partition(|id| follow.is_gone(id));
+    summary.removed = removed.into_iter().cloned().collect();
     let mut finished = follow.into_finished();
-    for id in ids.iter().filter(|id| !gone.contains(id)) {
+    for id in waited {
         let task = match finished.remove(id) {
             Some(task) => task,
             None => client.get(id).await?,

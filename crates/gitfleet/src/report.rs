@@ -14,6 +14,8 @@ pub struct Summary {
     pub failed: Vec<CloneTask>,
     /// Inputs refused before they became tasks (they were shown as they were refused).
     pub rejected: usize,
+    /// Tasks removed while they were waited for (their ids).
+    pub removed: Vec<String>,
 }
 
 impl Summary {
@@ -29,7 +31,7 @@ impl Summary {
     /// Prints the summary on standard error (not with `--json`: the updates said it all) and
     /// returns the exit code: 0 if everything completed, 1 otherwise.
     pub fn finish(&self, json: bool, elapsed: Duration) -> ExitCode {
-        let failed = self.failed.len() + self.rejected;
+        let failed = self.failed.len() + self.rejected + self.removed.len();
         if !json {
             eprintln!(
                 "gitfleet: {} completed, {failed} failed in {:.1}s",
@@ -43,6 +45,9 @@ impl Summary {
                     code_of(task),
                     task.status.error.as_deref().unwrap_or("unfinished")
                 );
+            }
+            for id in &self.removed {
+                eprintln!("  task {id}: removed while it was waited for");
             }
         }
         if failed == 0 {

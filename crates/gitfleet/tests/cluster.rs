@@ -1547,8 +1547,12 @@ async fn a_waiting_command_line_reads_a_bounded_number_of_tasks_a_second() {
     counter.abort();
     let at = seen.lock().expect("reads").clone();
 
-    // At most a round of 64 a second (two rounds may fall in one window); the old client read
-    // all 300 every two seconds.
+    // Tasks nothing reports on are read...
+    let per_round = gitfleet_cluster::follow::READS_PER_ROUND;
+    assert!(at.len() >= per_round, "{} reads in all", at.len());
+    // ...but a round of at most 64 a second: the client that read every waiting task every
+    // round sent all 300 at once. (A window of one second may hold parts of a few rounds when
+    // this machine stalls; 300 at once it never holds.)
     let busiest = at
         .iter()
         .map(|from| {
@@ -1558,14 +1562,11 @@ async fn a_waiting_command_line_reads_a_bounded_number_of_tasks_a_second() {
         })
         .max()
         .unwrap_or(0);
-    let bound = 2 * gitfleet_cluster::follow::READS_PER_ROUND;
     assert!(
-        busiest <= bound,
-        "{busiest} reads within one second (at most {bound}); {} in all",
+        busiest <= 3 * per_round && busiest < TASKS,
+        "{busiest} reads within one second; {} in all",
         at.len()
     );
-    // Each waiting task read a few times at most in the pause (2, 4, 8 s gaps), not every
-    // round: fewer reads in all than tasks x seconds waited / 2.
-    let every_round = TASKS * waited.as_secs() as usize / 2;
-    assert!(at.len() < every_round, "{} reads in all", at.len());
+    let rounds = usize::try_from(waited.as_secs()).unwrap_or(usize::MAX) + 2;
+    assert!(at.len() <= per_round * rounds, "{} reads in all", at.len());
 }
