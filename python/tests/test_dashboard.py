@@ -179,13 +179,20 @@ def test_the_page_shows_progress_failures_and_filters(
         def rows() -> list:
             return browser.find_elements(By.CSS_SELECTOR, "#tasks tbody tr")
 
-        def row_of(url: str) -> Any:
-            return wait(f"the row of {url}", lambda: [
+        def find_row(url: str) -> Any:
+            return [
                 r for r in rows() if r.find_element(By.CSS_SELECTOR, "td.url").text == url
-            ])[0]
+            ][0]
+
+        def in_row(url: str, selector: str, use: Callable[[Any], Any] = lambda e: e.text) -> Any:
+            """`use` of the element `selector` in the row of `url`, looked up again whole when
+            the table was redrawn meanwhile (live updates replace rows)."""
+            return wait(f"{selector} in the row of {url}", lambda: (
+                use(find_row(url).find_element(By.CSS_SELECTOR, selector)),
+            ))[0]
 
         def cell(url: str, name: str) -> str:
-            return row_of(url).find_element(By.CSS_SELECTOR, f"td.{name}").text
+            return in_row(url, f"td.{name}")
 
         def urls() -> list:
             return [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#tasks tbody td.url")]
@@ -199,7 +206,7 @@ def test_the_page_shows_progress_failures_and_filters(
         wait("the failure to count", lambda: count("failed") == "1",
              show=lambda: browser.find_element(By.ID, "status-cards").text + message())
         assert cell(absent, "status") == "failed"
-        assert row_of(absent).find_element(By.CSS_SELECTOR, "td.error code").text == "not_found"
+        assert in_row(absent, "td.error code") == "not_found"
         assert "no such repository" in cell(absent, "error")
         assert cell(absent, "freshness") == "quarantined"
         assert cell(absent, "size") == "—"
@@ -222,7 +229,7 @@ def test_the_page_shows_progress_failures_and_filters(
 
         # Actions send the token the page was given.
         def act(url: str, action: str) -> None:
-            row_of(url).find_element(By.CSS_SELECTOR, f"button[data-action={action}]").click()
+            in_row(url, f"button[data-action={action}]", lambda button: button.click())
 
         def use_token(token: str) -> None:
             field = browser.find_element(By.ID, "token")
@@ -253,7 +260,7 @@ def test_the_page_shows_progress_failures_and_filters(
         assert browser.find_element(By.CSS_SELECTOR, "#running .transfer .url").text == big
         act(big, "cancel")
         wait("the cancel accepted", lambda: message() == "cancel: accepted")
-        wait("the clone cancelled", lambda: row_of(big).find_element(
+        wait("the clone cancelled", lambda: find_row(big).find_element(
             By.CSS_SELECTOR, "td.error code").text == "cancelled", timeout=60)
         assert cancelled.wait(timeout=60) == 1
         wait("no transfer left", lambda: not transfers())
